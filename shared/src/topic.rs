@@ -1,0 +1,188 @@
+//! The MQTT topic scheme.
+//!
+//! ```text
+//! dash/v1/{tenant}/{agent}/batch    agent -> aggregator, QoS 1, a wire::Batch
+//! dash/v1/{tenant}/{agent}/ack      aggregator -> agent, QoS 1, a wire::Ack
+//! dash/v1/{tenant}/{agent}/status   agent -> all, QoS 1, retained, a wire::AgentStatus
+//! ```
+//!
+//! Identity comes from the topic, never from the payload: a broker ACL (or,
+//! later, a client certificate) that pins an agent to its own topics pins
+//! what it can write.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The first two topic levels of every Dash topic.
+pub const PREFIX: &str = "dash/v1";
+
+/// The filter an aggregator subscribes to for batches from every agent.
+pub const BATCH_FILTER: &str = "dash/v1/+/+/batch";
+
+/// The filter an aggregator subscribes to for every agent's status.
+pub const STATUS_FILTER: &str = "dash/v1/+/+/status";
+
+/// Longest tenant or agent id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// What a topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    Batch,
+    Ack,
+    Status,
+}
+
+impl TopicKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TopicKind::Batch => "batch",
+            TopicKind::Ack => "ack",
+            TopicKind::Status => "status",
+        }
+    }
+}
+
+/// Why an id or a topic was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("{what} id is empty")]
+    Empty { what: &'static str },
+    #[error("{what} id {id:?} is longer than {MAX_ID_LEN} bytes")]
+    TooLong { what: &'static str, id: String },
+    #[error("{what} id {id:?} may only hold ASCII letters, digits, '-', '_' and '.'")]
+    BadChar { what: &'static str, id: String },
+    #[error("topic {0:?} is not a Dash topic (expected dash/v1/TENANT/AGENT/batch|ack|status)")]
+    NotDash(String),
+}
+
+fn check_id(what: &'static str, id: &str) -> Result<(), TopicError> {
+    if id.is_empty() {
+        return Err(TopicError::Empty { what });
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(TopicError::TooLong {
+            what,
+            id: id.to_owned(),
+        });
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !id.chars().all(ok) {
+        return Err(TopicError::BadChar {
+            what,
+            id: id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($name:ident, $what:literal) => {
+        #[doc = concat!("A validated ", $what, " id: 1 to 64 of `[A-Za-z0-9._-]`.")]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Result<Self, TopicError> {
+                let id = id.into();
+                check_id($what, &id)?;
+                Ok(Self(id))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = TopicError;
+            fn try_from(id: String) -> Result<Self, TopicError> {
+                Self::new(id)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(TenantId, "tenant");
+id_type!(AgentId, "agent");
+
+/// The topic for `kind` messages of one agent.
+pub fn topic(tenant: &TenantId, agent: &AgentId, kind: TopicKind) -> String {
+    format!("{PREFIX}/{tenant}/{agent}/{}", kind.as_str())
+}
+
+/// Splits a Dash topic into its tenant, agent and kind.
+pub fn parse(topic: &str) -> Result<(TenantId, AgentId, TopicKind), TopicError> {
+    let not_dash = || TopicError::NotDash(topic.chars().take(200).collect());
+    let rest = topic
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(not_dash)?;
+    let mut parts = rest.split('/');
+    let (Some(tenant), Some(agent), Some(kind), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(not_dash());
+    };
+    let kind = match kind {
+        "batch" => TopicKind::Batch,
+        "ack" => TopicKind::Ack,
+        "status" => TopicKind::Status,
+        _ => return Err(not_dash()),
+    };
+    Ok((TenantId::new(tenant)?, AgentId::new(agent)?, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip_through_parse() {
+        let tenant = TenantId::new("acme").unwrap();
+        let agent = AgentId::new("gw-07.plant_2").unwrap();
+        for kind in [TopicKind::Batch, TopicKind::Ack, TopicKind::Status] {
+            let t = topic(&tenant, &agent, kind);
+            assert_eq!(parse(&t).unwrap(), (tenant.clone(), agent.clone(), kind));
+        }
+        assert_eq!(
+            topic(&tenant, &agent, TopicKind::Batch),
+            "dash/v1/acme/gw-07.plant_2/batch"
+        );
+    }
+
+    #[test]
+    fn ids_with_wildcards_slashes_or_spaces_are_refused() {
+        for bad in ["", "a/b", "+", "#", "a b", "ü", &"x".repeat(65)] {
+            assert!(TenantId::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn foreign_and_malformed_topics_are_refused() {
+        for bad in [
+            "dash/v2/acme/gw/batch",
+            "dash/v1/acme/gw",
+            "dash/v1/acme/gw/batch/extra",
+            "dash/v1/acme/gw/other",
+            "sensors/temp",
+            "dash/v1/ac+me/gw/batch",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The versioned envelope and the messages it carries.
+//!
+//! # Layout
+//!
+//! ```text
+//! +------+------+---------+-------------------------------+
+//! | 'D'  | 'S'  | version | postcard(WireMessage)          |
+//! +------+------+---------+-------------------------------+
+//!   magic (2)     u8 = 1    the rest, no trailing bytes
+//! ```
+//!
+//! The version byte comes before anything version-specific, so a reader
+//! rejects a newer protocol with [`DecodeError::UnsupportedVersion`] instead
+//! of misreading it.
+//!
+//! # Delivery
+//!
+//! A [`Batch`] is numbered per stream: `(stream name, incarnation, seq)`. The
+//! incarnation is a random number the agent draws when it creates its buffer,
+//! so a buffer that is lost and started afresh never reuses a sequence number
+//! the aggregator has already seen. `floor` is the lowest seq the agent still
+//! holds: everything below it is settled and will never be sent again, which
+//! lets the aggregator keep its dedupe ledger at one row per stream.
+//!
+//! An [`Ack`] is sent only after the batch is committed (or found to be a
+//! duplicate, or rejected for good); it carries the server's clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::columnar::{self, ColumnError, PackedTimes, PackedValues};
+use crate::series::{SeriesKey, SeriesKeyError};
+use crate::{MAX_TIMESTAMP, MIN_TIMESTAMP, Micros};
+
+/// First two bytes of every Dash message.
+pub const MAGIC: [u8; 2] = *b"DS";
+/// The protocol version this crate reads and writes.
+pub const PROTOCOL_VERSION: u8 = 1;
+const HEADER_LEN: usize = 3;
+/// Longest stream name, in bytes.
+pub const MAX_STREAM_NAME_LEN: usize = 32;
+/// Longest free-text field (a rejection reason, a version string), in bytes.
+pub const MAX_TEXT_LEN: usize = 1024;
+
+/// Bounds a decoder enforces. Both sides use the same defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded message, in bytes.
+    pub max_message_bytes: usize,
+    /// Most series blocks in one batch.
+    pub max_series: usize,
+    /// Most samples in one batch, over all series.
+    pub max_samples: usize,
+    /// Earliest accepted timestamp (inclusive).
+    pub min_timestamp: Micros,
+    /// Latest accepted timestamp (exclusive).
+    pub max_timestamp: Micros,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1024 * 1024,
+            max_series: 10_000,
+            max_samples: 200_000,
+            min_timestamp: MIN_TIMESTAMP,
+            max_timestamp: MAX_TIMESTAMP,
+        }
+    }
+}
+
+/// One stream of batches from one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamId {
+    /// What the stream carries, e.g. `telemetry`.
+    pub name: String,
+    /// Drawn at random when the agent's buffer is created.
+    pub incarnation: u64,
+}
+
+/// Samples of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesBlock {
+    pub key: SeriesKey,
+    /// Any order; duplicates allowed.
+    pub timestamps: Vec<Micros>,
+    /// Same length as `timestamps`; finite.
+    pub values: Vec<f64>,
+}
+
+/// A numbered group of samples from one agent stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub stream: StreamId,
+    /// Starts at 1, grows by one per batch.
+    pub seq: u64,
+    /// The lowest seq the agent still holds; all below are settled.
+    pub floor: u64,
+    pub series: Vec<SeriesBlock>,
+}
+
+impl Batch {
+    /// Samples over all series.
+    pub fn sample_count(&self) -> usize {
+        self.series.iter().map(|b| b.timestamps.len()).sum()
+    }
+}
+
+/// What the aggregator did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckOutcome {
+    /// Stored now, in one transaction with the ledger entry.
+    Committed { samples: u64 },
+    /// Stored before; nothing written this time.
+    Duplicate,
+    /// Can never be stored (the reason says why); the agent must not resend it.
+    Rejected { reason: String },
+}
+
+/// The aggregator's answer to a batch, sent after commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub stream: StreamId,
+    pub seq: u64,
+    pub outcome: AckOutcome,
+    /// Every seq up to this one is settled for the stream.
+    pub committed_through: u64,
+    /// The aggregator's clock when it acked.
+    pub server_time: Micros,
+}
+
+/// An agent's health, published retained on its status topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// False in the last-will message the broker sends when the agent vanishes.
+    pub online: bool,
+    /// The agent's version.
+    pub version: String,
+    /// The agent's clock when it wrote this.
+    pub time: Micros,
+    /// Samples in the buffer, not yet acked.
+    pub buffered_samples: u64,
+    /// Batches sealed and sent or waiting, not yet acked.
+    pub unacked_batches: u64,
+    /// Samples refused by inputs (bad payloads, bad timestamps).
+    pub rejected_samples: u64,
+}
+
+/// Anything that travels inside the envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Batch(Batch),
+    Ack(Ack),
+    Status(AgentStatus),
+}
+
+/// A message that breaks the protocol's rules, whichever side noticed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("stream name {0:?} is empty, too long or has control characters")]
+    StreamName(String),
+    #[error("seq {seq} is invalid (must be >= 1 and >= floor {floor})")]
+    Seq { seq: u64, floor: u64 },
+    #[error("batch has {count} series, more than the limit of {max}")]
+    TooManySeries { count: usize, max: usize },
+    #[error("batch has {count} samples, more than the limit of {max}")]
+    TooManySamples { count: usize, max: usize },
+    #[error("series {index} has a bad key: {source}")]
+    SeriesKey {
+        index: usize,
+        source: SeriesKeyError,
+    },
+    #[error("series {index} has no samples")]
+    EmptySeries { index: usize },
+    #[error("series {index} has {timestamps} timestamps but {values} values")]
+    LengthMismatch {
+        index: usize,
+        timestamps: usize,
+        values: usize,
+    },
+    #[error(
+        "series {index} has timestamp {ts} µs, outside [{min}, {max}) (a clock from 1970 or far in the future?)"
+    )]
+    TimestampOutOfRange {
+        index: usize,
+        ts: Micros,
+        min: Micros,
+        max: Micros,
+    },
+    #[error("series {index} has a NaN or infinite value")]
+    NonFiniteValue { index: usize },
+    #[error("series {index} has a corrupt column: {source}")]
+    Column { index: usize, source: ColumnError },
+    #[error("text field is {0} bytes, more than the limit of {MAX_TEXT_LEN}")]
+    TextTooLong(usize),
+}
+
+/// Why bytes could not be read as a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is {len} bytes, more than the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("message is {0} bytes, shorter than the 3-byte header")]
+    TooShort(usize),
+    #[error("message does not start with the Dash magic bytes")]
+    BadMagic,
+    #[error("protocol version {0} is not supported (this build reads version {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("message body is malformed: {0}")]
+    Malformed(String),
+    #[error("message has {0} trailing bytes after its body")]
+    TrailingBytes(usize),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+/// Why a message could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error(
+        "encoded message is {len} bytes, more than the limit of {max}; send fewer samples per batch"
+    )]
+    TooLarge { len: usize, max: usize },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("postcard could not serialize the message: {0}")]
+    Serialize(String),
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireMessage {
+    Batch(WireBatch),
+    Ack(Ack),
+    Status(AgentStatus),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireBatch {
+    stream: StreamId,
+    seq: u64,
+    floor: u64,
+    series: Vec<WireBlock>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireBlock {
+    key: SeriesKey,
+    times: PackedTimes,
+    values: PackedValues,
+}
+
+fn check_text(s: &str) -> Result<(), Invalid> {
+    if s.len() > MAX_TEXT_LEN {
+        return Err(Invalid::TextTooLong(s.len()));
+    }
+    Ok(())
+}
+
+fn check_stream(stream: &StreamId) -> Result<(), Invalid> {
+    let name = &stream.name;
+    if name.is_empty() || name.len() > MAX_STREAM_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(Invalid::StreamName(name.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+fn check_block(index: usize, b: &SeriesBlock, limits: &Limits) -> Result<(), Invalid> {
+    b.key
+        .validate()
+        .map_err(|source| Invalid::SeriesKey { index, source })?;
+    if b.timestamps.is_empty() {
+        return Err(Invalid::EmptySeries { index });
+    }
+    if b.timestamps.len() != b.values.len() {
+        return Err(Invalid::LengthMismatch {
+            index,
+            timestamps: b.timestamps.len(),
+            values: b.values.len(),
+        });
+    }
+    let (min, max) = (limits.min_timestamp, limits.max_timestamp);
+    if let Some(ts) = b.timestamps.iter().find(|t| !(min..max).contains(*t)) {
+        return Err(Invalid::TimestampOutOfRange {
+            index,
+            ts: *ts,
+            min,
+            max,
+        });
+    }
+    if b.values.iter().any(|v| !v.is_finite()) {
+        return Err(Invalid::NonFiniteValue { index });
+    }
+    Ok(())
+}
+
+/// Checks a message against the protocol's rules and `limits`.
+pub fn validate(msg: &Message, limits: &Limits) -> Result<(), Invalid> {
+    match msg {
+        Message::Batch(b) => {
+            check_stream(&b.stream)?;
+            if b.seq == 0 || b.floor > b.seq {
+                return Err(Invalid::Seq {
+                    seq: b.seq,
+                    floor: b.floor,
+                });
+            }
+            check_counts(b.series.len(), b.sample_count(), limits)?;
+            b.series
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, s)| check_block(i, s, limits))
+        }
+        Message::Ack(a) => {
+            check_stream(&a.stream)?;
+            match &a.outcome {
+                AckOutcome::Rejected { reason } => check_text(reason),
+                _ => Ok(()),
+            }
+        }
+        Message::Status(s) => check_text(&s.version),
+    }
+}
+
+fn check_counts(series: usize, samples: usize, limits: &Limits) -> Result<(), Invalid> {
+    if series > limits.max_series {
+        return Err(Invalid::TooManySeries {
+            count: series,
+            max: limits.max_series,
+        });
+    }
+    if samples > limits.max_samples {
+        return Err(Invalid::TooManySamples {
+            count: samples,
+            max: limits.max_samples,
+        });
+    }
+    Ok(())
+}
+
+/// Validates and encodes a message into its envelope.
+pub fn encode(msg: &Message, limits: &Limits) -> Result<Vec<u8>, EncodeError> {
+    validate(msg, limits)?;
+    let wire = match msg {
+        Message::Batch(b) => WireMessage::Batch(WireBatch {
+            stream: b.stream.clone(),
+            seq: b.seq,
+            floor: b.floor,
+            series: b
+                .series
+                .iter()
+                .map(|s| WireBlock {
+                    key: s.key.clone(),
+                    times: columnar::pack_times(&s.timestamps),
+                    values: columnar::pack_values(&s.values),
+                })
+                .collect(),
+        }),
+        Message::Ack(a) => WireMessage::Ack(a.clone()),
+        Message::Status(s) => WireMessage::Status(s.clone()),
+    };
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&MAGIC);
+    out.push(PROTOCOL_VERSION);
+    let out = postcard::to_extend(&wire, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if out.len() > limits.max_message_bytes {
+        return Err(EncodeError::TooLarge {
+            len: out.len(),
+            max: limits.max_message_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes and validates one message. Never panics, whatever the bytes.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
+    if bytes.len() > limits.max_message_bytes {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: limits.max_message_bytes,
+        });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if bytes[2] != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(bytes[2]));
+    }
+    let (wire, rest): (WireMessage, _) = postcard::take_from_bytes(&bytes[HEADER_LEN..])
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    let msg = match wire {
+        WireMessage::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
+        WireMessage::Ack(a) => Message::Ack(a),
+        WireMessage::Status(s) => Message::Status(s),
+    };
+    validate(&msg, limits)?;
+    Ok(msg)
+}
+
+fn unpack_batch(b: WireBatch, limits: &Limits) -> Result<Batch, Invalid> {
+    // Count before unpacking, so a hostile batch cannot make us allocate.
+    let packed: usize = b.series.iter().map(|s| s.times.len()).sum();
+    check_counts(b.series.len(), packed, limits)?;
+    let series = b
+        .series
+        .into_iter()
+        .enumerate()
+        .map(|(index, s)| {
+            let column = |source| Invalid::Column { index, source };
+            Ok(SeriesBlock {
+                key: s.key,
+                timestamps: columnar::unpack_times(&s.times).map_err(column)?,
+                values: columnar::unpack_values(&s.values).map_err(column)?,
+            })
+        })
+        .collect::<Result<_, Invalid>>()?;
+    Ok(Batch {
+        stream: b.stream,
+        seq: b.seq,
+        floor: b.floor,
+        series,
+    })
+}
+
+#[cfg(test)]
+mod tests;

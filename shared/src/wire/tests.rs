@@ -1,0 +1,266 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn stream() -> StreamId {
+    StreamId {
+        name: "telemetry".into(),
+        incarnation: 0xfeed_beef,
+    }
+}
+
+fn one_hertz_batch(series: usize, seconds: i64) -> Batch {
+    let start = 1_764_000_000 * crate::MICROS_PER_SEC;
+    Batch {
+        stream: stream(),
+        seq: 7,
+        floor: 5,
+        series: (0..series)
+            .map(|s| SeriesBlock {
+                key: SeriesKey::with_tags(
+                    format!("sensor-{s:05}"),
+                    "temperature",
+                    [("site".into(), "plant-2".into())],
+                ),
+                timestamps: (0..seconds)
+                    .map(|i| start + i * crate::MICROS_PER_SEC)
+                    .collect(),
+                values: (0..seconds)
+                    .map(|i| 20.0 + ((i * 7 + s as i64) % 40) as f64 / 100.0)
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn round_trip(msg: &Message) -> Message {
+    decode(
+        &encode(msg, &Limits::default()).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn batch_ack_and_status_round_trip() {
+    let batch = Message::Batch(one_hertz_batch(3, 60));
+    assert_eq!(round_trip(&batch), batch);
+    let ack = Message::Ack(Ack {
+        stream: stream(),
+        seq: 9,
+        outcome: AckOutcome::Rejected {
+            reason: "nope".into(),
+        },
+        committed_through: 8,
+        server_time: 1_764_000_000_000_000,
+    });
+    assert_eq!(round_trip(&ack), ack);
+    let status = Message::Status(AgentStatus {
+        online: true,
+        version: "0.1.0".into(),
+        time: 1,
+        buffered_samples: 2,
+        unacked_batches: 3,
+        rejected_samples: 4,
+    });
+    assert_eq!(round_trip(&status), status);
+}
+
+#[test]
+fn one_hertz_sensor_costs_a_few_bytes_per_sample() {
+    // 100 series x 60 s, the shape of a minute of a small gateway's traffic.
+    let batch = one_hertz_batch(100, 60);
+    let bytes = encode(&Message::Batch(batch.clone()), &Limits::default()).unwrap();
+    let per_sample = bytes.len() as f64 / batch.sample_count() as f64;
+    assert!(per_sample < 3.0, "{per_sample:.2} bytes per sample");
+}
+
+#[test]
+fn other_versions_and_foreign_bytes_are_refused() {
+    let mut bytes = encode(&Message::Batch(one_hertz_batch(1, 3)), &Limits::default()).unwrap();
+    let limits = Limits::default();
+    bytes[2] = 2;
+    assert_eq!(
+        decode(&bytes, &limits),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
+    assert_eq!(decode(b"{\"json\":1}", &limits), Err(DecodeError::BadMagic));
+    assert_eq!(decode(b"DS", &limits), Err(DecodeError::TooShort(2)));
+}
+
+#[test]
+fn truncated_and_padded_messages_are_refused() {
+    let bytes = encode(&Message::Batch(one_hertz_batch(2, 10)), &Limits::default()).unwrap();
+    let limits = Limits::default();
+    for cut in 3..bytes.len() {
+        assert!(
+            decode(&bytes[..cut], &limits).is_err(),
+            "accepted a cut at {cut}"
+        );
+    }
+    let mut padded = bytes.clone();
+    padded.push(0);
+    assert_eq!(decode(&padded, &limits), Err(DecodeError::TrailingBytes(1)));
+}
+
+#[test]
+fn oversized_messages_are_refused_before_parsing() {
+    let limits = Limits {
+        max_message_bytes: 100,
+        ..Limits::default()
+    };
+    let batch = Message::Batch(one_hertz_batch(10, 10));
+    assert!(matches!(
+        encode(&batch, &limits),
+        Err(EncodeError::TooLarge { .. })
+    ));
+    let bytes = encode(&batch, &Limits::default()).unwrap();
+    assert!(matches!(
+        decode(&bytes, &limits),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn samples_from_1970_are_refused_with_the_series_named() {
+    let mut batch = one_hertz_batch(2, 3);
+    batch.series[1].timestamps[2] = 0;
+    let err = encode(&Message::Batch(batch), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EncodeError::Invalid(Invalid::TimestampOutOfRange {
+                index: 1,
+                ts: 0,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tighter_window_refuses_samples_from_2090() {
+    let limits = Limits {
+        max_timestamp: 2_000_000_000 * crate::MICROS_PER_SEC,
+        ..Limits::default()
+    };
+    let mut batch = one_hertz_batch(1, 3);
+    let y2090 = 3_786_912_000 * crate::MICROS_PER_SEC;
+    batch.series[0].timestamps[0] = y2090;
+    let bytes = encode(&Message::Batch(batch), &Limits::default()).unwrap();
+    let err = decode(&bytes, &limits).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::Invalid(Invalid::TimestampOutOfRange { ts, .. }) if ts == y2090)
+    );
+}
+
+#[test]
+fn too_many_samples_are_refused_before_unpacking() {
+    let limits = Limits {
+        max_samples: 50,
+        ..Limits::default()
+    };
+    let bytes = encode(&Message::Batch(one_hertz_batch(1, 60)), &Limits::default()).unwrap();
+    let err = decode(&bytes, &limits).unwrap_err();
+    assert!(matches!(
+        err,
+        DecodeError::Invalid(Invalid::TooManySamples { count: 60, max: 50 })
+    ));
+}
+
+#[test]
+fn malformed_batches_are_refused() {
+    let limits = Limits::default();
+    let mut b = one_hertz_batch(1, 3);
+    b.seq = 0;
+    assert!(encode(&Message::Batch(b), &limits).is_err());
+    let mut b = one_hertz_batch(1, 3);
+    b.series[0].values.pop();
+    assert!(encode(&Message::Batch(b), &limits).is_err());
+    let mut b = one_hertz_batch(1, 3);
+    b.series[0].values[0] = f64::NAN;
+    assert!(encode(&Message::Batch(b), &limits).is_err());
+    let mut b = one_hertz_batch(1, 3);
+    b.stream.name = String::new();
+    assert!(encode(&Message::Batch(b), &limits).is_err());
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-z0-9._-]{1,12}"
+}
+
+fn block() -> impl Strategy<Value = SeriesBlock> {
+    let samples = prop::collection::vec(
+        (
+            crate::MIN_TIMESTAMP..crate::MAX_TIMESTAMP,
+            prop_oneof![
+                (-100_000i64..100_000).prop_map(|m| m as f64 / 100.0),
+                any::<f64>().prop_filter("finite", |v| v.is_finite()),
+            ],
+        ),
+        1..40,
+    );
+    let tags = prop::collection::btree_map(text(), "[ -~]{0,8}", 0..4);
+    (text(), text(), tags, samples).prop_map(|(device, metric, tags, samples)| SeriesBlock {
+        key: SeriesKey::with_tags(device, metric, tags),
+        timestamps: samples.iter().map(|s| s.0).collect(),
+        values: samples.iter().map(|s| s.1).collect(),
+    })
+}
+
+fn batch() -> impl Strategy<Value = Batch> {
+    (
+        text(),
+        any::<u64>(),
+        1..u64::MAX,
+        prop::collection::vec(block(), 0..8),
+    )
+        .prop_map(|(name, incarnation, seq, series)| Batch {
+            stream: StreamId { name, incarnation },
+            seq,
+            floor: seq / 2,
+            series,
+        })
+}
+
+proptest! {
+    #[test]
+    fn any_valid_batch_round_trips_exactly(b in batch()) {
+        let msg = Message::Batch(b);
+        let bytes = encode(&msg, &Limits::default()).unwrap();
+        let back = decode(&bytes, &Limits::default()).unwrap();
+        // Compare bits, not floats: -0.0 and 0.0 must stay apart.
+        let (Message::Batch(a), Message::Batch(b)) = (&msg, &back) else { panic!("kind changed") };
+        prop_assert_eq!(a.series.len(), b.series.len());
+        for (x, y) in a.series.iter().zip(&b.series) {
+            prop_assert_eq!(&x.key, &y.key);
+            prop_assert_eq!(&x.timestamps, &y.timestamps);
+            let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&x.values), bits(&y.values));
+        }
+        prop_assert_eq!((a.seq, a.floor, &a.stream), (b.seq, b.floor, &b.stream));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(&bytes, &Limits::default());
+    }
+
+    #[test]
+    fn arbitrary_bodies_behind_a_valid_header_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut bytes = vec![b'D', b'S', PROTOCOL_VERSION];
+        bytes.extend(body);
+        let _ = decode(&bytes, &Limits::default());
+    }
+
+    #[test]
+    fn corrupted_valid_messages_never_panic(b in batch(), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut bytes = encode(&Message::Batch(b), &Limits::default()).unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        let _ = decode(&bytes, &Limits::default());
+    }
+}
