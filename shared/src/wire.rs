@@ -401,6 +401,41 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     Ok(msg)
 }
 
+/// The stream and seq of a batch that may fail to decode as a whole, so the
+/// aggregator can still answer it with a rejection. `None` when even that
+/// much is unreadable.
+pub fn peek_batch_id(bytes: &[u8]) -> Option<(StreamId, u64)> {
+    #[derive(Deserialize)]
+    struct Head {
+        stream: StreamId,
+        seq: u64,
+    }
+    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC || bytes[2] != PROTOCOL_VERSION {
+        return None;
+    }
+    let (variant, rest): (u32, _) = postcard::take_from_bytes(&bytes[HEADER_LEN..]).ok()?;
+    if variant != 0 {
+        return None; // WireMessage::Batch is variant 0.
+    }
+    let (head, _): (Head, _) = postcard::take_from_bytes(rest).ok()?;
+    (head.seq > 0 && check_stream(&head.stream).is_ok()).then_some((head.stream, head.seq))
+}
+
+impl DecodeError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooShort(_) => "too_short",
+            DecodeError::BadMagic => "bad_magic",
+            DecodeError::UnsupportedVersion(_) => "unsupported_version",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::TrailingBytes(_) => "trailing_bytes",
+            DecodeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
 fn unpack_batch(b: WireBatch, limits: &Limits) -> Result<Batch, Invalid> {
     // Count before unpacking, so a hostile batch cannot make us allocate.
     let packed: usize = b.series.iter().map(|s| s.times.len()).sum();

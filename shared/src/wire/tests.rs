@@ -104,6 +104,18 @@ fn truncated_and_padded_messages_are_refused() {
 }
 
 #[test]
+fn a_batch_that_fails_validation_still_shows_its_id() {
+    let limits = Limits {
+        max_samples: 2,
+        ..Limits::default()
+    };
+    let bytes = encode(&Message::Batch(one_hertz_batch(1, 3)), &Limits::default()).unwrap();
+    assert!(decode(&bytes, &limits).is_err());
+    assert_eq!(peek_batch_id(&bytes), Some((stream(), 7)));
+    assert_eq!(peek_batch_id(b"DS\x01garbage"), None);
+}
+
+#[test]
 fn oversized_messages_are_refused_before_parsing() {
     let limits = Limits {
         max_message_bytes: 100,

@@ -1,0 +1,234 @@
+//! Aggregator configuration: one TOML file, overridable by `DASH_` variables.
+//!
+//! `DASH_DATABASE_URL=...` sets `database_url`; nested fields use a double
+//! underscore: `DASH_BROKER__LISTEN=0.0.0.0:1883`. Unknown keys in the file are
+//! errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `dash-aggregator serve` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the aggregator keeps its state (the private PostgreSQL cluster).
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL. Empty: run a private cluster under `data_dir/postgres`.
+    pub database_url: String,
+    /// Directory with initdb and pg_ctl. Empty: the newest /usr/lib/postgresql/*/bin.
+    pub postgres_bin_dir: String,
+    /// Seconds to finish in-flight batches after SIGTERM or Ctrl-C.
+    pub shutdown_grace_secs: u64,
+    pub broker: BrokerConfig,
+    pub ingest: IngestConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// External broker, `mqtt://host:port`. Empty: run the embedded broker.
+    pub url: String,
+    /// Where the embedded broker listens for agents.
+    pub listen: SocketAddr,
+    /// MQTT client id of the aggregator's session (persistent, so the broker
+    /// keeps batches that arrive while the aggregator restarts).
+    pub client_id: String,
+    /// With several aggregators behind one external broker: a shared
+    /// subscription group, so each batch goes to one of them.
+    pub shared_group: String,
+    /// Optional username and password for an external broker.
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Batches written concurrently (one agent's batches always go to the same worker).
+    pub workers: usize,
+    /// Largest batch message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Database connections.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Health and Prometheus metrics (`/healthz`, `/metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("dash-aggregator-data"),
+            database_url: String::new(),
+            postgres_bin_dir: String::new(),
+            shutdown_grace_secs: 10,
+            broker: BrokerConfig::default(),
+            ingest: IngestConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: String::new(),
+            listen: "0.0.0.0:1883".parse().expect("valid literal"),
+            client_id: "dash-aggregator".into(),
+            shared_group: String::new(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            workers: 4,
+            max_message_bytes: 1024 * 1024,
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8080".parse().expect("valid literal"),
+        }
+    }
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "data_dir",
+    "database_url",
+    "postgres_bin_dir",
+    "shutdown_grace_secs",
+    "broker",
+    "ingest",
+    "http",
+];
+
+impl Config {
+    /// Reads `file` (if given), then `DASH_*` variables, then validates.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        let env = Env::prefixed("DASH_")
+            .split("__")
+            .filter(|k| TOP_LEVEL.iter().any(|t| k.as_str().starts_with(t)));
+        let config: Config = fig.merge(env).extract().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; the error names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.ingest.workers == 0 || self.ingest.workers > 256 {
+            bail!(
+                "ingest.workers must be between 1 and 256, not {}",
+                self.ingest.workers
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.ingest.max_message_bytes) {
+            bail!("ingest.max_message_bytes must be between 1 KiB and 64 MiB");
+        }
+        if self.ingest.max_connections < 2 {
+            bail!("ingest.max_connections must be at least 2");
+        }
+        if !self.broker.url.is_empty() {
+            parse_mqtt_url(&self.broker.url).context("broker.url")?;
+        }
+        if self.broker.client_id.is_empty() {
+            bail!("broker.client_id must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Splits `mqtt://host:port` into host and port (1883 when omitted).
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let Some(rest) = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    else {
+        bail!("{url:?} must start with mqtt:// (TLS comes with mqtts:// in a later release)");
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse().with_context(|| format!("bad port in {url:?}"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        bail!("{url:?} has no host");
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+/// The default configuration as commented TOML, for `print-default-config`.
+pub fn default_toml() -> String {
+    let body = toml::to_string_pretty(&Config::default()).expect("config serializes");
+    format!(
+        "# dash-aggregator configuration. Every key may be overridden by a DASH_ variable:\n\
+         # DASH_DATABASE_URL, DASH_BROKER__URL, DASH_HTTP__LISTEN, ...\n\
+         # database_url = \"\" runs a private PostgreSQL under data_dir/postgres.\n\
+         # broker.url = \"\" runs the embedded MQTT broker on broker.listen.\n\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_and_without_port() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker:1884").unwrap(),
+            ("broker".into(), 1884)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert!(parse_mqtt_url("http://broker").is_err());
+        assert!(parse_mqtt_url("mqtt://:1").is_err());
+    }
+
+    #[test]
+    fn default_config_round_trips_through_its_toml() {
+        let text = default_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.broker.listen.port(), 1883);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("databse_url = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("databse_url"), "{err}");
+    }
+}

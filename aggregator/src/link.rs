@@ -1,0 +1,197 @@
+//! The aggregator's MQTT session: batches in, acks out.
+//!
+//! One task owns the rumqttc event loop. Incoming batches are dispatched to
+//! a fixed set of workers by a hash of the topic, so one agent's batches are
+//! handled in arrival order by one worker while different agents proceed in
+//! parallel.
+//!
+//! # Ack rule
+//!
+//! The session is persistent (`clean_session = false`) with manual acks: a
+//! batch's PUBACK is sent only after its transaction committed and its
+//! application ack was queued. A batch that was not handled (database down,
+//! shutdown) is never PUBACKed, so the broker delivers it again on the next
+//! session, and the agent resends it anyway until it sees the ack.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dash_shared::Message;
+use dash_shared::topic::{self, TopicKind};
+use dash_shared::wire::{self, Limits};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ingest::Ingestor;
+use crate::storage::SampleWriter;
+
+/// Where and how the aggregator connects.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub shared_group: String,
+    pub username: String,
+    pub password: String,
+    pub max_message_bytes: usize,
+    pub workers: usize,
+}
+
+impl LinkConfig {
+    fn batch_filter(&self) -> String {
+        if self.shared_group.is_empty() {
+            topic::BATCH_FILTER.to_owned()
+        } else {
+            format!("$share/{}/{}", self.shared_group, topic::BATCH_FILTER)
+        }
+    }
+
+    fn options(&self) -> MqttOptions {
+        let mut opts = MqttOptions::new(&self.client_id, &self.host, self.port);
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_session(false);
+        opts.set_manual_acks(true);
+        opts.set_inflight(200);
+        let max = self.max_message_bytes + 4096;
+        opts.set_max_packet_size(max, max);
+        if !self.username.is_empty() {
+            opts.set_credentials(&self.username, &self.password);
+        }
+        opts
+    }
+}
+
+/// Runs the session until `stop` is cancelled, then lets workers finish the
+/// batch in hand (up to `grace`) and disconnects.
+pub async fn run<W: SampleWriter>(
+    config: LinkConfig,
+    ingestor: Arc<Ingestor<W>>,
+    stop: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (client, mut eventloop) = AsyncClient::new(config.options(), 1024);
+    let workers = TaskTracker::new();
+    let mut queues = Vec::with_capacity(config.workers);
+    for _ in 0..config.workers {
+        let (tx, rx) = mpsc::channel::<Publish>(1024);
+        queues.push(tx);
+        workers.spawn(worker(rx, ingestor.clone(), client.clone(), stop.clone()));
+    }
+    workers.close();
+    let filter = config.batch_filter();
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                tracing::info!(host = %config.host, port = config.port, "connected to broker");
+                client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let mut h = DefaultHasher::new();
+                p.topic.hash(&mut h);
+                let queue = &queues[(h.finish() % queues.len() as u64) as usize];
+                if queue.send(p).await.is_err() {
+                    break; // workers are gone: shutting down
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                tracing::warn!(error = %e, retry_in = ?wait, "broker connection lost");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    drop(queues);
+    // Keep polling so acks of the batches in hand reach the broker.
+    let drain = async {
+        workers.wait().await;
+        let _ = client.disconnect().await;
+        while eventloop.poll().await.is_ok() {}
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace elapsed with batches in hand; the broker will redeliver them"
+        );
+    }
+    Ok(())
+}
+
+async fn worker<W: SampleWriter>(
+    mut queue: mpsc::Receiver<Publish>,
+    ingestor: Arc<Ingestor<W>>,
+    client: AsyncClient,
+    stop: CancellationToken,
+) {
+    loop {
+        let publish = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = queue.recv() => match p { Some(p) => p, None => return },
+        };
+        if handle(&publish, &ingestor, &client, &stop).await {
+            if let Err(e) = client.ack(&publish).await {
+                tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
+            }
+        }
+    }
+}
+
+/// Handles one message, retrying database errors until it succeeds or `stop`.
+/// Returns whether the message may be PUBACKed.
+async fn handle<W: SampleWriter>(
+    publish: &Publish,
+    ingestor: &Ingestor<W>,
+    client: &AsyncClient,
+    stop: &CancellationToken,
+) -> bool {
+    let (tenant, agent) = match topic::parse(&publish.topic) {
+        Ok((tenant, agent, TopicKind::Batch)) => (tenant, agent),
+        Ok(_) => return true,
+        Err(e) => {
+            ingestor.refuse_topic(&publish.topic, &e);
+            return true;
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    let ack = loop {
+        match ingestor.handle(&tenant, &agent, &publish.payload).await {
+            Ok(ack) => break ack,
+            Err(e) => {
+                ingestor.metrics().store_error();
+                tracing::error!(%tenant, %agent, error = %e, retry_in = ?backoff, "batch not stored yet");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if let Some(ack) = ack {
+        let bytes =
+            wire::encode(&Message::Ack(ack), &Limits::default()).expect("acks always encode");
+        let ack_topic = topic::topic(&tenant, &agent, TopicKind::Ack);
+        if let Err(e) = client
+            .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
+            .await
+        {
+            tracing::warn!(%tenant, %agent, error = %e, "could not queue ack; the agent will resend");
+            return false;
+        }
+    }
+    true
+}

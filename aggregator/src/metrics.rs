@@ -1,0 +1,104 @@
+//! Counters, exposed in Prometheus text format on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const BATCHES: &str = "dash_ingest_batches_total";
+pub const SAMPLES: &str = "dash_ingest_samples_total";
+pub const REJECTED: &str = "dash_ingest_rejected_payloads_total";
+pub const STORE_ERRORS: &str = "dash_ingest_store_errors_total";
+
+/// Outcome of one batch message.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchOutcome {
+    Committed,
+    Duplicate,
+    Rejected,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    committed: AtomicU64,
+    duplicate: AtomicU64,
+    rejected_batches: AtomicU64,
+    samples: AtomicU64,
+    store_errors: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    pub fn batch(&self, outcome: BatchOutcome, samples: u64) {
+        let counter = match outcome {
+            BatchOutcome::Committed => &self.committed,
+            BatchOutcome::Duplicate => &self.duplicate,
+            BatchOutcome::Rejected => &self.rejected_batches,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(samples, Ordering::Relaxed);
+    }
+
+    /// Counts a payload refused for `reason` (a short label).
+    pub fn rejected(&self, reason: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .expect("metrics lock")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Payloads refused for `reason` so far.
+    pub fn rejected_count(&self, reason: &str) -> u64 {
+        self.rejected
+            .lock()
+            .expect("metrics lock")
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn committed_samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {BATCHES} Batch messages handled, by outcome.\n# TYPE {BATCHES} counter"
+        );
+        for (label, c) in [
+            ("committed", &self.committed),
+            ("duplicate", &self.duplicate),
+            ("rejected", &self.rejected_batches),
+        ] {
+            let _ = writeln!(out, "{BATCHES}{{outcome=\"{label}\"}} {}", load(c));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {SAMPLES} Samples committed to PostgreSQL.\n# TYPE {SAMPLES} counter"
+        );
+        let _ = writeln!(out, "{SAMPLES} {}", load(&self.samples));
+        let _ = writeln!(
+            out,
+            "# HELP {REJECTED} Payloads refused, by reason.\n# TYPE {REJECTED} counter"
+        );
+        for (reason, n) in self.rejected.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "{REJECTED}{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {STORE_ERRORS} Database errors while storing (retried).\n# TYPE {STORE_ERRORS} counter"
+        );
+        let _ = writeln!(out, "{STORE_ERRORS} {}", load(&self.store_errors));
+        out
+    }
+}

@@ -1,0 +1,223 @@
+//! A private PostgreSQL cluster run from the machine's own install.
+//!
+//! With no `database_url`, the aggregator keeps its database under
+//! `data_dir/postgres`: `initdb` on first start, `pg_ctl start` on every start,
+//! `pg_ctl stop` on exit. The server listens on a Unix socket inside the data
+//! directory only (no TCP port to collide with or to expose), and trusts local
+//! connections because only the socket's owner can reach it.
+//!
+//! # Recovery
+//!
+//! If the aggregator was killed, its server is still running: `pg_ctl status`
+//! finds it and the aggregator reuses it. A stale `postmaster.pid` of a dead
+//! server is handled by `pg_ctl start` itself.
+//!
+//! PostgreSQL refuses to run as root; when the aggregator runs as root, the
+//! cluster is owned by and run as the `postgres` system user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, bail};
+use nix::unistd::{Gid, Uid, User};
+
+/// Database name and role inside the private cluster.
+pub const DATABASE: &str = "dash";
+
+/// A running private cluster. Stop it with [`PrivatePostgres::stop`].
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    run_as: Option<(Uid, Gid)>,
+    stopped: bool,
+}
+
+impl PrivatePostgres {
+    /// Creates the cluster under `dir` if needed and starts it (or adopts a
+    /// server already running there). `bin` is where initdb and pg_ctl live;
+    /// `None` picks the newest /usr/lib/postgresql/*/bin.
+    pub fn start(dir: &Path, bin: Option<&Path>) -> anyhow::Result<PrivatePostgres> {
+        let bin = match bin {
+            Some(b) => b.to_owned(),
+            None => find_bin_dir()?,
+        };
+        let run_as = system_user_if_root()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        if let Some((uid, gid)) = run_as {
+            nix::unistd::chown(&dir, Some(uid), Some(gid))
+                .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
+        }
+        let pg = PrivatePostgres {
+            bin,
+            dir,
+            run_as,
+            stopped: false,
+        };
+        if !pg.data().join("PG_VERSION").exists() {
+            pg.initdb()?;
+        }
+        if !pg.is_running() {
+            pg.pg_ctl(&[
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                &pg.dir.join("postgres.log").to_string_lossy(),
+                "-o",
+                &pg.server_options(),
+            ])?;
+        }
+        tracing::info!(dir = %pg.dir.display(), "private PostgreSQL running");
+        Ok(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The socket directory doubles as the host in the connection URL.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{DATABASE}@localhost/{database}?host={}",
+            self.dir.display()
+        )
+    }
+
+    fn server_options(&self) -> String {
+        format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=200",
+            self.dir.display()
+        )
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let data = self.data();
+        let out = self
+            .command("initdb")
+            .args([
+                "-U",
+                DATABASE,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .context("running initdb")?;
+        check(&out, "initdb")
+    }
+
+    fn is_running(&self) -> bool {
+        self.pg_ctl(&["status"]).is_ok()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .context("running pg_ctl")?;
+        check(&out, &format!("pg_ctl {}", args[0]))
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.bin.join(tool));
+        cmd.stdin(std::process::Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid.as_raw()).gid(gid.as_raw());
+            cmd.env("HOME", &self.dir);
+        }
+        cmd
+    }
+
+    /// Creates database `name` unless it exists.
+    pub async fn ensure_database(&self, name: &str) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "")))
+                .execute(&mut conn)
+                .await?;
+        }
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Stops the server, waiting for a clean shutdown.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        self.pg_ctl(&["stop", "-m", "fast", "-w"])
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = %e, "private PostgreSQL did not stop cleanly");
+        }
+    }
+}
+
+fn check(out: &Output, what: &str) -> anyhow::Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+fn system_user_if_root() -> anyhow::Result<Option<(Uid, Gid)>> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let user = User::from_name("postgres")?.context(
+        "running as root, PostgreSQL needs a non-root owner, and there is no 'postgres' user; \
+         run as another user or set database_url",
+    )?;
+    Ok(Some((user.uid, user.gid)))
+}
+
+/// The newest PostgreSQL server install under /usr/lib/postgresql.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .with_context(|| {
+            format!(
+                "no PostgreSQL server under {} (apt-get install postgresql)",
+                root.display()
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "no initdb under {}/*/bin (apt-get install postgresql)",
+            root.display()
+        ),
+    }
+}

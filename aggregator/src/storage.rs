@@ -1,0 +1,202 @@
+//! Storage: the series registry and the writer for samples.
+//!
+//! The ingest transaction calls a [`SampleWriter`] with a batch whose series
+//! are already resolved to ids. This is the seam where the storage tiers plug
+//! in: today [`PlainSamples`] appends one row per sample with binary COPY.
+//!
+//! Series ids are resolved outside the ingest transaction (an orphan series
+//! row from a batch that then failed is harmless, and a resend reuses it), in
+//! key order, so concurrent workers registering the same new series cannot
+//! deadlock.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use dash_shared::{Batch, Micros, SeriesKey, TenantId};
+use sqlx::{PgConnection, PgPool};
+
+/// Writes the samples of one admitted batch inside the ingest transaction.
+pub trait SampleWriter: Send + Sync + 'static {
+    /// Returns how many samples were written.
+    fn write(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &TenantId,
+        batch: &Batch,
+        series_ids: &[i64],
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
+}
+
+/// One row per sample in `samples`, by binary COPY.
+#[derive(Debug, Default)]
+pub struct PlainSamples;
+
+impl SampleWriter for PlainSamples {
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &TenantId,
+        batch: &Batch,
+        series_ids: &[i64],
+    ) -> sqlx::Result<u64> {
+        let mut copy = BinaryCopy::new(4);
+        for (block, id) in batch.series.iter().zip(series_ids) {
+            for (ts, value) in block.timestamps.iter().zip(&block.values) {
+                copy.row();
+                copy.text(tenant.as_str());
+                copy.int8(*id);
+                copy.timestamptz(*ts);
+                copy.float8(*value);
+            }
+        }
+        let mut sink = conn
+            .copy_in_raw("COPY samples (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
+            .await?;
+        sink.send(copy.finish()).await?;
+        sink.finish().await
+    }
+}
+
+/// PostgreSQL's binary COPY format, just the types Dash writes.
+pub struct BinaryCopy {
+    buf: Vec<u8>,
+    fields: i16,
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_OFFSET: Micros = 946_684_800_000_000;
+
+impl BinaryCopy {
+    pub fn new(fields: i16) -> Self {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        BinaryCopy { buf, fields }
+    }
+
+    pub fn row(&mut self) {
+        self.buf.extend_from_slice(&self.fields.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.buf
+            .extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.field(s.as_bytes());
+    }
+
+    pub fn int8(&mut self, v: i64) {
+        self.field(&v.to_be_bytes());
+    }
+
+    pub fn float8(&mut self, v: f64) {
+        self.field(&v.to_be_bytes());
+    }
+
+    pub fn timestamptz(&mut self, unix_micros: Micros) {
+        self.int8(unix_micros - PG_EPOCH_OFFSET);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.buf
+    }
+}
+
+/// Maps series keys to ids, creating rows for new series. Caches forever:
+/// a series id never changes.
+#[derive(Debug, Default)]
+pub struct SeriesRegistry {
+    cache: Mutex<HashMap<(TenantId, SeriesKey), i64>>,
+}
+
+/// Tags as the canonical JSON object stored in `series.tags`.
+fn tags_json(key: &SeriesKey) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = key
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+impl SeriesRegistry {
+    /// Ids for every block of `batch`, in block order.
+    pub async fn resolve(
+        &self,
+        pool: &PgPool,
+        tenant: &TenantId,
+        batch: &Batch,
+    ) -> sqlx::Result<Vec<i64>> {
+        let mut missing: Vec<&SeriesKey> = {
+            let cache = self.cache.lock().expect("series cache poisoned");
+            batch
+                .series
+                .iter()
+                .map(|b| &b.key)
+                .filter(|k| !cache.contains_key(&(tenant.clone(), (*k).clone())))
+                .collect()
+        };
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            let found = self.register(pool, tenant, &missing).await?;
+            let mut cache = self.cache.lock().expect("series cache poisoned");
+            for (key, id) in missing.into_iter().zip(found) {
+                cache.insert((tenant.clone(), key.clone()), id);
+            }
+        }
+        let cache = self.cache.lock().expect("series cache poisoned");
+        Ok(batch
+            .series
+            .iter()
+            .map(|b| cache[&(tenant.clone(), b.key.clone())])
+            .collect())
+    }
+
+    async fn register(
+        &self,
+        pool: &PgPool,
+        tenant: &TenantId,
+        keys: &[&SeriesKey],
+    ) -> sqlx::Result<Vec<i64>> {
+        let devices: Vec<&str> = keys.iter().map(|k| k.device.as_str()).collect();
+        let metrics: Vec<&str> = keys.iter().map(|k| k.metric.as_str()).collect();
+        let tags: Vec<String> = keys.iter().map(|k| tags_json(k)).collect();
+        sqlx::query(
+            "INSERT INTO series (tenant, device, metric, tags)
+             SELECT $1, d, m, t::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) AS u(d, m, t)
+             ON CONFLICT (tenant, device, metric, tags) DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(&devices)
+        .bind(&metrics)
+        .bind(&tags)
+        .execute(pool)
+        .await?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT u.ord, s.id FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(d, m, t, ord)
+             JOIN series s ON s.tenant = $1 AND s.device = u.d AND s.metric = u.m AND s.tags = u.t::jsonb
+             ORDER BY u.ord",
+        )
+        .bind(tenant.as_str())
+        .bind(&devices)
+        .bind(&metrics)
+        .bind(&tags)
+        .fetch_all(pool)
+        .await?;
+        if rows.len() != keys.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "registered {} series but found {}",
+                keys.len(),
+                rows.len()
+            )));
+        }
+        Ok(rows.into_iter().map(|(_, id)| id).collect())
+    }
+}
