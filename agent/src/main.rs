@@ -1,1 +1,70 @@
-fn main() {}
+//! `dash-agent`: tracing, config, run, wait for a signal, drain.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dash-agent",
+    version,
+    about = "Dash edge agent: collect, buffer durably, forward exactly once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collect from devices and forward to the aggregator until SIGTERM or Ctrl-C.
+    Run {
+        /// TOML config file; DASH_* environment variables override it.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a commented default configuration.
+    PrintDefaultConfig,
+    /// Check a config file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::PrintDefaultConfig => {
+            print!("{}", dash_agent::config::default_toml());
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            dash_agent::Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(false)
+                .init();
+            let config = dash_agent::Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(dash_agent::run(config, shutdown_signal()))
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

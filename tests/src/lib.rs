@@ -1,1 +1,53 @@
-//! Helpers for the end-to-end suites.
+//! Helpers for the end-to-end suites: a throwaway PostgreSQL, free ports,
+//! the real `dash-agent` and `dash-aggregator` binaries as child processes,
+//! Mosquitto, and a test device that knows exactly which readings were acked.
+//!
+//! The binaries are found next to the test executable's `deps` directory
+//! (`target/debug/`), so `cargo build --workspace --bins` must run first; the
+//! README's test command does.
+
+pub mod device;
+pub mod pg;
+pub mod process;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Logs from the code under test, once per process.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

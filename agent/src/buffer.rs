@@ -1,0 +1,345 @@
+//! The durable store-and-forward buffer, on sled.
+//!
+//! # Layout
+//!
+//! ```text
+//! samples: u64 BE id  -> postcard(Sample)      unsealed samples, oldest first
+//! outbox:  u64 BE seq -> encoded wire::Batch   sealed, sent or not, not yet acked
+//! meta:    "incarnation" -> u64 BE             drawn once, when the buffer is created
+//!          "next_seq"    -> u64 BE             the seq the next sealed batch gets
+//! ```
+//!
+//! # Rules
+//!
+//! - An input is acknowledged only after [`Buffer::flush`] returned for a
+//!   write that holds its samples (see [`crate::commit`] for group commit).
+//! - Sealing moves the oldest samples into one encoded batch in a single
+//!   transaction (samples removed, batch added, `next_seq` bumped) and is
+//!   flushed before the batch may be sent. So a seq, once on the wire, always
+//!   names the same bytes, even across crashes: the aggregator's dedupe by seq
+//!   can never swallow different samples.
+//! - A batch leaves the outbox only when the aggregator acks it (committed,
+//!   duplicate or rejected). Deleting needs no flush: a deletion lost in a
+//!   crash only causes a resend, which the aggregator acks as a duplicate.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dash_shared::wire::{self, EncodeError, Limits};
+use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::sample::Sample;
+
+/// Name of the one stream this agent sends today.
+pub const TELEMETRY: &str = "telemetry";
+
+/// Why the buffer could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer storage error (check the disk under data_dir): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("buffer metadata is corrupt: {0}")]
+    Corrupt(String),
+    #[error("could not encode a batch: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// The buffer. Cheap to share behind an `Arc`.
+pub struct Buffer {
+    db: sled::Db,
+    samples: sled::Tree,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+    stream: StreamId,
+    limits: Limits,
+    next_id: AtomicU64,
+    unsealed: AtomicU64,
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn read_u64(bytes: &[u8]) -> Result<u64, BufferError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| BufferError::Corrupt(format!("{} bytes where 8 belong", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+impl Buffer {
+    /// Opens (or creates) the buffer in `dir`.
+    pub fn open(dir: &Path) -> Result<Buffer, BufferError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let samples = db.open_tree("samples")?;
+        let outbox = db.open_tree("outbox")?;
+        let meta = db.open_tree("meta")?;
+        let incarnation = match meta.get("incarnation")? {
+            Some(v) => read_u64(&v)?,
+            None => {
+                let fresh: u64 = rand::random();
+                meta.insert("incarnation", &be(fresh))?;
+                meta.insert("next_seq", &be(1))?;
+                db.flush()?;
+                tracing::info!(incarnation = fresh, "new buffer created");
+                fresh
+            }
+        };
+        let next_id = match samples.last()? {
+            Some((k, _)) => read_u64(&k)? + 1,
+            None => 0,
+        };
+        let unsealed = samples.len() as u64;
+        Ok(Buffer {
+            db,
+            samples,
+            outbox,
+            meta,
+            stream: StreamId {
+                name: TELEMETRY.into(),
+                incarnation,
+            },
+            limits: Limits::default(),
+            next_id: AtomicU64::new(next_id),
+            unsealed: AtomicU64::new(unsealed),
+        })
+    }
+
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// Adds samples; they are durable only after the next [`Buffer::flush`].
+    /// Called by one writer (the committer), so ids stay contiguous.
+    pub fn append(&self, samples: &[Sample]) -> Result<(), BufferError> {
+        let mut batch = sled::Batch::default();
+        let first = self
+            .next_id
+            .fetch_add(samples.len() as u64, Ordering::SeqCst);
+        for (i, s) in samples.iter().enumerate() {
+            let bytes =
+                postcard::to_allocvec(s).map_err(|e| BufferError::Corrupt(e.to_string()))?;
+            batch.insert(&be(first + i as u64), bytes);
+        }
+        self.samples.apply_batch(batch)?;
+        self.unsealed
+            .fetch_add(samples.len() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fsync).
+    pub async fn flush(&self) -> Result<(), BufferError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Samples not yet sealed into a batch.
+    pub fn unsealed(&self) -> u64 {
+        self.unsealed.load(Ordering::SeqCst)
+    }
+
+    /// Sealed batches not yet acked.
+    pub fn unacked(&self) -> u64 {
+        self.outbox.len() as u64
+    }
+
+    /// Seals up to `max` of the oldest samples into the next batch and flushes.
+    /// Returns the new seq, or `None` when there was nothing to seal.
+    pub async fn seal(&self, max: usize) -> Result<Option<u64>, BufferError> {
+        let mut take = max;
+        loop {
+            let (ids, samples) = self.oldest(take)?;
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            match self.try_seal(&ids, samples) {
+                Ok(seq) => {
+                    self.unsealed.fetch_sub(ids.len() as u64, Ordering::SeqCst);
+                    self.flush().await?;
+                    return Ok(Some(seq));
+                }
+                // Long series keys can make a full batch too big: take fewer.
+                Err(BufferError::Encode(EncodeError::TooLarge { .. })) if take > 1 => take /= 2,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn oldest(&self, max: usize) -> Result<(Vec<sled::IVec>, Vec<Sample>), BufferError> {
+        let mut ids = Vec::new();
+        let mut samples = Vec::new();
+        for item in self.samples.iter().take(max) {
+            let (k, v) = item?;
+            match postcard::from_bytes::<Sample>(&v) {
+                Ok(s) => samples.push(s),
+                Err(e) => tracing::error!(id = ?k, error = %e, "unreadable sample record dropped"),
+            }
+            ids.push(k);
+        }
+        Ok((ids, samples))
+    }
+
+    fn try_seal(&self, ids: &[sled::IVec], samples: Vec<Sample>) -> Result<u64, BufferError> {
+        // Read outside the transaction: the lowest unacked seq only grows, so a
+        // value read a moment early is still a valid floor.
+        let lowest = self
+            .outbox
+            .first()?
+            .map(|(k, _)| read_u64(&k))
+            .transpose()?;
+        let result = (&self.samples, &self.outbox, &self.meta).transaction(|(s, o, m)| {
+            let seq = match m.get("next_seq")? {
+                Some(v) => read_u64(&v).map_err(ConflictableTransactionError::Abort)?,
+                None => 1,
+            };
+            let floor = lowest.unwrap_or(seq);
+            let batch = build_batch(self.stream.clone(), seq, floor, samples.clone());
+            let bytes = wire::encode(&Message::Batch(batch), &self.limits)
+                .map_err(|e| ConflictableTransactionError::Abort(BufferError::Encode(e)))?;
+            for id in ids {
+                s.remove(id)?;
+            }
+            o.insert(&be(seq), bytes)?;
+            m.insert("next_seq", &be(seq + 1))?;
+            Ok(seq)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => BufferError::Sled(e),
+        })
+    }
+
+    /// The oldest `limit` sealed batches in seq order, for (re)sending.
+    pub fn outbox_seqs(&self, limit: usize) -> Result<Vec<u64>, BufferError> {
+        self.outbox
+            .iter()
+            .keys()
+            .take(limit)
+            .map(|k| read_u64(&k?))
+            .collect()
+    }
+
+    /// The encoded batch `seq`, if still unacked.
+    pub fn batch_bytes(&self, seq: u64) -> Result<Option<sled::IVec>, BufferError> {
+        Ok(self.outbox.get(be(seq))?)
+    }
+
+    /// Drops `seq` and everything up to `through` from the outbox: the
+    /// aggregator has settled them. Returns how many batches were dropped.
+    pub fn settle(&self, seq: u64, through: u64) -> Result<usize, BufferError> {
+        let mut n = usize::from(self.outbox.remove(be(seq))?.is_some());
+        for key in self.outbox.range(..=be(through)).keys() {
+            n += usize::from(self.outbox.remove(key?)?.is_some());
+        }
+        Ok(n)
+    }
+}
+
+/// Groups samples by series into columnar blocks, in first-seen order.
+pub fn build_batch(stream: StreamId, seq: u64, floor: u64, samples: Vec<Sample>) -> Batch {
+    let mut index: std::collections::HashMap<SeriesKey, usize> = std::collections::HashMap::new();
+    let mut series: Vec<SeriesBlock> = Vec::new();
+    for s in samples {
+        let i = *index.entry(s.key.clone()).or_insert_with(|| {
+            series.push(SeriesBlock {
+                key: s.key.clone(),
+                timestamps: Vec::new(),
+                values: Vec::new(),
+            });
+            series.len() - 1
+        });
+        series[i].timestamps.push(s.ts);
+        series[i].values.push(s.value);
+    }
+    Batch {
+        stream,
+        seq,
+        floor,
+        series,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(i: i64) -> Sample {
+        Sample {
+            key: SeriesKey::new(format!("d{}", i % 3), "temp"),
+            ts: 1_764_000_000_000_000 + i * 1_000_000,
+            value: i as f64 / 10.0,
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Batch {
+        match wire::decode(bytes, &Limits::default()).unwrap() {
+            Message::Batch(b) => b,
+            other => panic!("not a batch: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_batches_survive_a_reopen_with_the_same_seq_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stream, bytes) = {
+            let buf = Buffer::open(dir.path()).unwrap();
+            buf.append(&(0..10).map(sample).collect::<Vec<_>>())
+                .unwrap();
+            buf.flush().await.unwrap();
+            assert_eq!(buf.seal(4).await.unwrap(), Some(1));
+            (buf.stream().clone(), buf.batch_bytes(1).unwrap().unwrap())
+        };
+        let buf = Buffer::open(dir.path()).unwrap();
+        assert_eq!(buf.stream(), &stream);
+        assert_eq!(buf.batch_bytes(1).unwrap().unwrap(), bytes);
+        assert_eq!(buf.unsealed(), 6);
+        assert_eq!(buf.seal(100).await.unwrap(), Some(2));
+        assert_eq!(buf.seal(100).await.unwrap(), None);
+        let b2 = decode(&buf.batch_bytes(2).unwrap().unwrap());
+        assert_eq!((b2.seq, b2.floor, b2.sample_count()), (2, 1, 6));
+    }
+
+    #[tokio::test]
+    async fn samples_come_out_once_and_in_order_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open(dir.path()).unwrap();
+        let all: Vec<Sample> = (0..25).map(sample).collect();
+        buf.append(&all).unwrap();
+        let mut seen = Vec::new();
+        while let Some(seq) = buf.seal(7).await.unwrap() {
+            let b = decode(&buf.batch_bytes(seq).unwrap().unwrap());
+            for block in b.series {
+                for (ts, v) in block.timestamps.iter().zip(&block.values) {
+                    seen.push(Sample {
+                        key: block.key.clone(),
+                        ts: *ts,
+                        value: *v,
+                    });
+                }
+            }
+        }
+        seen.sort_by_key(|s| s.ts);
+        assert_eq!(seen, all);
+        assert_eq!(buf.outbox_seqs(100).unwrap(), vec![1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn settle_drops_the_acked_batch_and_everything_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open(dir.path()).unwrap();
+        buf.append(&(0..10).map(sample).collect::<Vec<_>>())
+            .unwrap();
+        while buf.seal(2).await.unwrap().is_some() {}
+        assert_eq!(buf.settle(4, 2).unwrap(), 3);
+        assert_eq!(buf.outbox_seqs(100).unwrap(), vec![3, 5]);
+        // The floor of the next batch is the lowest unacked seq.
+        buf.append(&[sample(99)]).unwrap();
+        let seq = buf.seal(10).await.unwrap().unwrap();
+        assert_eq!(decode(&buf.batch_bytes(seq).unwrap().unwrap()).floor, 3);
+    }
+}

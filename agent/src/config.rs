@@ -1,0 +1,271 @@
+//! Agent configuration: one TOML file, overridable by `DASH_` variables
+//! (`DASH_AGENT_ID`, `DASH_UPLINK__URL`, ...). Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dash_shared::{AgentId, TenantId};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::devices::mapping::Mapping;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Tenant this gateway belongs to.
+    pub tenant: String,
+    /// This gateway's id, unique within the tenant.
+    pub agent_id: String,
+    /// Where the durable buffer lives.
+    pub data_dir: PathBuf,
+    /// Seconds to flush and close after SIGTERM or Ctrl-C.
+    pub shutdown_grace_secs: u64,
+    pub buffer: BufferConfig,
+    pub uplink: UplinkConfig,
+    pub devices: DevicesConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Group commit: samples wait at most this long for one flush to disk.
+    pub commit_max_delay_ms: u64,
+    /// Group commit: at most this many samples per flush.
+    pub commit_max_samples: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// The aggregator's broker, `mqtt://host:port`.
+    pub url: String,
+    /// MQTT client id; empty: `dash-agent-{tenant}-{agent_id}`.
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    /// Most samples in one batch.
+    pub batch_max_samples: usize,
+    /// A batch is sealed once it is full or its oldest sample waited this long.
+    pub batch_linger_ms: u64,
+    /// Batches sent and not yet acked, at most.
+    pub max_inflight_batches: usize,
+    /// Resend a batch when its ack has not come after this many seconds.
+    pub ack_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Embedded MQTT listener for devices; empty to disable.
+    pub listen: String,
+    /// Or subscribe to a broker already on the gateway, `mqtt://host:port`.
+    pub broker_url: String,
+    /// Client id for `broker_url` (a persistent session: keep it stable).
+    pub client_id: String,
+    /// Largest device payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Topic -> series mappings, tried in order; the first match wins.
+    pub mappings: Vec<Mapping>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tenant: "default".into(),
+            agent_id: "gateway-1".into(),
+            data_dir: PathBuf::from("dash-agent-data"),
+            shutdown_grace_secs: 10,
+            buffer: BufferConfig::default(),
+            uplink: UplinkConfig::default(),
+            devices: DevicesConfig::default(),
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            commit_max_delay_ms: 5,
+            commit_max_samples: 20_000,
+        }
+    }
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            batch_max_samples: 5_000,
+            batch_linger_ms: 1_000,
+            max_inflight_batches: 16,
+            ack_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            listen: "0.0.0.0:1883".into(),
+            broker_url: String::new(),
+            client_id: String::new(),
+            max_payload_bytes: 64 * 1024,
+            mappings: vec![Mapping::example()],
+        }
+    }
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "tenant",
+    "agent_id",
+    "data_dir",
+    "shutdown_grace_secs",
+    "buffer",
+    "uplink",
+    "devices",
+];
+
+impl Config {
+    /// Reads `file`, then `DASH_*` variables, then validates.
+    pub fn load(file: &Path) -> anyhow::Result<Config> {
+        if !file.exists() {
+            bail!("config file {} does not exist", file.display());
+        }
+        let env = Env::prefixed("DASH_")
+            .split("__")
+            .filter(|k| TOP_LEVEL.iter().any(|t| k.as_str().starts_with(t)));
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(env)
+            .extract()
+            .with_context(|| format!("invalid configuration in {}", file.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; errors name the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        TenantId::new(self.tenant.clone()).context("tenant")?;
+        AgentId::new(self.agent_id.clone()).context("agent_id")?;
+        parse_mqtt_url(&self.uplink.url).context("uplink.url")?;
+        let u = &self.uplink;
+        if !(1..=100_000).contains(&u.batch_max_samples) {
+            bail!("uplink.batch_max_samples must be between 1 and 100000");
+        }
+        if u.max_inflight_batches == 0 || u.max_inflight_batches > 64 {
+            bail!("uplink.max_inflight_batches must be between 1 and 64");
+        }
+        if u.ack_timeout_secs == 0 {
+            bail!("uplink.ack_timeout_secs must be at least 1");
+        }
+        if self.buffer.commit_max_samples == 0 {
+            bail!("buffer.commit_max_samples must be at least 1");
+        }
+        let d = &self.devices;
+        if d.listen.is_empty() == d.broker_url.is_empty() {
+            bail!(
+                "set exactly one of devices.listen (embedded listener) and devices.broker_url (existing broker)"
+            );
+        }
+        if !d.listen.is_empty() {
+            d.listen.parse::<SocketAddr>().context("devices.listen")?;
+        }
+        if !d.broker_url.is_empty() {
+            parse_mqtt_url(&d.broker_url).context("devices.broker_url")?;
+        }
+        for (i, m) in d.mappings.iter().enumerate() {
+            m.validate()
+                .with_context(|| format!("devices.mappings[{i}]"))?;
+        }
+        Ok(())
+    }
+
+    pub fn tenant(&self) -> TenantId {
+        TenantId::new(self.tenant.clone()).expect("validated")
+    }
+
+    pub fn agent(&self) -> AgentId {
+        AgentId::new(self.agent_id.clone()).expect("validated")
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Splits `mqtt://host:port` into host and port (1883 when omitted).
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let Some(rest) = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    else {
+        bail!("{url:?} must start with mqtt://");
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse().with_context(|| format!("bad port in {url:?}"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        bail!("{url:?} has no host");
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+/// A commented example covering every key.
+pub fn default_toml() -> String {
+    let body = toml::to_string_pretty(&Config::default()).expect("config serializes");
+    format!(
+        "# dash-agent configuration. Every key may be overridden by a DASH_ variable:\n\
+         # DASH_AGENT_ID, DASH_UPLINK__URL, DASH_DEVICES__LISTEN, ...\n\
+         # devices.listen runs an embedded MQTT listener for devices; or set\n\
+         # devices.listen = \"\" and devices.broker_url to subscribe to a broker on the gateway.\n\
+         # A mapping's topic captures {{device}} and {{metric}} from topic levels;\n\
+         # format is \"number\" or \"json\" (value_path picks a field; empty takes every\n\
+         # numeric field of an object as its own metric).\n\n{body}"
+    )
+}
+
+/// Tags from a mapping, kept sorted.
+pub type Tags = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_and_validates() {
+        let back: Config = toml::from_str(&default_toml()).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.devices.mappings.len(), 1);
+    }
+
+    #[test]
+    fn both_device_sources_at_once_are_refused() {
+        let mut c = Config::default();
+        c.devices.broker_url = "mqtt://127.0.0.1:1884".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("devices.listen"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_agent_id_names_the_field() {
+        let c = Config {
+            agent_id: "gw/1".into(),
+            ..Config::default()
+        };
+        let err = format!("{:#}", c.validate().unwrap_err());
+        assert!(err.contains("agent_id"), "{err}");
+    }
+}

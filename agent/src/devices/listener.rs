@@ -1,0 +1,189 @@
+//! The embedded MQTT 3.1.1 listener for devices.
+//!
+//! Per connection, a reader parses packets and queues each publish's samples
+//! for group commit; a writer sends replies in order, waiting for each
+//! publish's commit before its PUBACK (QoS 1) or PUBREC (QoS 2). A message
+//! that cannot be mapped is acknowledged anyway (it can never succeed, and a
+//! device retrying it forever helps no one) and counted. If the buffer fails,
+//! the connection is closed without acknowledging, and the device resends.
+//!
+//! Packets are read with rumqttc's MQTT codec. Subscriptions are refused
+//! (SUBACK failure): this endpoint only takes data in.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode,
+};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Router;
+use crate::commit::{Committer, Ticket};
+
+/// A reply, sent after its ticket (if any) resolved successfully.
+struct Reply {
+    ticket: Option<Ticket>,
+    packet: Option<Packet>,
+}
+
+/// Accepts devices on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    committer: Committer,
+    max_payload: usize,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "device listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (router, committer, stop) = (router.clone(), committer.clone(), stop.clone());
+        connections.spawn(async move {
+            if let Err(e) = connection(socket, router, committer, max_payload, stop).await {
+                tracing::debug!(%peer, error = %e, "device connection closed");
+            }
+        });
+    }
+}
+
+async fn connection(
+    socket: TcpStream,
+    router: Arc<Router>,
+    committer: Committer,
+    max_payload: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    socket.set_nodelay(true)?;
+    let (mut rd, wr) = socket.into_split();
+    let (replies, rx) = mpsc::channel::<Reply>(1024);
+    let writer = tokio::spawn(write_replies(wr, rx));
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut keep_alive = Duration::from_secs(60);
+    let mut connected = false;
+    let mut awaiting_rel: HashSet<u16> = HashSet::new();
+    loop {
+        let packet = match Packet::read(&mut buf, max_payload) {
+            Ok(p) => p,
+            Err(CodecError::InsufficientBytes(_)) => {
+                let idle = keep_alive + keep_alive / 2;
+                let n = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
+                        Ok(r) => r?,
+                        Err(_) => anyhow::bail!("keep-alive expired"),
+                    },
+                };
+                if n == 0 {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => anyhow::bail!("malformed packet: {e}"),
+        };
+        let reply = match packet {
+            Packet::Connect(c) if !connected => {
+                connected = true;
+                if c.keep_alive > 0 {
+                    keep_alive = Duration::from_secs(c.keep_alive.into());
+                }
+                Some(Reply {
+                    ticket: None,
+                    packet: Some(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::Success,
+                        false,
+                    ))),
+                })
+            }
+            _ if !connected => anyhow::bail!("first packet was not CONNECT"),
+            Packet::Publish(p) => {
+                let dup_qos2 = p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.pkid);
+                let ticket = match (dup_qos2, router.route(&p.topic, &p.payload)) {
+                    (false, Ok(samples)) => Some(committer.enqueue(samples).await?),
+                    _ => None,
+                };
+                let ack = match p.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(p.pkid))),
+                    QoS::ExactlyOnce => {
+                        awaiting_rel.insert(p.pkid);
+                        Some(Packet::PubRec(PubRec::new(p.pkid)))
+                    }
+                };
+                Some(Reply {
+                    ticket,
+                    packet: ack,
+                })
+            }
+            Packet::PubRel(r) => {
+                awaiting_rel.remove(&r.pkid);
+                Some(Reply {
+                    ticket: None,
+                    packet: Some(Packet::PubComp(PubComp::new(r.pkid))),
+                })
+            }
+            Packet::Subscribe(s) => {
+                let codes = s
+                    .filters
+                    .iter()
+                    .map(|_| SubscribeReasonCode::Failure)
+                    .collect();
+                Some(Reply {
+                    ticket: None,
+                    packet: Some(Packet::SubAck(SubAck::new(s.pkid, codes))),
+                })
+            }
+            Packet::PingReq => Some(Reply {
+                ticket: None,
+                packet: Some(Packet::PingResp),
+            }),
+            Packet::Disconnect => break,
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            if replies.send(reply).await.is_err() {
+                break; // the writer failed: the connection is gone
+            }
+        }
+    }
+    drop(replies);
+    writer.await??;
+    Ok(())
+}
+
+async fn write_replies(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Reply>,
+) -> anyhow::Result<()> {
+    let mut out = BytesMut::with_capacity(256);
+    while let Some(reply) = rx.recv().await {
+        if let Some(ticket) = reply.ticket {
+            // Not durable: close without acknowledging; the device resends.
+            ticket.wait().await?;
+        }
+        if let Some(packet) = reply.packet {
+            out.clear();
+            packet.write(&mut out, usize::MAX)?;
+            wr.write_all(&out).await?;
+        }
+    }
+    let _ = wr.shutdown().await;
+    Ok(())
+}

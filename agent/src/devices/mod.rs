@@ -1,0 +1,99 @@
+//! Device inputs over MQTT.
+//!
+//! Two ways in, one rule: a device's QoS 1 publish is acknowledged only after
+//! its samples are flushed to the buffer.
+//!
+//! - [`listener`]: the agent itself listens for devices (MQTT 3.1.1). It is an
+//!   ingest endpoint, not a general broker: devices publish, nothing is routed
+//!   between them. A general-purpose broker such as rumqttd acknowledges a
+//!   publish as soon as it has it in memory, which cannot honour the rule
+//!   above; this listener sends PUBACK only after the group commit.
+//! - [`subscriber`]: a broker already runs on the gateway (Mosquitto, say);
+//!   the agent subscribes with a persistent session and manual acks, so the
+//!   broker keeps each message until the agent has flushed it.
+//!
+//! Both hand payloads to a [`Router`], which maps topics to series.
+
+pub mod listener;
+pub mod mapping;
+pub mod subscriber;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dash_shared::{Micros, now_micros};
+
+use crate::sample::Sample;
+use mapping::{Mapping, PayloadError};
+
+/// Why a device message produced no samples.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no mapping matches the topic")]
+    NoMapping,
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+/// Maps device messages to samples and counts what it refuses.
+#[derive(Debug)]
+pub struct Router {
+    mappings: Vec<Mapping>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Router {
+    pub fn new(mappings: Vec<Mapping>) -> Self {
+        Router {
+            mappings,
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// MQTT filters covering every mapping.
+    pub fn filters(&self) -> Vec<String> {
+        self.mappings.iter().map(Mapping::filter).collect()
+    }
+
+    /// Samples for one message, stamped with the agent's clock unless the payload has a time.
+    pub fn route(&self, topic: &str, payload: &[u8]) -> Result<Vec<Sample>, RouteError> {
+        self.route_at(topic, payload, now_micros())
+    }
+
+    fn route_at(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        now: Micros,
+    ) -> Result<Vec<Sample>, RouteError> {
+        let result = self
+            .mappings
+            .iter()
+            .find_map(|m| m.decode(topic, payload, now))
+            .ok_or(RouteError::NoMapping)
+            .and_then(|r| r.map_err(RouteError::from));
+        match &result {
+            Ok(samples) => {
+                self.accepted
+                    .fetch_add(samples.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                let topic: String = topic.chars().take(200).collect();
+                tracing::warn!(%topic, error = %e, "device message refused");
+            }
+        }
+        result
+    }
+
+    /// Samples accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Messages refused so far (bad payload or no mapping).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,214 @@
+//! `dash-agent`: collects readings on a gateway, keeps them durably, and
+//! forwards them to the aggregator until it confirms they are committed.
+//!
+//! # Layout
+//!
+//! ```text
+//! devices (MQTT) --> devices::Router (topic -> series) --> commit::Committer (group commit)
+//!     --> buffer::Buffer (sled: samples -> sealed batches) --> uplink (MQTT, QoS 1)
+//!     <-- ack after the aggregator's commit: the batch leaves the buffer
+//! ```
+//!
+//! # Guarantee
+//!
+//! A device's publish is acknowledged only after its samples are flushed to
+//! disk; a batch leaves the disk only after the aggregator acked it, which it
+//! does only after its database transaction committed. Between the two,
+//! everything is resent until acked, and the aggregator stores each batch
+//! once. So what a device saw acknowledged reaches PostgreSQL exactly once.
+//!
+//! # Shutdown
+//!
+//! Stop inputs (connections close, no new acks), let the committer flush what
+//! it holds, stop sealing and the uplink, within the grace period.
+
+#![forbid(unsafe_code)]
+
+pub mod buffer;
+pub mod commit;
+pub mod config;
+pub mod devices;
+pub mod sample;
+pub mod uplink;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use crate::buffer::Buffer;
+use crate::commit::Committer;
+use crate::devices::{Router, listener, subscriber};
+use crate::uplink::UplinkSettings;
+
+/// Runs the agent until `shutdown` resolves, then drains within the grace period.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = config.data_dir.join("buffer");
+    let buffer = Arc::new(
+        Buffer::open(&dir).with_context(|| format!("opening the buffer in {}", dir.display()))?,
+    );
+    tracing::info!(
+        unsealed = buffer.unsealed(),
+        unacked = buffer.unacked(),
+        "buffer open"
+    );
+    let (full, sealed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let batch_max = config.uplink.batch_max_samples;
+    let (committer, commit_task) = Committer::spawn(
+        buffer.clone(),
+        Duration::from_millis(config.buffer.commit_max_delay_ms),
+        config.buffer.commit_max_samples,
+        batch_max as u64,
+        full.clone(),
+    );
+    let router = Arc::new(Router::new(config.devices.mappings.clone()));
+    let stop_inputs = CancellationToken::new();
+    let inputs = start_inputs(&config, &router, &committer, &stop_inputs).await?;
+    let stop = CancellationToken::new();
+    let linger = Duration::from_millis(config.uplink.batch_linger_ms);
+    let sealer = tokio::spawn(seal_loop(
+        buffer.clone(),
+        batch_max,
+        linger,
+        full,
+        sealed.clone(),
+        stop.clone(),
+    ));
+    let uplink = tokio::spawn(uplink::run(
+        uplink_settings(&config)?,
+        buffer.clone(),
+        router.clone(),
+        sealed,
+        stop.clone(),
+    ));
+    tracing::info!(tenant = %config.tenant, agent = %config.agent_id, "agent ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: closing inputs");
+    let grace = config.shutdown_grace();
+    stop_inputs.cancel();
+    if tokio::time::timeout(grace, inputs.wait()).await.is_err() {
+        tracing::warn!("inputs did not close within the grace period");
+    }
+    drop(committer);
+    if tokio::time::timeout(grace, commit_task).await.is_err() {
+        tracing::warn!(
+            "group commit did not finish within the grace period; unacknowledged samples will be resent by devices"
+        );
+    }
+    buffer.flush().await?;
+    stop.cancel();
+    let _ = sealer.await;
+    uplink.await.context("uplink task panicked")??;
+    buffer.flush().await?;
+    tracing::info!(
+        unsealed = buffer.unsealed(),
+        unacked = buffer.unacked(),
+        "stopped; buffer flushed"
+    );
+    Ok(())
+}
+
+async fn start_inputs(
+    config: &Config,
+    router: &Arc<Router>,
+    committer: &Committer,
+    stop: &CancellationToken,
+) -> anyhow::Result<TaskTracker> {
+    let tracker = TaskTracker::new();
+    let d = &config.devices;
+    if !d.listen.is_empty() {
+        let addr: SocketAddr = d.listen.parse().context("devices.listen")?;
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for devices on {addr} (devices.listen)"))?;
+        tracing::info!(%addr, "listening for devices");
+        tracker.spawn(listener::serve(
+            socket,
+            router.clone(),
+            committer.clone(),
+            d.max_payload_bytes,
+            stop.clone(),
+            tracker.clone(),
+        ));
+    } else {
+        let (host, port) = config::parse_mqtt_url(&d.broker_url)?;
+        let client_id = match d.client_id.as_str() {
+            "" => format!("dash-agent-devices-{}", config.agent_id),
+            id => id.to_owned(),
+        };
+        let settings = subscriber::SubscriberSettings {
+            host,
+            port,
+            client_id,
+            max_payload: d.max_payload_bytes,
+        };
+        let (router, committer, stop) = (router.clone(), committer.clone(), stop.clone());
+        tracker.spawn(async move {
+            if let Err(e) = subscriber::run(settings, router, committer, stop).await {
+                tracing::error!(error = %e, "device subscriber stopped; devices are not being read");
+            }
+        });
+    }
+    tracker.close();
+    Ok(tracker)
+}
+
+fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
+    let u = &config.uplink;
+    let (host, port) = config::parse_mqtt_url(&u.url)?;
+    let client_id = match u.client_id.as_str() {
+        "" => format!("dash-agent-{}-{}", config.tenant, config.agent_id),
+        id => id.to_owned(),
+    };
+    Ok(UplinkSettings {
+        host,
+        port,
+        client_id,
+        username: u.username.clone(),
+        password: u.password.clone(),
+        tenant: config.tenant(),
+        agent: config.agent(),
+        window: u.max_inflight_batches,
+        ack_timeout: Duration::from_secs(u.ack_timeout_secs),
+    })
+}
+
+/// Seals full batches at once and partial ones every `linger`.
+async fn seal_loop(
+    buffer: Arc<Buffer>,
+    max: usize,
+    linger: Duration,
+    full: Arc<Notify>,
+    sealed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(linger);
+    loop {
+        let only_full = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = full.notified() => true,
+        };
+        loop {
+            if only_full && buffer.unsealed() < max as u64 {
+                break;
+            }
+            match buffer.seal(max).await {
+                Ok(Some(_)) => sealed.notify_one(),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "sealing a batch failed; retrying on the next tick");
+                    break;
+                }
+            }
+        }
+    }
+}

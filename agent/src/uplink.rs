@@ -1,0 +1,304 @@
+//! The uplink: sends sealed batches to the aggregator and drops them when acked.
+//!
+//! # Protocol state ([`Inflight`], no IO)
+//!
+//! At most `window` batches are in flight. A batch is sent when it is in the
+//! outbox and not in flight, or its ack is overdue (`ack_timeout`). A new
+//! connection forgets everything in flight: all of it is resent, because a
+//! broker without persistence (rumqttd) may have lost it.
+//!
+//! # IO ([`run`])
+//!
+//! One task owns the rumqttc event loop, with `clean_session = true`: the
+//! outbox in sled is the only queue that matters, so nothing is kept in the
+//! MQTT session. Batches go out at QoS 1 on `dash/v1/{tenant}/{agent}/batch`;
+//! acks come back on `.../ack`. Only an application ack deletes a batch, never
+//! a PUBACK: the broker holding a batch is not the database holding it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dash_shared::topic::{self, TopicKind};
+use dash_shared::wire::{self, Limits};
+use dash_shared::{AckOutcome, AgentId, AgentStatus, Message, TenantId, now_micros};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::Buffer;
+use crate::devices::Router;
+
+/// Batches sent and not yet acked, with when they were sent.
+#[derive(Debug)]
+pub struct Inflight {
+    window: usize,
+    ack_timeout: Duration,
+    sent: BTreeMap<u64, Instant>,
+}
+
+impl Inflight {
+    pub fn new(window: usize, ack_timeout: Duration) -> Self {
+        Inflight {
+            window,
+            ack_timeout,
+            sent: BTreeMap::new(),
+        }
+    }
+
+    /// A new connection: whatever was in flight must be sent again.
+    pub fn reset(&mut self) {
+        self.sent.clear();
+    }
+
+    /// Which of `outbox` (the oldest unacked seqs, ascending) to send now;
+    /// marks them sent at `now`.
+    pub fn due(&mut self, outbox: &[u64], now: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        for seq in outbox {
+            let overdue = match self.sent.get(seq) {
+                Some(at) => now.duration_since(*at) >= self.ack_timeout,
+                None => self.sent.len() < self.window,
+            };
+            if overdue {
+                self.sent.insert(*seq, now);
+                out.push(*seq);
+            }
+        }
+        out
+    }
+
+    /// Forgets `seq` and everything up to `through`.
+    pub fn acked(&mut self, seq: u64, through: u64) {
+        self.sent.remove(&seq);
+        self.sent = self.sent.split_off(&(through + 1));
+    }
+
+    /// Forgets a send that did not leave (the request queue was full).
+    pub fn unsent(&mut self, seq: u64) {
+        self.sent.remove(&seq);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+}
+
+/// What the uplink needs to know.
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub window: usize,
+    pub ack_timeout: Duration,
+}
+
+fn status(online: bool, buffer: &Buffer, router: &Router) -> Vec<u8> {
+    let s = AgentStatus {
+        online,
+        version: env!("CARGO_PKG_VERSION").into(),
+        time: now_micros(),
+        buffered_samples: buffer.unsealed(),
+        unacked_batches: buffer.unacked(),
+        rejected_samples: router.rejected(),
+    };
+    wire::encode(&Message::Status(s), &Limits::default()).expect("status always encodes")
+}
+
+/// Runs until `stop`; sealed batches are announced on `sealed`.
+pub async fn run(
+    settings: UplinkSettings,
+    buffer: Arc<Buffer>,
+    router: Arc<Router>,
+    sealed: Arc<Notify>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let batch_topic = topic::topic(&settings.tenant, &settings.agent, TopicKind::Batch);
+    let ack_topic = topic::topic(&settings.tenant, &settings.agent, TopicKind::Ack);
+    let status_topic = topic::topic(&settings.tenant, &settings.agent, TopicKind::Status);
+    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_clean_session(true);
+    let max = Limits::default().max_message_bytes + 4096;
+    opts.set_max_packet_size(max, max);
+    opts.set_last_will(LastWill::new(
+        &status_topic,
+        status(false, &buffer, &router),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if !settings.username.is_empty() {
+        opts.set_credentials(&settings.username, &settings.password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut inflight = Inflight::new(settings.window, settings.ack_timeout);
+    let mut connected = false;
+    let mut failures = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            // Shutting down: leave the loop, then say goodbye below.
+            _ = stop.cancelled() => break,
+            // New batches were sealed.
+            _ = sealed.notified() => {}
+            // Overdue acks.
+            _ = tick.tick() => {}
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    connected = true;
+                    inflight.reset();
+                    tracing::info!(host = %settings.host, port = settings.port, "uplink connected");
+                    client.subscribe(&ack_topic, QoS::AtLeastOnce).await?;
+                    client.publish(&status_topic, QoS::AtLeastOnce, true, status(true, &buffer, &router)).await?;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+                    on_ack(&p.payload, &buffer, &mut inflight);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    connected = false;
+                    failures += 1;
+                    let wait = backoff(failures);
+                    tracing::warn!(error = %e, retry_in = ?wait, unacked = buffer.unacked(), "uplink disconnected");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+            },
+        }
+        if connected {
+            send_due(&client, &buffer, &mut inflight, &batch_topic)?;
+        }
+    }
+    if connected {
+        let _ = client
+            .publish(
+                &status_topic,
+                QoS::AtLeastOnce,
+                true,
+                status(false, &buffer, &router),
+            )
+            .await;
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+    Ok(())
+}
+
+/// Exponential backoff with jitter, 0.5 s up to 30 s.
+fn backoff(failures: u32) -> Duration {
+    let base = 500u64.saturating_mul(1 << failures.min(6)).min(30_000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+fn send_due(
+    client: &AsyncClient,
+    buffer: &Buffer,
+    inflight: &mut Inflight,
+    topic: &str,
+) -> anyhow::Result<()> {
+    // Everything in flight is among the oldest unacked batches.
+    let outbox = buffer.outbox_seqs(2 * inflight.window)?;
+    for seq in inflight.due(&outbox, Instant::now()) {
+        let Some(bytes) = buffer.batch_bytes(seq)? else {
+            inflight.unsent(seq);
+            continue;
+        };
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, false, bytes.to_vec())
+            .is_err()
+        {
+            inflight.unsent(seq);
+            break;
+        }
+        tracing::debug!(seq, "batch sent");
+    }
+    Ok(())
+}
+
+fn on_ack(payload: &[u8], buffer: &Buffer, inflight: &mut Inflight) {
+    let ack = match wire::decode(payload, &Limits::default()) {
+        Ok(Message::Ack(ack)) => ack,
+        Ok(_) => return tracing::warn!("non-ack message on the ack topic ignored"),
+        Err(e) => return tracing::warn!(error = %e, "unreadable ack ignored"),
+    };
+    if ack.stream != *buffer.stream() {
+        return tracing::debug!(seq = ack.seq, "ack for another buffer incarnation ignored");
+    }
+    if let AckOutcome::Rejected { reason } = &ack.outcome {
+        tracing::error!(seq = ack.seq, %reason, "aggregator rejected a batch; it keeps the payload in ingest_rejections");
+    }
+    inflight.acked(ack.seq, ack.committed_through);
+    match buffer.settle(ack.seq, ack.committed_through) {
+        Ok(n) => tracing::debug!(
+            seq = ack.seq,
+            through = ack.committed_through,
+            dropped = n,
+            "batch acked"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not drop an acked batch; it will be resent"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_up_to_the_window_then_waits_for_acks() {
+        let mut f = Inflight::new(2, Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(f.due(&[1, 2, 3], t0), vec![1, 2]);
+        assert_eq!(f.due(&[1, 2, 3], t0), Vec::<u64>::new());
+        f.acked(1, 0);
+        assert_eq!(f.due(&[2, 3], t0), vec![3]);
+    }
+
+    #[test]
+    fn overdue_batches_are_resent() {
+        let mut f = Inflight::new(4, Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(f.due(&[1, 2], t0), vec![1, 2]);
+        assert_eq!(
+            f.due(&[1, 2], t0 + Duration::from_secs(29)),
+            Vec::<u64>::new()
+        );
+        assert_eq!(f.due(&[1, 2], t0 + Duration::from_secs(30)), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_reconnect_resends_everything_in_flight() {
+        let mut f = Inflight::new(4, Duration::from_secs(30));
+        let t0 = Instant::now();
+        f.due(&[5, 6], t0);
+        f.reset();
+        assert_eq!(f.due(&[5, 6], t0), vec![5, 6]);
+    }
+
+    #[test]
+    fn committed_through_clears_older_sends() {
+        let mut f = Inflight::new(8, Duration::from_secs(30));
+        let t0 = Instant::now();
+        f.due(&[1, 2, 3, 4], t0);
+        f.acked(4, 2);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.due(&[3], t0), Vec::<u64>::new());
+    }
+}

@@ -1,0 +1,147 @@
+//! A test device: publishes numbered readings at QoS 1 over a raw MQTT 3.1.1
+//! connection, so it knows exactly which readings were acknowledged and how
+//! often each was sent. It reconnects and resends what was not acked, as a
+//! real device with an at-least-once client does.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a device run achieved.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Values whose PUBACK arrived.
+    pub acked: Vec<i64>,
+    /// How many times each value was sent.
+    pub sends: HashMap<i64, u32>,
+}
+
+/// Publishes `values` on `sensors/{device}/{metric}` until all are acked,
+/// `stop` is set, or `deadline` passes.
+pub async fn publish(
+    addr: SocketAddr,
+    device: &str,
+    metric: &str,
+    values: impl IntoIterator<Item = i64>,
+    stop: Arc<AtomicBool>,
+    deadline: Duration,
+) -> Report {
+    let end = Instant::now() + deadline;
+    let topic = format!("sensors/{device}/{metric}");
+    let mut pending: VecDeque<i64> = values.into_iter().collect();
+    let mut report = Report::default();
+    while !pending.is_empty() && Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        let Ok(Ok(mut socket)) =
+            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut inflight = BTreeMap::new();
+        let _ = session(
+            &mut socket,
+            device,
+            &topic,
+            &mut pending,
+            &mut inflight,
+            &mut report,
+            &stop,
+            end,
+        )
+        .await;
+        // Whatever was in flight goes out again, first.
+        for (_, v) in inflight.into_iter().rev() {
+            pending.push_front(v);
+        }
+    }
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    socket: &mut TcpStream,
+    device: &str,
+    topic: &str,
+    pending: &mut VecDeque<i64>,
+    inflight: &mut BTreeMap<u16, i64>,
+    report: &mut Report,
+    stop: &AtomicBool,
+    end: Instant,
+) -> anyhow::Result<()> {
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    let mut connect = Connect::new(format!("test-{device}"));
+    connect.keep_alive = 30;
+    Packet::Connect(connect).write(&mut out, usize::MAX)?;
+    socket.write_all(&out).await?;
+    match read(socket, &mut buf).await? {
+        Packet::ConnAck(_) => {}
+        other => anyhow::bail!("expected CONNACK, got {other:?}"),
+    }
+    let mut pkid: u16 = 0;
+    loop {
+        out.clear();
+        while inflight.len() < 32 && !stop.load(Ordering::Relaxed) {
+            let Some(v) = pending.pop_front() else { break };
+            pkid = pkid % u16::MAX + 1;
+            let mut p = Publish::new(topic, QoS::AtLeastOnce, v.to_string());
+            p.pkid = pkid;
+            Packet::Publish(p).write(&mut out, usize::MAX)?;
+            inflight.insert(pkid, v);
+            *report.sends.entry(v).or_default() += 1;
+        }
+        socket.write_all(&out).await?;
+        if inflight.is_empty() || Instant::now() > end {
+            return Ok(());
+        }
+        if let Packet::PubAck(ack) = read(socket, &mut buf).await? {
+            if let Some(v) = inflight.remove(&ack.pkid) {
+                report.acked.push(v);
+            }
+        }
+    }
+}
+
+async fn read(socket: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<Packet> {
+    loop {
+        match Packet::read(buf, 1 << 20) {
+            Ok(p) => return Ok(p),
+            Err(CodecError::InsufficientBytes(_)) => {
+                let n =
+                    tokio::time::timeout(Duration::from_secs(10), socket.read_buf(buf)).await??;
+                anyhow::ensure!(n > 0, "connection closed");
+            }
+            Err(e) => anyhow::bail!("bad packet: {e}"),
+        }
+    }
+}
+
+/// Checks the exactly-once promise for one device's readings against `rows`
+/// (`value -> rows in PostgreSQL`): every acked reading is stored; a reading
+/// sent once is stored at most once; no reading is stored more often than it
+/// was sent (a device resending an unacked reading may legitimately add one).
+pub fn check_exactly_once(report: &Report, rows: &HashMap<i64, i64>) {
+    for v in &report.acked {
+        let n = rows.get(v).copied().unwrap_or(0);
+        assert!(
+            n >= 1,
+            "acknowledged reading {v} is missing from PostgreSQL"
+        );
+    }
+    for (v, n) in rows {
+        let sends = report.sends.get(v).copied().unwrap_or(0);
+        assert!(sends > 0, "reading {v} is in PostgreSQL but was never sent");
+        assert!(
+            *n <= i64::from(sends),
+            "reading {v} stored {n} times but sent {sends} times"
+        );
+    }
+}

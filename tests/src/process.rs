@@ -1,0 +1,203 @@
+//! The real binaries as child processes, killable with SIGKILL or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// `target/debug/NAME`, next to the test binary's `deps` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process whose output goes to `log`.
+pub struct Proc {
+    name: String,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn new(name: &str, args: &[&str], env: &[(&str, String)], log: PathBuf) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            cmd: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            log,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(binary(&self.name))
+            .args(&self.cmd)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info,rumqttd=warn,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (SIGKILL after `grace`). Returns whether it exited 0.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An aggregator with an embedded broker on a free port.
+pub fn aggregator(
+    dir: &Path,
+    database_url: &str,
+    broker_port: u16,
+    http_port: u16,
+    extra: &[(&str, String)],
+) -> Proc {
+    let mut env = vec![
+        (
+            "DASH_DATA_DIR",
+            dir.join("aggregator").display().to_string(),
+        ),
+        ("DASH_DATABASE_URL", database_url.to_owned()),
+        ("DASH_BROKER__LISTEN", format!("127.0.0.1:{broker_port}")),
+        ("DASH_HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
+    ];
+    env.extend(extra.iter().cloned());
+    Proc::new(
+        "dash-aggregator",
+        &["serve"],
+        &env,
+        dir.join("aggregator.log"),
+    )
+}
+
+/// An agent listening for devices on `device_port` and sending to `uplink_port`.
+pub fn agent(dir: &Path, tenant: &str, agent_id: &str, device_port: u16, uplink_port: u16) -> Proc {
+    let config = dir.join(format!("{agent_id}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"tenant = "{tenant}"
+agent_id = "{agent_id}"
+data_dir = "{data}"
+shutdown_grace_secs = 5
+
+[uplink]
+url = "mqtt://127.0.0.1:{uplink_port}"
+batch_max_samples = 500
+batch_linger_ms = 200
+ack_timeout_secs = 3
+
+[devices]
+listen = "127.0.0.1:{device_port}"
+
+[[devices.mappings]]
+topic = "sensors/{{device}}/{{metric}}"
+"#,
+            data = dir.join(agent_id).display()
+        ),
+    )
+    .unwrap();
+    Proc::new(
+        "dash-agent",
+        &["run", "--config", config.to_str().unwrap()],
+        &[],
+        dir.join(format!("{agent_id}.log")),
+    )
+}
+
+/// Mosquitto from Debian on `port`, anonymous, loopback only.
+pub struct Mosquitto {
+    child: Child,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path, port: u16) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n"),
+        )
+        .unwrap();
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed (deploy/scripts/install-deps.sh installs it)");
+        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Mosquitto { child }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
