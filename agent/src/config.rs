@@ -56,6 +56,8 @@ pub struct UplinkConfig {
     pub max_inflight_batches: usize,
     /// Resend a batch when its ack has not come after this many seconds.
     pub ack_timeout_secs: u64,
+    /// Longest wait between reconnect attempts (exponential backoff with jitter up to this).
+    pub reconnect_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +109,7 @@ impl Default for UplinkConfig {
             batch_linger_ms: 1_000,
             max_inflight_batches: 16,
             ack_timeout_secs: 30,
+            reconnect_max_ms: 15_000,
         }
     }
 }
@@ -139,9 +142,11 @@ impl Config {
         if !file.exists() {
             bail!("config file {} does not exist", file.display());
         }
-        let env = Env::prefixed("DASH_")
-            .split("__")
-            .filter(|k| TOP_LEVEL.iter().any(|t| k.as_str().starts_with(t)));
+        let env = Env::prefixed("DASH_").split("__").filter(|k| {
+            TOP_LEVEL
+                .iter()
+                .any(|t| k.as_str().to_ascii_lowercase().starts_with(t))
+        });
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
             .merge(env)
@@ -165,6 +170,9 @@ impl Config {
         }
         if u.ack_timeout_secs == 0 {
             bail!("uplink.ack_timeout_secs must be at least 1");
+        }
+        if u.reconnect_max_ms < 100 {
+            bail!("uplink.reconnect_max_ms must be at least 100");
         }
         if self.buffer.commit_max_samples == 0 {
             bail!("buffer.commit_max_samples must be at least 1");
@@ -249,6 +257,27 @@ mod tests {
         let back: Config = toml::from_str(&default_toml()).unwrap();
         back.validate().unwrap();
         assert_eq!(back.devices.mappings.len(), 1);
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "agent_id = \"from-file\"\n[uplink]\nbatch_max_samples = 10\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DASH_AGENT_ID", "from-env");
+            jail.set_env("DASH_UPLINK__URL", "mqtt://10.0.0.1:1884");
+            jail.set_env("DASH_SOMETHING_ELSE", "ignored");
+            let c = Config::load(&file).map_err(|e| e.to_string())?;
+            assert_eq!(c.agent_id, "from-env");
+            assert_eq!(c.uplink.url, "mqtt://10.0.0.1:1884");
+            assert_eq!(c.uplink.batch_max_samples, 10);
+            Ok(())
+        });
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
         agent: config.agent(),
         window: u.max_inflight_batches,
         ack_timeout: Duration::from_secs(u.ack_timeout_secs),
+        reconnect_max: Duration::from_millis(u.reconnect_max_ms),
     })
 }
 

@@ -101,6 +101,7 @@ pub struct UplinkSettings {
     pub agent: AgentId,
     pub window: usize,
     pub ack_timeout: Duration,
+    pub reconnect_max: Duration,
 }
 
 fn status(online: bool, buffer: &Buffer, router: &Router) -> Vec<u8> {
@@ -169,7 +170,7 @@ pub async fn run(
                 Err(e) => {
                     connected = false;
                     failures += 1;
-                    let wait = backoff(failures);
+                    let wait = backoff(failures, settings.reconnect_max);
                     tracing::warn!(error = %e, retry_in = ?wait, unacked = buffer.unacked(), "uplink disconnected");
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -201,9 +202,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Exponential backoff with jitter, 0.5 s up to 30 s.
-fn backoff(failures: u32) -> Duration {
-    let base = 500u64.saturating_mul(1 << failures.min(6)).min(30_000);
+/// Exponential backoff with jitter, from 0.25 s up to `max`.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let max = max.as_millis().min(u128::from(u32::MAX)) as u64;
+    let base = 250u64.saturating_mul(1 << failures.min(10)).min(max);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
 }

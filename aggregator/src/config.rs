@@ -131,9 +131,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        let env = Env::prefixed("DASH_")
-            .split("__")
-            .filter(|k| TOP_LEVEL.iter().any(|t| k.as_str().starts_with(t)));
+        let env = Env::prefixed("DASH_").split("__").filter(|k| {
+            TOP_LEVEL
+                .iter()
+                .any(|t| k.as_str().to_ascii_lowercase().starts_with(t))
+        });
         let config: Config = fig.merge(env).extract().context("invalid configuration")?;
         config.validate()?;
         Ok(config)

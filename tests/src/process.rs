@@ -102,6 +102,14 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- last lines of {} ----", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -147,6 +155,7 @@ url = "mqtt://127.0.0.1:{uplink_port}"
 batch_max_samples = 500
 batch_linger_ms = 200
 ack_timeout_secs = 3
+reconnect_max_ms = 1000
 
 [devices]
 listen = "127.0.0.1:{device_port}"

@@ -1,0 +1,251 @@
+//! The data path end to end, with real processes, a real PostgreSQL and real
+//! brokers: devices -> dash-agent -> MQTT -> dash-aggregator -> PostgreSQL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dash_tests::device::{self, Report, check_exactly_once};
+use dash_tests::pg::TestPostgres;
+use dash_tests::process::{self, Mosquitto};
+use dash_tests::{eventually, free_port};
+
+const TENANT: &str = "acme";
+
+struct Ports {
+    broker: u16,
+    http: u16,
+    devices: u16,
+}
+
+fn ports() -> Ports {
+    Ports {
+        broker: free_port(),
+        http: free_port(),
+        devices: free_port(),
+    }
+}
+
+fn device_addr(p: &Ports) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], p.devices))
+}
+
+/// `value -> rows` for one device.
+async fn rows_of(pg: &TestPostgres, device: &str) -> HashMap<i64, i64> {
+    pg.counts(TENANT, "temp")
+        .await
+        .into_iter()
+        .filter(|((d, _), _)| d == device)
+        .map(|((_, v), n)| (v, n))
+        .collect()
+}
+
+/// Waits until every acked reading of every device is stored, then checks the promise.
+async fn assert_delivered(pg: &TestPostgres, reports: &[(&str, &Report)]) {
+    for (device, report) in reports {
+        eventually(
+            Duration::from_secs(90),
+            "acknowledged readings to reach PostgreSQL",
+            || async {
+                let rows = rows_of(pg, device).await;
+                report
+                    .acked
+                    .iter()
+                    .all(|v| rows.contains_key(v))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // Give resends in flight time to arrive, so a double would show.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (device, report) in reports {
+        let rows = rows_of(pg, device).await;
+        check_exactly_once(report, &rows);
+        let resent = report.sends.values().filter(|n| **n > 1).count();
+        let stored: i64 = rows.values().sum();
+        eprintln!(
+            "{device}: {} acked, {resent} resent by the device, {stored} rows stored",
+            report.acked.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await;
+    let p = ports();
+    let mut agent = process::agent(dir.path(), TENANT, "gw-1", p.devices, p.broker);
+    agent.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let report = device::publish(
+        device_addr(&p),
+        "th-1",
+        "temp",
+        0..3000,
+        stop,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        report.acked.len(),
+        3000,
+        "the agent acks while the aggregator is down"
+    );
+    assert_eq!(pg.total().await, 0);
+
+    let mut aggregator = process::aggregator(dir.path(), &pg.url, p.broker, p.http, &[]);
+    aggregator.start();
+    assert_delivered(&pg, &[("th-1", &report)]).await;
+    let rows = rows_of(&pg, "th-1").await;
+    assert_eq!(rows.len(), 3000);
+    assert!(
+        rows.values().all(|n| *n == 1),
+        "a reading sent once was stored twice"
+    );
+    assert!(
+        agent.terminate(Duration::from_secs(10)),
+        "agent did not exit cleanly on SIGTERM:\n{}",
+        agent.log()
+    );
+    assert!(
+        aggregator.terminate(Duration::from_secs(15)),
+        "aggregator did not exit cleanly:\n{}",
+        aggregator.log()
+    );
+}
+
+/// Runs a device in the background until `stop`.
+fn background_device(
+    addr: SocketAddr,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Report> {
+    tokio::spawn(async move {
+        device::publish(
+            addr,
+            name,
+            "temp",
+            0..1_000_000,
+            stop,
+            Duration::from_secs(120),
+        )
+        .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await;
+    let p = ports();
+    let mut aggregator = process::aggregator(dir.path(), &pg.url, p.broker, p.http, &[]);
+    aggregator.start();
+    let mut agent = process::agent(dir.path(), TENANT, "gw-1", p.devices, p.broker);
+    agent.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices = [
+        background_device(device_addr(&p), "th-1", stop.clone()),
+        background_device(device_addr(&p), "th-2", stop.clone()),
+    ];
+    for round in 0..5u64 {
+        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
+        agent.kill9();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        agent.start();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut reports = Vec::new();
+    for d in devices {
+        reports.push(d.await.unwrap());
+    }
+    assert!(
+        reports.iter().all(|r| r.acked.len() > 100),
+        "devices made too little progress: {:?}",
+        reports.iter().map(|r| r.acked.len()).collect::<Vec<_>>()
+    );
+    assert_delivered(&pg, &[("th-1", &reports[0]), ("th-2", &reports[1])]).await;
+    assert!(agent.is_running(), "agent died:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_killed_mid_batch_and_restarted_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await;
+    let p = ports();
+    let mut aggregator = process::aggregator(dir.path(), &pg.url, p.broker, p.http, &[]);
+    aggregator.start();
+    let mut agent = process::agent(dir.path(), TENANT, "gw-1", p.devices, p.broker);
+    agent.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let device = background_device(device_addr(&p), "th-1", stop.clone());
+    for round in 0..4u64 {
+        // Kill while batches are being committed.
+        eventually(
+            Duration::from_secs(30),
+            "some rows before the kill",
+            || async { (pg.total().await > (round as i64) * 500).then_some(()) },
+        )
+        .await;
+        aggregator.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        aggregator.start();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = device.await.unwrap();
+    assert_delivered(&pg, &[("th-1", &report)]).await;
+    let duplicates: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(duplicates), 0)::bigint FROM ingest_ledger")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    tracing::info!(
+        duplicates,
+        acked = report.acked.len(),
+        "redelivered batches were acked without a write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_path_through_mosquitto_survives_an_aggregator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await;
+    let p = ports();
+    let _mosquitto = Mosquitto::start(dir.path(), p.broker);
+    let url = format!("mqtt://127.0.0.1:{}", p.broker);
+    let mut aggregator = process::aggregator(
+        dir.path(),
+        &pg.url,
+        p.broker,
+        p.http,
+        &[("DASH_BROKER__URL", url)],
+    );
+    aggregator.start();
+    let mut agent = process::agent(dir.path(), TENANT, "gw-m", p.devices, p.broker);
+    agent.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let device = background_device(device_addr(&p), "th-m", stop.clone());
+    eventually(
+        Duration::from_secs(30),
+        "rows through mosquitto",
+        || async { (pg.total().await > 500).then_some(()) },
+    )
+    .await;
+    aggregator.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    aggregator.start();
+    eventually(
+        Duration::from_secs(30),
+        "rows after the restart",
+        || async { (pg.total().await > 2000).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let report = device.await.unwrap();
+    assert_delivered(&pg, &[("th-m", &report)]).await;
+}

@@ -1,0 +1,265 @@
+//! The aggregator's ingest against a real PostgreSQL, and hostile payloads
+//! through a real broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dash_aggregator::ingest::Ingestor;
+use dash_aggregator::metrics::Metrics;
+use dash_aggregator::storage::PlainSamples;
+use dash_shared::wire::{self, Limits};
+use dash_shared::{
+    AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,
+};
+use dash_tests::pg::TestPostgres;
+use dash_tests::{eventually, free_port, process};
+
+fn batch(seq: u64, floor: u64, incarnation: u64) -> Batch {
+    let t0 = 1_764_000_000_000_000 + seq as i64 * 10_000_000;
+    Batch {
+        stream: StreamId {
+            name: "telemetry".into(),
+            incarnation,
+        },
+        seq,
+        floor,
+        series: vec![SeriesBlock {
+            key: SeriesKey::with_tags("th-1", "temp", [("site".into(), "north".into())]),
+            timestamps: (0..10).map(|i| t0 + i * 1_000_000).collect(),
+            values: (0..10).map(|i| seq as f64 * 100.0 + i as f64).collect(),
+        }],
+    }
+}
+
+fn encode(b: &Batch) -> Vec<u8> {
+    wire::encode(&Message::Batch(b.clone()), &Limits::default()).unwrap()
+}
+
+async fn ingestor(pg: &TestPostgres) -> Ingestor<PlainSamples> {
+    Ingestor::new(
+        pg.pool.clone(),
+        PlainSamples,
+        Limits::default(),
+        Arc::new(Metrics::default()),
+    )
+}
+
+fn ids() -> (TenantId, AgentId) {
+    (
+        TenantId::new("acme").unwrap(),
+        AgentId::new("gw-1").unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_redelivered_batch_is_acked_again_but_stored_once() {
+    let pg = TestPostgres::start().await;
+    let ing = ingestor(&pg).await;
+    let (tenant, agent) = ids();
+    let bytes = encode(&batch(1, 1, 7));
+    let first = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
+    assert_eq!(first.outcome, AckOutcome::Committed { samples: 10 });
+    let again = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
+    assert_eq!(again.outcome, AckOutcome::Duplicate);
+    assert_eq!((again.seq, again.committed_through), (1, 1));
+    assert_eq!(pg.total().await, 10);
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_batch_store_it_once() {
+    let pg = TestPostgres::start().await;
+    let ing = Arc::new(ingestor(&pg).await);
+    let bytes = Arc::new(encode(&batch(1, 1, 7)));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (ing, bytes) = (ing.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let (tenant, agent) = ids();
+                ing.handle(&tenant, &agent, &bytes)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .outcome
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), AckOutcome::Committed { .. }) {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(pg.total().await, 10);
+}
+
+#[tokio::test]
+async fn out_of_order_batches_are_each_stored_once_and_the_ledger_stays_small() {
+    let pg = TestPostgres::start().await;
+    let ing = ingestor(&pg).await;
+    let (tenant, agent) = ids();
+    for seq in [3, 1, 5, 2, 4, 3, 1, 5] {
+        ing.handle(&tenant, &agent, &encode(&batch(seq, 1, 7)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(pg.total().await, 50);
+    let (through, above): (i64, Vec<i64>) =
+        sqlx::query_as("SELECT committed_through, above FROM ingest_ledger")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!((through, above), (5, vec![]));
+}
+
+#[tokio::test]
+async fn a_new_buffer_incarnation_starts_its_own_sequence() {
+    let pg = TestPostgres::start().await;
+    let ing = ingestor(&pg).await;
+    let (tenant, agent) = ids();
+    ing.handle(&tenant, &agent, &encode(&batch(1, 1, 7)))
+        .await
+        .unwrap();
+    // The agent lost its buffer and drew a new incarnation: seq 1 again is new data.
+    let ack = ing
+        .handle(&tenant, &agent, &encode(&batch(1, 1, 8)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ack.outcome, AckOutcome::Committed { .. }));
+    assert_eq!(pg.total().await, 20);
+}
+
+#[tokio::test]
+async fn a_batch_breaking_the_limits_is_quarantined_and_acked_as_rejected() {
+    let pg = TestPostgres::start().await;
+    let metrics = Arc::new(Metrics::default());
+    let strict = Limits {
+        max_samples: 5,
+        ..Limits::default()
+    };
+    let ing = Ingestor::new(pg.pool.clone(), PlainSamples, strict, metrics.clone());
+    let (tenant, agent) = ids();
+    let bytes = encode(&batch(1, 1, 7));
+    let ack = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
+    assert!(
+        matches!(&ack.outcome, AckOutcome::Rejected { reason } if reason.contains("samples")),
+        "{ack:?}"
+    );
+    // Resent: rejected again, kept once.
+    ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
+    let kept: Vec<(Option<i64>, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, payload FROM ingest_rejections")
+            .fetch_all(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, vec![(Some(1), bytes)]);
+    assert_eq!(pg.total().await, 0);
+    assert_eq!(metrics.rejected_count("invalid"), 2);
+}
+
+/// Publishes raw payloads on a batch topic through the embedded broker.
+async fn publish_raw(port: u16, topic: &str, payloads: Vec<Vec<u8>>) {
+    let mut opts = rumqttc::MqttOptions::new("hostile", "127.0.0.1", port);
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
+    let n = payloads.len();
+    for p in payloads {
+        client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, p)
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while acked < n {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = events.poll().await {
+                acked += 1;
+            }
+        }
+    })
+    .await
+    .expect("broker acked the hostile publishes");
+}
+
+async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_batch_topic_is_rejected_and_other_agents_keep_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await;
+    let (broker, http, devices) = (free_port(), free_port(), free_port());
+    let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
+    aggregator.start();
+    let mut agent = process::agent(dir.path(), "acme", "gw-ok", devices, broker);
+    agent.start();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], devices));
+    let healthy = |range: std::ops::Range<i64>| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        dash_tests::device::publish(addr, "th-ok", "temp", range, stop, Duration::from_secs(30))
+    };
+    // The healthy agent's first readings arrive: the aggregator is subscribed.
+    assert_eq!(healthy(0..200).await.acked.len(), 200);
+    eventually(Duration::from_secs(30), "the first readings", || async {
+        (pg.total().await == 200).then_some(())
+    })
+    .await;
+
+    let valid = encode(&batch(1, 1, 9));
+    let mut wrong_version = valid.clone();
+    wrong_version[2] = 99;
+    let hostile = vec![
+        b"not a dash message".to_vec(),
+        valid[..valid.len() / 2].to_vec(),
+        wrong_version,
+        vec![b'D'; 1024 * 1024 + 100],
+        Vec::new(),
+    ];
+    publish_raw(broker, "dash/v1/evil/gw-x/batch", hostile).await;
+
+    // And keeps flowing afterwards.
+    assert_eq!(healthy(200..400).await.acked.len(), 200);
+    eventually(Duration::from_secs(30), "the later readings", || async {
+        (pg.total().await == 400).then_some(())
+    })
+    .await;
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ingest_rejections WHERE tenant = 'evil'")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 5, "every hostile payload is kept for inspection");
+    let text = metrics_text(http).await;
+    for reason in [
+        "bad_magic",
+        "malformed",
+        "unsupported_version",
+        "too_large",
+        "too_short",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "dash_ingest_rejected_payloads_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason} not counted:\n{text}"
+        );
+    }
+    let log = aggregator.log();
+    assert!(
+        log.contains("batch payload rejected") && log.contains("not supported"),
+        "reasons not logged:\n{log}"
+    );
+    assert!(aggregator.is_running());
+}
