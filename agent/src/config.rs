@@ -260,6 +260,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail returns its own error type
     fn environment_variables_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
@@ -270,11 +271,11 @@ mod tests {
         .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("DASH_AGENT_ID", "from-env");
-            jail.set_env("DASH_UPLINK__URL", "mqtt://10.0.0.1:1884");
+            jail.set_env("DASH_UPLINK__URL", "mqtt://aggregator.internal:1884");
             jail.set_env("DASH_SOMETHING_ELSE", "ignored");
             let c = Config::load(&file).map_err(|e| e.to_string())?;
             assert_eq!(c.agent_id, "from-env");
-            assert_eq!(c.uplink.url, "mqtt://10.0.0.1:1884");
+            assert_eq!(c.uplink.url, "mqtt://aggregator.internal:1884");
             assert_eq!(c.uplink.batch_max_samples, 10);
             Ok(())
         });

@@ -166,6 +166,7 @@ async fn handle<W: SampleWriter>(
             return true;
         }
     };
+    ingestor.metrics().payload(publish.payload.len());
     let mut backoff = Duration::from_millis(100);
     let ack = loop {
         match ingestor.handle(&tenant, &agent, &publish.payload).await {

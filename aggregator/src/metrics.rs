@@ -9,6 +9,7 @@ pub const BATCHES: &str = "dash_ingest_batches_total";
 pub const SAMPLES: &str = "dash_ingest_samples_total";
 pub const REJECTED: &str = "dash_ingest_rejected_payloads_total";
 pub const STORE_ERRORS: &str = "dash_ingest_store_errors_total";
+pub const PAYLOAD_BYTES: &str = "dash_ingest_payload_bytes_total";
 
 /// Outcome of one batch message.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +26,7 @@ pub struct Metrics {
     rejected_batches: AtomicU64,
     samples: AtomicU64,
     store_errors: AtomicU64,
+    payload_bytes: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -47,6 +49,12 @@ impl Metrics {
             .expect("metrics lock")
             .entry(reason)
             .or_default() += 1;
+    }
+
+    /// Counts the bytes of a batch payload as received.
+    pub fn payload(&self, bytes: usize) {
+        self.payload_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn store_error(&self) {

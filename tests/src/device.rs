@@ -102,10 +102,10 @@ async fn session(
         if inflight.is_empty() || Instant::now() > end {
             return Ok(());
         }
-        if let Packet::PubAck(ack) = read(socket, &mut buf).await? {
-            if let Some(v) = inflight.remove(&ack.pkid) {
-                report.acked.push(v);
-            }
+        if let Packet::PubAck(ack) = read(socket, &mut buf).await?
+            && let Some(v) = inflight.remove(&ack.pkid)
+        {
+            report.acked.push(v);
         }
     }
 }

@@ -56,9 +56,12 @@ impl Router {
         self.mappings.iter().map(Mapping::filter).collect()
     }
 
-    /// Samples for one message, stamped with the agent's clock unless the payload has a time.
+    /// Samples for one message, stamped with the agent's clock unless the
+    /// payload has a time. Arrival stamps are cut to milliseconds: finer is
+    /// noise for a reading that crossed a network, and costs wire bytes.
     pub fn route(&self, topic: &str, payload: &[u8]) -> Result<Vec<Sample>, RouteError> {
-        self.route_at(topic, payload, now_micros())
+        let now = now_micros();
+        self.route_at(topic, payload, now - now.rem_euclid(1_000))
     }
 
     fn route_at(
