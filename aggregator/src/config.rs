@@ -171,24 +171,7 @@ impl Config {
 
 /// Splits `mqtt://host:port` into host and port (1883 when omitted).
 pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let Some(rest) = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-    else {
-        bail!("{url:?} must start with mqtt:// (TLS comes with mqtts:// in a later release)");
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse().with_context(|| format!("bad port in {url:?}"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        bail!("{url:?} has no host");
-    }
-    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+    Ok(dash_shared::topic::parse_broker_url(url)?)
 }
 
 /// The default configuration as commented TOML, for `print-default-config`.

@@ -107,6 +107,15 @@ impl Metrics {
             "# HELP {STORE_ERRORS} Database errors while storing (retried).\n# TYPE {STORE_ERRORS} counter"
         );
         let _ = writeln!(out, "{STORE_ERRORS} {}", load(&self.store_errors));
+        let _ = writeln!(
+            out,
+            "# HELP {PAYLOAD_BYTES} Bytes of batch payloads received."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE {PAYLOAD_BYTES} counter\n{PAYLOAD_BYTES} {}",
+            load(&self.payload_bytes)
+        );
         out
     }
 }

@@ -53,6 +53,8 @@ pub enum TopicError {
     TooLong { what: &'static str, id: String },
     #[error("{what} id {id:?} may only hold ASCII letters, digits, '-', '_' and '.'")]
     BadChar { what: &'static str, id: String },
+    #[error("broker URL {url:?} is invalid: {why}")]
+    BadUrl { url: String, why: &'static str },
     #[error("topic {0:?} is not a Dash topic (expected dash/v1/TENANT/AGENT/batch|ack|status)")]
     NotDash(String),
 }
@@ -120,6 +122,42 @@ macro_rules! id_type {
 id_type!(TenantId, "tenant");
 id_type!(AgentId, "agent");
 
+/// Splits a broker URL, `mqtt://host:port` (port 1883 when omitted), into host and port.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), TopicError> {
+    let bad = |why: &'static str| TopicError::BadUrl {
+        url: url.chars().take(200).collect(),
+        why,
+    };
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| bad("it must start with mqtt://"))?
+        .trim_end_matches('/');
+    // An IPv6 host comes in brackets: mqtt://[::1]:1883.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("an opening '[' has no ']'"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .map_err(|_| bad("the port is not a number from 0 to 65535"))?,
+        None => 1883,
+    };
+    if host.is_empty() {
+        return Err(bad("it has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// The topic for `kind` messages of one agent.
 pub fn topic(tenant: &TenantId, agent: &AgentId, kind: TopicKind) -> String {
     format!("{PREFIX}/{tenant}/{agent}/{}", kind.as_str())
@@ -169,6 +207,29 @@ mod tests {
     fn ids_with_wildcards_slashes_or_spaces_are_refused() {
         for bad in ["", "a/b", "+", "#", "a b", "ü", &"x".repeat(65)] {
             assert!(TenantId::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn broker_urls_parse_with_and_without_port() {
+        assert_eq!(
+            parse_broker_url("mqtt://broker:1884").unwrap(),
+            ("broker".into(), 1884)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://broker/").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://[::1]:1885").unwrap(),
+            ("::1".into(), 1885)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://[::1]").unwrap(),
+            ("::1".into(), 1883)
+        );
+        for bad in ["http://broker", "mqtt://:1", "mqtt://broker:x", "mqtt://"] {
+            assert!(parse_broker_url(bad).is_err(), "{bad} accepted");
         }
     }
 

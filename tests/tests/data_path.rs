@@ -32,6 +32,19 @@ fn device_addr(p: &Ports) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], p.devices))
 }
 
+/// An aggregator with its embedded broker, and agent `gw-1` sending to it.
+fn start_both(
+    dir: &std::path::Path,
+    pg: &TestPostgres,
+    p: &Ports,
+) -> (process::Proc, process::Proc) {
+    let mut aggregator = process::aggregator(dir, &pg.url, p.broker, p.http, &[]);
+    aggregator.start();
+    let mut agent = process::agent(dir, TENANT, "gw-1", p.devices, p.broker);
+    agent.start();
+    (aggregator, agent)
+}
+
 /// `value -> rows` for one device.
 async fn rows_of(pg: &TestPostgres, device: &str) -> HashMap<i64, i64> {
     pg.counts(TENANT, "temp")
@@ -142,10 +155,7 @@ async fn an_agent_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await;
     let p = ports();
-    let mut aggregator = process::aggregator(dir.path(), &pg.url, p.broker, p.http, &[]);
-    aggregator.start();
-    let mut agent = process::agent(dir.path(), TENANT, "gw-1", p.devices, p.broker);
-    agent.start();
+    let (_aggregator, mut agent) = start_both(dir.path(), &pg, &p);
     let stop = Arc::new(AtomicBool::new(false));
     let devices = [
         background_device(device_addr(&p), "th-1", stop.clone()),
@@ -177,10 +187,7 @@ async fn an_aggregator_killed_mid_batch_and_restarted_loses_and_doubles_nothing(
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await;
     let p = ports();
-    let mut aggregator = process::aggregator(dir.path(), &pg.url, p.broker, p.http, &[]);
-    aggregator.start();
-    let mut agent = process::agent(dir.path(), TENANT, "gw-1", p.devices, p.broker);
-    agent.start();
+    let (mut aggregator, _agent) = start_both(dir.path(), &pg, &p);
     let stop = Arc::new(AtomicBool::new(false));
     let device = background_device(device_addr(&p), "th-1", stop.clone());
     for round in 0..4u64 {

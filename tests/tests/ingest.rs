@@ -256,6 +256,10 @@ async fn garbage_on_the_batch_topic_is_rejected_and_other_agents_keep_flowing() 
             "{reason} not counted:\n{text}"
         );
     }
+    assert!(
+        !text.contains("dash_ingest_payload_bytes_total 0\n"),
+        "payload bytes not counted:\n{text}"
+    );
     let log = aggregator.log();
     assert!(
         log.contains("batch payload rejected") && log.contains("not supported"),
