@@ -25,7 +25,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dash_shared::wire::{self, EncodeError, Limits};
+use dash_shared::wire::{self, EncodeError, Invalid, Limits};
 use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -44,11 +44,15 @@ pub enum BufferError {
     Corrupt(String),
     #[error("could not encode a batch: {0}")]
     Encode(#[from] EncodeError),
+    #[error("buffer file error (check the disk under data_dir): {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The buffer. Cheap to share behind an `Arc`.
 pub struct Buffer {
     db: sled::Db,
+    /// sled's log file, fsynced after each flush (see [`Buffer::flush`]).
+    log: std::fs::File,
     samples: sled::Tree,
     outbox: sled::Tree,
     meta: sled::Tree,
@@ -56,6 +60,8 @@ pub struct Buffer {
     limits: Limits,
     next_id: AtomicU64,
     unsealed: AtomicU64,
+    /// The highest seq whose seal is on disk. Only batches up to it may be sent.
+    durable_seq: AtomicU64,
 }
 
 fn be(n: u64) -> [u8; 8] {
@@ -95,8 +101,15 @@ impl Buffer {
             None => 0,
         };
         let unsealed = samples.len() as u64;
+        // Everything recovered from disk is durable.
+        let durable_seq = match outbox.last()? {
+            Some((k, _)) => read_u64(&k)?,
+            None => 0,
+        };
+        let log = std::fs::File::open(dir.join("db"))?;
         Ok(Buffer {
             db,
+            log,
             samples,
             outbox,
             meta,
@@ -107,6 +120,7 @@ impl Buffer {
             limits: Limits::default(),
             next_id: AtomicU64::new(next_id),
             unsealed: AtomicU64::new(unsealed),
+            durable_seq: AtomicU64::new(durable_seq),
         })
     }
 
@@ -132,9 +146,16 @@ impl Buffer {
         Ok(())
     }
 
-    /// Makes everything written so far durable (fsync).
+    /// Makes everything written so far durable. sled's own flush writes with
+    /// `sync_file_range`, which survives a process crash but not a power cut
+    /// (it flushes neither the drive's cache nor metadata), so the log file is
+    /// fsynced as well: a Pi loses power more often than it crashes.
     pub async fn flush(&self) -> Result<(), BufferError> {
         self.db.flush_async().await?;
+        let log = self.log.try_clone()?;
+        tokio::task::spawn_blocking(move || log.sync_data())
+            .await
+            .map_err(|e| BufferError::Corrupt(format!("fsync task failed: {e}")))??;
         Ok(())
     }
 
@@ -161,10 +182,18 @@ impl Buffer {
                 Ok(seq) => {
                     self.unsealed.fetch_sub(ids.len() as u64, Ordering::SeqCst);
                     self.flush().await?;
+                    // Only now may the batch go out: a seq on the wire must
+                    // name these bytes even after a crash.
+                    self.durable_seq.fetch_max(seq, Ordering::SeqCst);
                     return Ok(Some(seq));
                 }
-                // Long series keys can make a full batch too big: take fewer.
-                Err(BufferError::Encode(EncodeError::TooLarge { .. })) if take > 1 => take /= 2,
+                // Many series or long keys can make a batch too big: take fewer.
+                Err(BufferError::Encode(
+                    EncodeError::TooLarge { .. }
+                    | EncodeError::Invalid(
+                        Invalid::TooManySeries { .. } | Invalid::TooManySamples { .. },
+                    ),
+                )) if take > 1 => take /= 2,
                 Err(e) => return Err(e),
             }
         }
@@ -214,14 +243,16 @@ impl Buffer {
         })
     }
 
-    /// The oldest `limit` sealed batches in seq order, for (re)sending.
+    /// The oldest `limit` sealed and flushed batches in seq order, for (re)sending.
     pub fn outbox_seqs(&self, limit: usize) -> Result<Vec<u64>, BufferError> {
-        self.outbox
-            .iter()
-            .keys()
-            .take(limit)
-            .map(|k| read_u64(&k?))
-            .collect()
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        let keys = self.outbox.range(..=be(durable)).keys();
+        keys.take(limit).map(|k| read_u64(&k?)).collect()
+    }
+
+    /// The highest seq sealed durably; acks claiming more are not ours.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::SeqCst)
     }
 
     /// The encoded batch `seq`, if still unacked.

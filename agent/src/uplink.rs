@@ -9,7 +9,8 @@
 //!
 //! # IO ([`run`])
 //!
-//! One task owns the rumqttc event loop, with `clean_session = true`: the
+//! One task owns the rumqttc event loop and is never cancelled mid-poll; it
+//! reports to the uplink over a channel. The session is `clean_session = true`: the
 //! outbox in sled is the only queue that matters, so nothing is kept in the
 //! MQTT session. Batches go out at QoS 1 on `dash/v1/{tenant}/{agent}/batch`;
 //! acks come back on `.../ack`. Only an application ack deletes a batch, never
@@ -22,8 +23,10 @@ use std::time::Duration;
 use dash_shared::topic::{self, TopicKind};
 use dash_shared::wire::{self, Limits};
 use dash_shared::{AckOutcome, AgentId, AgentStatus, Message, TenantId, now_micros};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use tokio::sync::Notify;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +75,7 @@ impl Inflight {
     /// Forgets `seq` and everything up to `through`.
     pub fn acked(&mut self, seq: u64, through: u64) {
         self.sent.remove(&seq);
-        self.sent = self.sent.split_off(&(through + 1));
+        self.sent = self.sent.split_off(&through.saturating_add(1));
     }
 
     /// Forgets a send that did not leave (the request queue was full).
@@ -141,10 +144,11 @@ pub async fn run(
     if !settings.username.is_empty() {
         opts.set_credentials(&settings.username, &settings.password);
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let (events, mut incoming) = mpsc::channel(256);
+    let mut poller = tokio::spawn(poll(eventloop, events, settings.reconnect_max));
     let mut inflight = Inflight::new(settings.window, settings.ack_timeout);
     let mut connected = false;
-    let mut failures = 0u32;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -154,52 +158,86 @@ pub async fn run(
             _ = sealed.notified() => {}
             // Overdue acks.
             _ = tick.tick() => {}
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    failures = 0;
+            event = incoming.recv() => match event {
+                Some(Link::Connected) => {
                     connected = true;
                     inflight.reset();
                     tracing::info!(host = %settings.host, port = settings.port, "uplink connected");
-                    client.subscribe(&ack_topic, QoS::AtLeastOnce).await?;
-                    client.publish(&status_topic, QoS::AtLeastOnce, true, status(true, &buffer, &router)).await?;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
-                    on_ack(&p.payload, &buffer, &mut inflight);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    connected = false;
-                    failures += 1;
-                    let wait = backoff(failures, settings.reconnect_max);
-                    tracing::warn!(error = %e, retry_in = ?wait, unacked = buffer.unacked(), "uplink disconnected");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
+                    let online = status(true, &buffer, &router);
+                    if client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err()
+                        || client.try_publish(&status_topic, QoS::AtLeastOnce, true, online).is_err()
+                    {
+                        tracing::warn!("uplink request queue full right after connecting");
                     }
-                    continue;
                 }
+                Some(Link::Message(p)) if p.topic == ack_topic => on_ack(&p.payload, &buffer, &mut inflight),
+                Some(Link::Message(_)) => {}
+                Some(Link::Lost) => connected = false,
+                None => break,
             },
         }
         if connected {
-            send_due(&client, &buffer, &mut inflight, &batch_topic)?;
+            if let Err(e) = send_due(&client, &buffer, &mut inflight, &batch_topic) {
+                tracing::error!(error = %e, "reading the buffer failed; retrying");
+            }
         }
     }
     if connected {
-        let _ = client
-            .publish(
-                &status_topic,
-                QoS::AtLeastOnce,
-                true,
-                status(false, &buffer, &router),
-            )
-            .await;
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while eventloop.poll().await.is_ok() {}
-        })
-        .await;
+        let _ = client.try_publish(
+            &status_topic,
+            QoS::AtLeastOnce,
+            true,
+            status(false, &buffer, &router),
+        );
+        let _ = client.try_disconnect();
+    }
+    // The poller ends on the disconnect; don't wait on a dead link.
+    if tokio::time::timeout(Duration::from_secs(2), &mut poller)
+        .await
+        .is_err()
+    {
+        poller.abort();
     }
     Ok(())
+}
+
+/// What the event-loop task reports.
+enum Link {
+    Connected,
+    Message(Publish),
+    Lost,
+}
+
+/// Owns the rumqttc event loop and is never cancelled mid-poll (rumqttc's
+/// poll is not cancel-safe: a cancelled poll can drop a request it already
+/// took). Reconnects with backoff; ends after a disconnect was sent or when
+/// the uplink stopped listening.
+async fn poll(mut eventloop: EventLoop, events: mpsc::Sender<Link>, reconnect_max: Duration) {
+    let mut failures = 0u32;
+    loop {
+        let report = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                Link::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => continue,
+            Err(e) => {
+                failures += 1;
+                let wait = backoff(failures, reconnect_max);
+                tracing::warn!(error = %e, retry_in = ?wait, "uplink disconnected");
+                if events.send(Link::Lost).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        if events.send(report).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Exponential backoff with jitter, from 0.25 s up to `max`.
@@ -243,6 +281,15 @@ fn on_ack(payload: &[u8], buffer: &Buffer, inflight: &mut Inflight) {
     };
     if ack.stream != *buffer.stream() {
         return tracing::debug!(seq = ack.seq, "ack for another buffer incarnation ignored");
+    }
+    let sent = buffer.durable_seq();
+    if ack.seq > sent || ack.committed_through > sent {
+        return tracing::warn!(
+            seq = ack.seq,
+            through = ack.committed_through,
+            sent,
+            "ack for batches never sent ignored"
+        );
     }
     if let AckOutcome::Rejected { reason } = &ack.outcome {
         tracing::error!(seq = ack.seq, %reason, "aggregator rejected a batch; it keeps the payload in ingest_rejections");
@@ -292,6 +339,36 @@ mod tests {
         f.due(&[5, 6], t0);
         f.reset();
         assert_eq!(f.due(&[5, 6], t0), vec![5, 6]);
+    }
+
+    #[tokio::test]
+    async fn an_ack_for_batches_never_sent_deletes_nothing() {
+        use dash_shared::{Ack, SeriesKey};
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = Buffer::open(dir.path()).unwrap();
+        let sample = crate::sample::Sample {
+            key: SeriesKey::new("d", "m"),
+            ts: 1_764_000_000_000_000,
+            value: 1.0,
+        };
+        buffer.append(&[sample.clone(), sample]).unwrap();
+        buffer.seal(1).await.unwrap();
+        buffer.seal(1).await.unwrap();
+        let mut inflight = Inflight::new(4, Duration::from_secs(30));
+        let ack = |seq, through| {
+            let ack = Ack {
+                stream: buffer.stream().clone(),
+                seq,
+                outcome: AckOutcome::Duplicate,
+                committed_through: through,
+                server_time: 0,
+            };
+            wire::encode(&Message::Ack(ack), &Limits::default()).unwrap()
+        };
+        on_ack(&ack(1, u64::MAX), &buffer, &mut inflight);
+        assert_eq!(buffer.outbox_seqs(10).unwrap(), vec![1, 2]);
+        on_ack(&ack(1, 1), &buffer, &mut inflight);
+        assert_eq!(buffer.outbox_seqs(10).unwrap(), vec![2]);
     }
 
     #[test]

@@ -57,8 +57,8 @@ impl StreamLedger {
 
     fn raise_through(&mut self, to: u64) {
         self.through = self.through.max(to);
-        self.above = self.above.split_off(&(self.through + 1));
-        while self.above.first() == Some(&(self.through + 1)) {
+        self.above = self.above.split_off(&self.through.saturating_add(1));
+        while self.above.first() == Some(&self.through.saturating_add(1)) {
             self.above.pop_first();
             self.through += 1;
         }

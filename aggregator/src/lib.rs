@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     tracing::info!("shutting down");
     stop.cancel();
-    session.await.context("link task panicked")??;
+    session.await.context("link task panicked")??; // bounded by the grace period
     pool.close().await;
     if let Some(mut pg) = private_pg.take() {
         tokio::task::spawn_blocking(move || pg.stop()).await??;

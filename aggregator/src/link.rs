@@ -1,6 +1,7 @@
 //! The aggregator's MQTT session: batches in, acks out.
 //!
-//! One task owns the rumqttc event loop. Incoming batches are dispatched to
+//! One task owns the rumqttc event loop and is never cancelled mid-poll.
+//! Incoming batches are dispatched to
 //! a fixed set of workers by a hash of the topic, so one agent's batches are
 //! handled in arrival order by one worker while different agents proceed in
 //! parallel.
@@ -20,7 +21,7 @@ use std::time::Duration;
 use dash_shared::Message;
 use dash_shared::topic::{self, TopicKind};
 use dash_shared::wire::{self, Limits};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,62 +74,88 @@ pub async fn run<W: SampleWriter>(
     stop: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let (client, mut eventloop) = AsyncClient::new(config.options(), 1024);
+    // Large enough for every message the broker may have in flight to us
+    // (rumqttd allows 500), so neither side ever waits on the other.
+    let (client, eventloop) = AsyncClient::new(config.options(), 4096);
     let workers = TaskTracker::new();
     let mut queues = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
-        let (tx, rx) = mpsc::channel::<Publish>(1024);
+        let (tx, rx) = mpsc::channel::<Publish>(4096);
         queues.push(tx);
         workers.spawn(worker(rx, ingestor.clone(), client.clone(), stop.clone()));
     }
     workers.close();
-    let filter = config.batch_filter();
-    let mut failures = 0u32;
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => break,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
-                tracing::info!(host = %config.host, port = config.port, "connected to broker");
-                client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let mut h = DefaultHasher::new();
-                p.topic.hash(&mut h);
-                let queue = &queues[(h.finish() % queues.len() as u64) as usize];
-                if queue.send(p).await.is_err() {
-                    break; // workers are gone: shutting down
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                failures += 1;
-                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-                tracing::warn!(error = %e, retry_in = ?wait, "broker connection lost");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-    }
-    drop(queues);
-    // Keep polling so acks of the batches in hand reach the broker.
-    let drain = async {
-        workers.wait().await;
-        let _ = client.disconnect().await;
-        while eventloop.poll().await.is_ok() {}
-    };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    let mut poller = tokio::spawn(poll(
+        eventloop,
+        client.clone(),
+        config,
+        queues,
+        stop.clone(),
+    ));
+    stop.cancelled().await;
+    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown grace elapsed with batches in hand; the broker will redeliver them"
         );
     }
+    // Acks of the batches in hand are queued before the disconnect.
+    let _ = client.try_disconnect();
+    if tokio::time::timeout(Duration::from_secs(2), &mut poller)
+        .await
+        .is_err()
+    {
+        poller.abort();
+    }
     Ok(())
+}
+
+/// Owns the event loop, never cancelled mid-poll (rumqttc's poll is not
+/// cancel-safe), and never waits on a worker: it dispatches with `try_send`.
+/// After `stop`, new batches are left unacked for the broker to redeliver.
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    config: LinkConfig,
+    queues: Vec<mpsc::Sender<Publish>>,
+    stop: CancellationToken,
+) {
+    let filter = config.batch_filter();
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                tracing::info!(host = %config.host, port = config.port, "connected to broker");
+                if client
+                    .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                    .is_err()
+                {
+                    tracing::error!(
+                        "could not queue the batch subscription; reconnecting will retry"
+                    );
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if !stop.is_cancelled() => {
+                let mut h = DefaultHasher::new();
+                p.topic.hash(&mut h);
+                let queue = &queues[(h.finish() % queues.len() as u64) as usize];
+                if queue.try_send(p).is_err() {
+                    tracing::warn!(
+                        "ingest queue full; the batch stays unacked and will be redelivered"
+                    );
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                tracing::warn!(error = %e, retry_in = ?wait, "broker connection lost");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 async fn worker<W: SampleWriter>(

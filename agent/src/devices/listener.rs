@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode,
+    UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,20 +77,23 @@ async fn connection(
     let (replies, rx) = mpsc::channel::<Reply>(1024);
     let writer = tokio::spawn(write_replies(wr, rx));
     let mut buf = BytesMut::with_capacity(4096);
-    let mut keep_alive = Duration::from_secs(60);
+    // MQTT: the server may close a client silent for 1.5x its keep-alive; 0 means never.
+    let mut idle_limit: Option<Duration> = Some(Duration::from_secs(60));
     let mut connected = false;
     let mut awaiting_rel: HashSet<u16> = HashSet::new();
     loop {
         let packet = match Packet::read(&mut buf, max_payload) {
             Ok(p) => p,
             Err(CodecError::InsufficientBytes(_)) => {
-                let idle = keep_alive + keep_alive / 2;
+                let read = rd.read_buf(&mut buf);
                 let n = tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
-                        Ok(r) => r?,
-                        Err(_) => anyhow::bail!("keep-alive expired"),
-                    },
+                    r = async {
+                        match idle_limit {
+                            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| anyhow::anyhow!("keep-alive expired")),
+                            None => Ok(read.await),
+                        }
+                    } => r??,
                 };
                 if n == 0 {
                     break;
@@ -101,9 +105,8 @@ async fn connection(
         let reply = match packet {
             Packet::Connect(c) if !connected => {
                 connected = true;
-                if c.keep_alive > 0 {
-                    keep_alive = Duration::from_secs(c.keep_alive.into());
-                }
+                idle_limit = (c.keep_alive > 0)
+                    .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
                 Some(Reply {
                     ticket: None,
                     packet: Some(Packet::ConnAck(ConnAck::new(
@@ -113,6 +116,7 @@ async fn connection(
                 })
             }
             _ if !connected => anyhow::bail!("first packet was not CONNECT"),
+            Packet::Connect(_) => anyhow::bail!("a second CONNECT is a protocol violation"),
             Packet::Publish(p) => {
                 let dup_qos2 = p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.pkid);
                 let ticket = match (dup_qos2, router.route(&p.topic, &p.payload)) {
@@ -150,6 +154,10 @@ async fn connection(
                     packet: Some(Packet::SubAck(SubAck::new(s.pkid, codes))),
                 })
             }
+            Packet::Unsubscribe(u) => Some(Reply {
+                ticket: None,
+                packet: Some(Packet::UnsubAck(UnsubAck::new(u.pkid))),
+            }),
             Packet::PingReq => Some(Reply {
                 ticket: None,
                 packet: Some(Packet::PingResp),
