@@ -71,7 +71,13 @@ async fn main() {
     let (broker, http, devices) = (free_port(), free_port(), free_port());
     let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
     aggregator.start();
-    let mut agent = process::agent(dir.path(), "bench", "gw-1", devices, broker);
+    let mut agent = process::agent(
+        dir.path(),
+        "bench",
+        "gw-1",
+        process::DeviceSource::Listen(devices),
+        broker,
+    );
     agent.start();
     // Warm up: the aggregator is subscribed once one reading made it through.
     let addr = SocketAddr::from(([127, 0, 0, 1], devices));

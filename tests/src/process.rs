@@ -139,8 +139,29 @@ pub fn aggregator(
     )
 }
 
-/// An agent listening for devices on `device_port` and sending to `uplink_port`.
-pub fn agent(dir: &Path, tenant: &str, agent_id: &str, device_port: u16, uplink_port: u16) -> Proc {
+/// Where an agent's devices come from.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceSource {
+    /// The agent's own listener on this port.
+    Listen(u16),
+    /// A broker already on the gateway, on this port.
+    Broker(u16),
+}
+
+/// An agent reading devices from `devices` and sending to `uplink_port`.
+pub fn agent(
+    dir: &Path,
+    tenant: &str,
+    agent_id: &str,
+    devices: DeviceSource,
+    uplink_port: u16,
+) -> Proc {
+    let devices = match devices {
+        DeviceSource::Listen(port) => format!("listen = \"127.0.0.1:{port}\""),
+        DeviceSource::Broker(port) => {
+            format!("listen = \"\"\nbroker_url = \"mqtt://127.0.0.1:{port}\"")
+        }
+    };
     let config = dir.join(format!("{agent_id}.toml"));
     std::fs::write(
         &config,
@@ -158,7 +179,7 @@ ack_timeout_secs = 3
 reconnect_max_ms = 1000
 
 [devices]
-listen = "127.0.0.1:{device_port}"
+{devices}
 
 [[devices.mappings]]
 topic = "sensors/{{device}}/{{metric}}"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dash_tests::device::{self, Report, check_exactly_once};
 use dash_tests::pg::TestPostgres;
-use dash_tests::process::{self, Mosquitto};
+use dash_tests::process::{self, DeviceSource, Mosquitto};
 use dash_tests::{eventually, free_port};
 
 const TENANT: &str = "acme";
@@ -40,7 +40,13 @@ fn start_both(
 ) -> (process::Proc, process::Proc) {
     let mut aggregator = process::aggregator(dir, &pg.url, p.broker, p.http, &[]);
     aggregator.start();
-    let mut agent = process::agent(dir, TENANT, "gw-1", p.devices, p.broker);
+    let mut agent = process::agent(
+        dir,
+        TENANT,
+        "gw-1",
+        DeviceSource::Listen(p.devices),
+        p.broker,
+    );
     agent.start();
     (aggregator, agent)
 }
@@ -91,7 +97,13 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await;
     let p = ports();
-    let mut agent = process::agent(dir.path(), TENANT, "gw-1", p.devices, p.broker);
+    let mut agent = process::agent(
+        dir.path(),
+        TENANT,
+        "gw-1",
+        DeviceSource::Listen(p.devices),
+        p.broker,
+    );
     agent.start();
     let stop = Arc::new(AtomicBool::new(false));
     let report = device::publish(
@@ -233,7 +245,13 @@ async fn the_same_path_through_mosquitto_survives_an_aggregator_restart() {
         &[("DASH_BROKER__URL", url)],
     );
     aggregator.start();
-    let mut agent = process::agent(dir.path(), TENANT, "gw-m", p.devices, p.broker);
+    let mut agent = process::agent(
+        dir.path(),
+        TENANT,
+        "gw-m",
+        DeviceSource::Listen(p.devices),
+        p.broker,
+    );
     agent.start();
     let stop = Arc::new(AtomicBool::new(false));
     let device = background_device(device_addr(&p), "th-m", stop.clone());

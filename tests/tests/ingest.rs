@@ -203,7 +203,13 @@ async fn garbage_on_the_batch_topic_is_rejected_and_other_agents_keep_flowing() 
     let (broker, http, devices) = (free_port(), free_port(), free_port());
     let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
     aggregator.start();
-    let mut agent = process::agent(dir.path(), "acme", "gw-ok", devices, broker);
+    let mut agent = process::agent(
+        dir.path(),
+        "acme",
+        "gw-ok",
+        process::DeviceSource::Listen(devices),
+        broker,
+    );
     agent.start();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], devices));
     let healthy = |range: std::ops::Range<i64>| {
