@@ -37,7 +37,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 target/release/dash-aggregator serve --config "$STATE/aggregator.toml" >"$STATE/aggregator.log" 2>&1 &
 pids+=($!)
