@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! broker (embedded rumqttd | external) --dash/v1/+/+/batch--> link (one session, N workers)
-//!     --> ingest: decode, series ids, BEGIN; ledger row FOR UPDATE; COPY samples; ledger update; COMMIT
+//!     --> ingest: decode, series ids, BEGIN; ledger row FOR UPDATE; COPY raw blocks; merge rollups; ledger update; COMMIT
 //!     --> ack on dash/v1/{tenant}/{agent}/ack, then PUBACK
 //! ```
 //!
@@ -13,7 +13,8 @@
 //! - [`postgres`]: the private cluster used when no database URL is given.
 //! - [`db`]: pool and embedded migrations.
 //! - [`ledger`]: the per-stream dedupe ledger (the exactly-once core).
-//! - [`storage`]: series registry and the [`storage::SampleWriter`] seam the tiers plug into.
+//! - [`storage`]: series registry and the [`storage::SampleWriter`] seam.
+//! - [`tiers`]: raw blocks and exact hourly/daily rollups, written in the ingest transaction.
 //! - [`ingest`]: one payload in, one ack out.
 //! - [`link`]: the MQTT session and its workers.
 //! - [`broker`]: the embedded rumqttd.
@@ -37,6 +38,7 @@ pub mod link;
 pub mod metrics;
 pub mod postgres;
 pub mod storage;
+pub mod tiers;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -53,7 +55,7 @@ use crate::ingest::Ingestor;
 use crate::link::LinkConfig;
 use crate::metrics::Metrics;
 use crate::postgres::PrivatePostgres;
-use crate::storage::PlainSamples;
+use crate::tiers::TieredWriter;
 
 /// Runs the aggregator until `shutdown` resolves, then drains within the
 /// configured grace period and stops the private PostgreSQL (if any).
@@ -68,7 +70,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_message_bytes: config.ingest.max_message_bytes,
         ..Limits::default()
     };
-    let ingestor = Arc::new(Ingestor::new(pool.clone(), PlainSamples, limits, metrics));
+    let ingestor = Arc::new(Ingestor::new(
+        pool.clone(),
+        TieredWriter::default(),
+        limits,
+        metrics,
+    ));
     let session = tokio::spawn(link::run(
         link,
         ingestor,

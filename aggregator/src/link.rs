@@ -169,10 +169,10 @@ async fn worker<W: SampleWriter>(
             _ = stop.cancelled() => return,
             p = queue.recv() => match p { Some(p) => p, None => return },
         };
-        if handle(&publish, &ingestor, &client, &stop).await {
-            if let Err(e) = client.ack(&publish).await {
-                tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
-            }
+        if handle(&publish, &ingestor, &client, &stop).await
+            && let Err(e) = client.ack(&publish).await
+        {
+            tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Storage: the series registry and the writer for samples.
 //!
 //! The ingest transaction calls a [`SampleWriter`] with a batch whose series
-//! are already resolved to ids. This is the seam where the storage tiers plug
-//! in: today [`PlainSamples`] appends one row per sample with binary COPY.
+//! are already resolved to ids. [`crate::tiers::TieredWriter`] is the one
+//! Dash uses: raw blocks plus hourly and daily rollups.
 //!
 //! Series ids are resolved outside the ingest transaction (an orphan series
 //! row from a batch that then failed is harmless, and a resend reuses it), in
@@ -26,36 +26,6 @@ pub trait SampleWriter: Send + Sync + 'static {
         batch: &Batch,
         series_ids: &[i64],
     ) -> impl Future<Output = sqlx::Result<u64>> + Send;
-}
-
-/// One row per sample in `samples`, by binary COPY.
-#[derive(Debug, Default)]
-pub struct PlainSamples;
-
-impl SampleWriter for PlainSamples {
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        tenant: &TenantId,
-        batch: &Batch,
-        series_ids: &[i64],
-    ) -> sqlx::Result<u64> {
-        let mut copy = BinaryCopy::new(4);
-        for (block, id) in batch.series.iter().zip(series_ids) {
-            for (ts, value) in block.timestamps.iter().zip(&block.values) {
-                copy.row();
-                copy.text(tenant.as_str());
-                copy.int8(*id);
-                copy.timestamptz(*ts);
-                copy.float8(*value);
-            }
-        }
-        let mut sink = conn
-            .copy_in_raw("COPY samples (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
-            .await?;
-        sink.send(copy.finish()).await?;
-        sink.finish().await
-    }
 }
 
 /// PostgreSQL's binary COPY format, just the types Dash writes.
@@ -100,6 +70,31 @@ impl BinaryCopy {
 
     pub fn timestamptz(&mut self, unix_micros: Micros) {
         self.int8(unix_micros - PG_EPOCH_OFFSET);
+    }
+
+    /// A one-dimensional array without NULLs, in PostgreSQL's binary format.
+    fn array<T: Copy>(&mut self, oid: u32, width: i32, items: &[T], bytes: impl Fn(T) -> [u8; 8]) {
+        let len = 20 + items.len() * (4 + width as usize);
+        self.buf.extend_from_slice(&(len as i32).to_be_bytes());
+        self.buf.extend_from_slice(&1i32.to_be_bytes()); // dimensions
+        self.buf.extend_from_slice(&0i32.to_be_bytes()); // has NULLs
+        self.buf.extend_from_slice(&oid.to_be_bytes());
+        self.buf
+            .extend_from_slice(&(items.len() as i32).to_be_bytes());
+        self.buf.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+        for item in items {
+            self.buf.extend_from_slice(&width.to_be_bytes());
+            self.buf
+                .extend_from_slice(&bytes(*item)[8 - width as usize..]);
+        }
+    }
+
+    pub fn int4_array(&mut self, items: &[i32]) {
+        self.array(23, 4, items, |v| i64::from(v).to_be_bytes());
+    }
+
+    pub fn float8_array(&mut self, items: &[f64]) {
+        self.array(701, 8, items, f64::to_be_bytes);
     }
 
     pub fn finish(mut self) -> Vec<u8> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dash_aggregator::ingest::Ingestor;
 use dash_aggregator::metrics::Metrics;
-use dash_aggregator::storage::PlainSamples;
+use dash_aggregator::tiers::TieredWriter;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{
     AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,
@@ -35,10 +35,10 @@ fn encode(b: &Batch) -> Vec<u8> {
     wire::encode(&Message::Batch(b.clone()), &Limits::default()).unwrap()
 }
 
-async fn ingestor(pg: &TestPostgres) -> Ingestor<PlainSamples> {
+async fn ingestor(pg: &TestPostgres) -> Ingestor<TieredWriter> {
     Ingestor::new(
         pg.pool.clone(),
-        PlainSamples,
+        TieredWriter::default(),
         Limits::default(),
         Arc::new(Metrics::default()),
     )
@@ -139,7 +139,12 @@ async fn a_batch_breaking_the_limits_is_quarantined_and_acked_as_rejected() {
         max_samples: 5,
         ..Limits::default()
     };
-    let ing = Ingestor::new(pg.pool.clone(), PlainSamples, strict, metrics.clone());
+    let ing = Ingestor::new(
+        pg.pool.clone(),
+        TieredWriter::default(),
+        strict,
+        metrics.clone(),
+    );
     let (tenant, agent) = ids();
     let bytes = encode(&batch(1, 1, 7));
     let ack = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();

@@ -1,0 +1,274 @@
+//! The storage tiers, written in the ingest transaction.
+//!
+//! # Layout
+//!
+//! - `raw_blocks`: one row per series, per batch, per 30-minute span
+//!   (`bucket`): `offsets int4[]` (µs after `bucket`) and `vals float8[]`. A
+//!   view `samples (tenant, series_id, ts, value)` expands them.
+//! - `rollup_hourly`, `rollup_daily`: `(series_id, bucket)` ->
+//!   count, sum, min, max, first (+ its time), last (+ its time). Daily
+//!   buckets are the tenant's local days (`tenants.time_zone`, IANA), so a
+//!   DST day has 23 or 25 hours.
+//!
+//! # Exactness
+//!
+//! The batch's samples are folded into [`Partial`]s per bucket, then merged
+//! into the rollup rows with one upsert per tier. Every merge is commutative
+//! and associative (first/last compare `(time, value)`, so equal times never
+//! depend on arrival order), and it runs in the same transaction as the raw
+//! insert and the dedupe ledger: late, out-of-order and redelivered batches
+//! leave the rollups equal to a recomputation from the raw tier (sums up to
+//! floating-point rounding). Upserts go in key order, so concurrent batches
+//! touching the same buckets cannot deadlock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use chrono::{DateTime, NaiveTime, TimeZone};
+use chrono_tz::Tz;
+use dash_shared::{Batch, Micros, TenantId};
+use sqlx::PgConnection;
+
+use crate::storage::{BinaryCopy, SampleWriter};
+
+/// Span of one raw block, in µs (fits `int4` offsets).
+pub const BLOCK_SPAN: Micros = 30 * 60 * 1_000_000;
+const HOUR: Micros = 3_600 * 1_000_000;
+
+/// Aggregates of some samples of one series in one bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Partial {
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    /// `(time, value)` with the smallest time (then value).
+    pub first: (Micros, f64),
+    /// `(time, value)` with the largest time (then value).
+    pub last: (Micros, f64),
+}
+
+fn before(a: (Micros, f64), b: (Micros, f64)) -> bool {
+    a.0 < b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+impl Partial {
+    pub fn new(ts: Micros, v: f64) -> Partial {
+        Partial {
+            count: 1,
+            sum: v,
+            min: v,
+            max: v,
+            first: (ts, v),
+            last: (ts, v),
+        }
+    }
+
+    pub fn add(&mut self, ts: Micros, v: f64) {
+        self.merge(&Partial::new(ts, v));
+    }
+
+    /// The same merge the upsert does in SQL.
+    pub fn merge(&mut self, o: &Partial) {
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if before(o.first, self.first) {
+            self.first = o.first;
+        }
+        if before(self.last, o.last) {
+            self.last = o.last;
+        }
+    }
+}
+
+/// Start of the UTC hour holding `ts`.
+pub fn hour_of(ts: Micros) -> Micros {
+    ts.div_euclid(HOUR) * HOUR
+}
+
+/// Start (as UTC µs) of the local day in `tz` holding `ts`.
+pub fn day_of(ts: Micros, tz: Tz) -> Micros {
+    let Some(utc) = DateTime::from_timestamp_micros(ts) else {
+        return hour_of(ts);
+    };
+    let date = utc.with_timezone(&tz).date_naive();
+    // Midnight may not exist (a DST jump at 00:00): the day starts at the first local time that does.
+    (0..24)
+        .find_map(|h| {
+            tz.from_local_datetime(&date.and_time(NaiveTime::from_hms_opt(h, 0, 0)?))
+                .earliest()
+        })
+        .map_or_else(|| hour_of(ts), |start| start.timestamp_micros())
+}
+
+/// Raw blocks plus hourly and daily rollups.
+#[derive(Debug, Default)]
+pub struct TieredWriter {
+    zones: Mutex<HashMap<TenantId, Tz>>,
+}
+
+type Rollups = BTreeMap<(i64, Micros), Partial>;
+
+impl TieredWriter {
+    /// The tenant's zone, registering the tenant (UTC) on first sight. Cached:
+    /// change a zone before the tenant's first data, then restart.
+    async fn zone(&self, conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<Tz> {
+        if let Some(tz) = self.zones.lock().expect("zone cache").get(tenant) {
+            return Ok(*tz);
+        }
+        sqlx::query("INSERT INTO tenants (tenant) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(tenant.as_str())
+            .execute(&mut *conn)
+            .await?;
+        let name: String = sqlx::query_scalar("SELECT time_zone FROM tenants WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+        let tz: Tz = name.parse().map_err(|_| {
+            sqlx::Error::Protocol(format!(
+                "tenant {tenant} has an unknown time zone {name:?} in tenants.time_zone"
+            ))
+        })?;
+        self.zones
+            .lock()
+            .expect("zone cache")
+            .insert(tenant.clone(), tz);
+        Ok(tz)
+    }
+}
+
+impl SampleWriter for TieredWriter {
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &TenantId,
+        batch: &Batch,
+        series_ids: &[i64],
+    ) -> sqlx::Result<u64> {
+        let tz = self.zone(conn, tenant).await?;
+        let mut copy = BinaryCopy::new(5);
+        let (mut hourly, mut daily) = (Rollups::new(), Rollups::new());
+        let mut n = 0u64;
+        for (block, id) in batch.series.iter().zip(series_ids) {
+            let mut spans: BTreeMap<Micros, (Vec<i32>, Vec<f64>)> = BTreeMap::new();
+            for (ts, v) in block.timestamps.iter().zip(&block.values) {
+                let span = ts.div_euclid(BLOCK_SPAN) * BLOCK_SPAN;
+                let (offsets, vals) = spans.entry(span).or_default();
+                offsets.push((ts - span) as i32);
+                vals.push(*v);
+                for (tier, bucket) in [(&mut hourly, hour_of(*ts)), (&mut daily, day_of(*ts, tz))] {
+                    tier.entry((*id, bucket))
+                        .and_modify(|p| p.add(*ts, *v))
+                        .or_insert_with(|| Partial::new(*ts, *v));
+                }
+                n += 1;
+            }
+            for (span, (offsets, vals)) in spans {
+                copy.row();
+                copy.text(tenant.as_str());
+                copy.int8(*id);
+                copy.timestamptz(span);
+                copy.int4_array(&offsets);
+                copy.float8_array(&vals);
+            }
+        }
+        let mut sink = conn
+            .copy_in_raw("COPY raw_blocks (tenant, series_id, bucket, offsets, vals) FROM STDIN (FORMAT binary)")
+            .await?;
+        sink.send(copy.finish()).await?;
+        sink.finish().await?;
+        upsert(conn, "rollup_hourly", tenant, &hourly).await?;
+        upsert(conn, "rollup_daily", tenant, &daily).await?;
+        Ok(n)
+    }
+}
+
+/// Merges partials into a rollup table, in key order.
+async fn upsert(
+    conn: &mut PgConnection,
+    table: &str,
+    tenant: &TenantId,
+    rows: &Rollups,
+) -> sqlx::Result<()> {
+    let col = |f: fn(&(i64, Micros), &Partial) -> i64| {
+        rows.iter().map(|(k, p)| f(k, p)).collect::<Vec<i64>>()
+    };
+    let fcol = |f: fn(&Partial) -> f64| rows.values().map(f).collect::<Vec<f64>>();
+    let sql = format!(
+        "INSERT INTO {table} AS r (tenant, series_id, bucket, count, sum, min, max, first, first_ts, last, last_ts)
+         SELECT $1, s, to_timestamp(0) + b * interval '1 microsecond', c, su, mi, ma,
+                f, to_timestamp(0) + ft * interval '1 microsecond', l, to_timestamp(0) + lt * interval '1 microsecond'
+         FROM unnest($2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
+                     $8::float8[], $9::int8[], $10::float8[], $11::int8[]) AS u(s, b, c, su, mi, ma, f, ft, l, lt)
+         ON CONFLICT (series_id, bucket) DO UPDATE SET
+             count = r.count + EXCLUDED.count,
+             sum = r.sum + EXCLUDED.sum,
+             min = LEAST(r.min, EXCLUDED.min),
+             max = GREATEST(r.max, EXCLUDED.max),
+             first = CASE WHEN (EXCLUDED.first_ts, EXCLUDED.first) < (r.first_ts, r.first) THEN EXCLUDED.first ELSE r.first END,
+             first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+             last = CASE WHEN (EXCLUDED.last_ts, EXCLUDED.last) > (r.last_ts, r.last) THEN EXCLUDED.last ELSE r.last END,
+             last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)"
+    );
+    sqlx::query(&sql)
+        .bind(tenant.as_str())
+        .bind(col(|k, _| k.0))
+        .bind(col(|k, _| k.1))
+        .bind(col(|_, p| p.count))
+        .bind(fcol(|p| p.sum))
+        .bind(fcol(|p| p.min))
+        .bind(fcol(|p| p.max))
+        .bind(fcol(|p| p.first.1))
+        .bind(col(|_, p| p.first.0))
+        .bind(fcol(|p| p.last.1))
+        .bind(col(|_, p| p.last.0))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Micros = 1_774_742_400_000_000; // 2026-03-29T00:00:00Z
+
+    #[test]
+    fn berlin_days_around_dst_have_23_and_25_hours() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // 2026-03-29 is the spring-forward day in Berlin: it starts at 23:00Z the day before.
+        let spring = day_of(T + 12 * HOUR, tz);
+        let next = day_of(T + 36 * HOUR, tz);
+        assert_eq!(spring, T - HOUR);
+        assert_eq!(next - spring, 23 * HOUR);
+        // 2026-10-25 falls back: 25 hours.
+        let autumn_noon = 1_792_929_600_000_000; // 2026-10-25T12:00:00Z
+        let start = day_of(autumn_noon, tz);
+        assert_eq!(day_of(autumn_noon + 24 * HOUR, tz) - start, 25 * HOUR);
+    }
+
+    #[test]
+    fn partials_merge_the_same_in_any_order() {
+        let samples = [(5, 1.0), (1, 7.0), (1, 3.0), (9, 2.0), (9, 8.0)];
+        let mut forward = Partial::new(samples[0].0, samples[0].1);
+        samples[1..].iter().for_each(|(t, v)| forward.add(*t, *v));
+        let mut backward = Partial::new(samples[4].0, samples[4].1);
+        samples[..4]
+            .iter()
+            .rev()
+            .for_each(|(t, v)| backward.add(*t, *v));
+        assert_eq!(forward, backward);
+        assert_eq!(
+            (forward.first, forward.last, forward.count),
+            ((1, 3.0), (9, 8.0), 5)
+        );
+    }
+
+    #[test]
+    fn hours_floor_negative_times_too() {
+        assert_eq!(hour_of(HOUR + 1), HOUR);
+        assert_eq!(hour_of(-1), -HOUR);
+    }
+}
