@@ -1,0 +1,157 @@
+//! The storage writer: samples/s through the ingest path (ledger, raw blocks,
+//! hourly and daily rollups, one transaction per batch) and bytes per sample
+//! on disk, against a plain row-per-point binary COPY of the same samples into
+//! a table indexed on (series, ts), measured in the same run on the same
+//! cluster. Shape: 1,000 series at 1 Hz; batches of 5,000 samples, as an
+//! agent sends them (5 s of every series per batch).
+//!
+//! Run: `cargo bench -p dash-benches --bench storage`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dash_aggregator::ingest::Ingestor;
+use dash_aggregator::metrics::Metrics;
+use dash_aggregator::tiers::TieredWriter;
+use dash_shared::wire::{self, Limits};
+use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
+use dash_tests::pg::TestPostgres;
+
+const SERIES: usize = 1_000;
+const SECONDS: i64 = 600;
+const PER_BATCH_SECONDS: i64 = 5;
+const T0: i64 = 1_764_000_000_000_000;
+
+fn value(s: usize, t: i64) -> f64 {
+    (2000 + (s as i64 * 37 + t * 3) % 400) as f64 / 100.0
+}
+
+fn payloads() -> Vec<Vec<u8>> {
+    (0..SECONDS / PER_BATCH_SECONDS)
+        .map(|b| {
+            let series = (0..SERIES)
+                .map(|s| {
+                    let secs = b * PER_BATCH_SECONDS..(b + 1) * PER_BATCH_SECONDS;
+                    SeriesBlock {
+                        key: SeriesKey::with_tags(
+                            format!("sensor-{s:04}"),
+                            "temperature",
+                            [("site".into(), "plant-2".into())],
+                        ),
+                        timestamps: secs.clone().map(|t| T0 + t * 1_000_000).collect(),
+                        values: secs.map(|t| value(s, t)).collect(),
+                    }
+                })
+                .collect();
+            let batch = Batch {
+                stream: StreamId {
+                    name: "telemetry".into(),
+                    incarnation: 1,
+                },
+                seq: b as u64 + 1,
+                floor: 1,
+                series,
+            };
+            wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+        })
+        .collect()
+}
+
+async fn size(pg: &TestPostgres, tables: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT sum(pg_total_relation_size(t))::int8 FROM unnest(ARRAY[{tables}]::regclass[]) t"
+    ))
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap()
+}
+
+async fn row_per_point(pg: &TestPostgres) -> (Duration, i64) {
+    sqlx::query("CREATE TABLE rows_baseline (series_id int8 NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL)")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE INDEX ON rows_baseline (series_id, ts)")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let mut buf = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+    for t in 0..SECONDS {
+        for s in 0..SERIES {
+            buf.extend_from_slice(&3i16.to_be_bytes());
+            for v in [s as i64, T0 - 946_684_800_000_000 + t * 1_000_000] {
+                buf.extend_from_slice(&8i32.to_be_bytes());
+                buf.extend_from_slice(&v.to_be_bytes());
+            }
+            buf.extend_from_slice(&8i32.to_be_bytes());
+            buf.extend_from_slice(&value(s, t).to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut conn = pg.pool.acquire().await.unwrap();
+    let start = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY rows_baseline FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    copy.send(buf).await.unwrap();
+    copy.finish().await.unwrap();
+    let took = start.elapsed();
+    sqlx::query("VACUUM ANALYZE rows_baseline")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    (took, size(pg, "'rows_baseline'").await)
+}
+
+#[tokio::main]
+async fn main() {
+    let n = (SERIES as i64 * SECONDS) as f64;
+    let pg = TestPostgres::start().await;
+    let payloads = payloads();
+    let ing = Ingestor::new(
+        pg.pool.clone(),
+        TieredWriter::default(),
+        Limits::default(),
+        Arc::new(Metrics::default()),
+    );
+    let (tenant, agent) = (TenantId::new("bench").unwrap(), AgentId::new("gw").unwrap());
+    // Series registration is a one-time cost per series; keep it out of the timing.
+    ing.handle(&tenant, &agent, &payloads[0]).await.unwrap();
+    let start = Instant::now();
+    for p in &payloads[1..] {
+        ing.handle(&tenant, &agent, p).await.unwrap();
+    }
+    let tiered =
+        start.elapsed().as_secs_f64() * payloads.len() as f64 / (payloads.len() - 1) as f64;
+    sqlx::query("VACUUM ANALYZE raw_blocks, rollup_hourly, rollup_daily")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let raw_bytes = size(&pg, "'raw_blocks'").await as f64;
+    let tier_bytes = size(&pg, "'rollup_hourly', 'rollup_daily'").await as f64;
+    let (copy, copy_bytes) = row_per_point(&pg).await;
+
+    let writer = n / tiered;
+    let baseline = n / copy.as_secs_f64();
+    println!(
+        "storage writer, {SERIES} series x {SECONDS} s at 1 Hz, batches of {} samples:",
+        SERIES as i64 * PER_BATCH_SECONDS
+    );
+    println!(
+        "  writer (ledger + raw blocks + hourly + daily, a transaction per batch) {writer:>10.0} samples/s"
+    );
+    println!(
+        "  baseline: row-per-point binary COPY into an indexed table            {baseline:>10.0} samples/s"
+    );
+    println!(
+        "  ratio writer / baseline                                              {:>10.2}",
+        writer / baseline
+    );
+    println!(
+        "  on disk: raw blocks {:.1} bytes/sample (+{:.1} for rollups), row-per-point {:.1} bytes/sample",
+        raw_bytes / n,
+        tier_bytes / n,
+        copy_bytes as f64 / n
+    );
+}
