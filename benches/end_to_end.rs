@@ -33,15 +33,25 @@ async fn copy_baseline(pg: &TestPostgres, n: i64) -> Duration {
         buf.extend_from_slice(&(i as f64).to_be_bytes());
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
+    sqlx::query(
+        "CREATE TABLE baseline_rows (tenant text NOT NULL, series_id bigint NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("CREATE INDEX ON baseline_rows (series_id, ts)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut copy = conn
-        .copy_in_raw("COPY samples (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
+        .copy_in_raw("COPY baseline_rows (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
         .await
         .unwrap();
     copy.send(buf).await.unwrap();
     copy.finish().await.unwrap();
     let took = start.elapsed();
-    sqlx::query("TRUNCATE samples")
+    sqlx::query("DROP TABLE baseline_rows")
         .execute(&mut *conn)
         .await
         .unwrap();
