@@ -57,6 +57,8 @@ pub struct IngestConfig {
     pub max_message_bytes: usize,
     /// Database connections.
     pub max_connections: u32,
+    /// How often small raw blocks of closed 30-minute spans are merged.
+    pub compact_every_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +101,7 @@ impl Default for IngestConfig {
             workers: 4,
             max_message_bytes: 1024 * 1024,
             max_connections: 8,
+            compact_every_secs: 60,
         }
     }
 }
@@ -151,6 +154,9 @@ impl Config {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.ingest.max_message_bytes) {
             bail!("ingest.max_message_bytes must be between 1 KiB and 64 MiB");
+        }
+        if self.ingest.compact_every_secs == 0 {
+            bail!("ingest.compact_every_secs must be at least 1");
         }
         if self.ingest.max_connections < 2 {
             bail!("ingest.max_connections must be at least 2");

@@ -82,12 +82,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop.clone(),
         config.shutdown_grace(),
     ));
+    let compaction = Duration::from_secs(config.ingest.compact_every_secs);
+    let compactor = tokio::spawn(tiers::compact_loop(pool.clone(), compaction, stop.clone()));
     tracing::info!("aggregator ready");
 
     shutdown.await;
     tracing::info!("shutting down");
     stop.cancel();
     session.await.context("link task panicked")??; // bounded by the grace period
+    let _ = tokio::time::timeout(config.shutdown_grace(), compactor).await;
     pool.close().await;
     if let Some(mut pg) = private_pg.take() {
         tokio::task::spawn_blocking(move || pg.stop()).await??;

@@ -185,6 +185,66 @@ impl SampleWriter for TieredWriter {
     }
 }
 
+/// Merges the blocks of each closed span (ended more than `settle` ago) into
+/// one block per series and span, up to `limit` spans per call; returns how
+/// many spans were merged. Batches cut a series into blocks of a few samples;
+/// merged, a span of a 1 Hz series is one row of 1,800 samples, which is what
+/// makes the raw tier small. Samples, their order and the rollups are
+/// unchanged; a late batch landing in a span meanwhile stays a block of its
+/// own until the next pass.
+pub async fn compact(
+    pool: &sqlx::PgPool,
+    settle: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let merged = sqlx::query(
+        "WITH spans AS (
+             SELECT series_id, bucket FROM raw_blocks
+             WHERE bucket < now() - interval '30 minutes' - $1 * interval '1 second'
+             GROUP BY series_id, bucket HAVING count(*) > 1 LIMIT $2),
+         gone AS (
+             DELETE FROM raw_blocks b USING spans s
+             WHERE b.series_id = s.series_id AND b.bucket = s.bucket
+             RETURNING b.tenant, b.series_id, b.bucket, b.offsets, b.vals)
+         INSERT INTO raw_blocks (tenant, series_id, bucket, offsets, vals)
+         SELECT g.tenant, g.series_id, g.bucket, array_agg(u.off ORDER BY u.off, u.value), array_agg(u.value ORDER BY u.off, u.value)
+         FROM gone g, LATERAL unnest(g.offsets, g.vals) AS u(off, value)
+         GROUP BY g.tenant, g.series_id, g.bucket",
+    )
+    .bind(settle.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(merged.rows_affected())
+}
+
+/// Compacts closed spans every `every` until `stop`.
+pub async fn compact_loop(
+    pool: sqlx::PgPool,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        loop {
+            match compact(&pool, std::time::Duration::from_secs(300), 5_000).await {
+                Ok(0) => break,
+                Ok(n) => tracing::debug!(spans = n, "raw blocks compacted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "raw block compaction failed; retrying next round");
+                    break;
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
 /// Merges partials into a rollup table, in key order.
 async fn upsert(
     conn: &mut PgConnection,

@@ -222,3 +222,60 @@ async fn a_berlin_tenant_gets_23_and_25_hour_days_with_correct_sums() {
             .unwrap();
     assert_eq!(hours, 2 * 72, "hourly buckets are UTC hours");
 }
+
+#[tokio::test]
+async fn compaction_merges_closed_spans_without_changing_samples_or_rollups() {
+    let pg = TestPostgres::start().await;
+    let ing = Ingestor::new(
+        pg.pool.clone(),
+        TieredWriter::default(),
+        Limits::default(),
+        Arc::new(Metrics::default()),
+    );
+    let (t, agent) = (TenantId::new("c").unwrap(), AgentId::new("gw").unwrap());
+    // Two series, an hour at 1 Hz, in batches of 30 s: 120 blocks per series, late ones last.
+    let mut samples: Vec<Sample> = (0..3600)
+        .flat_map(|s| [(0, s, s % 97), (1, s, -(s % 89))])
+        .collect();
+    samples.rotate_left(1000);
+    for p in batches(&samples, 60, 1) {
+        ing.handle(&t, &agent, &p).await.unwrap();
+    }
+    let snapshot = |pool: sqlx::PgPool| async move {
+        let raw: Vec<(i64, i64, f64)> = sqlx::query_as(&format!(
+            "SELECT series_id, {}, value FROM samples ORDER BY 1, 2, 3",
+            us("ts")
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let blocks: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_blocks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (raw, blocks)
+    };
+    let (before, blocks_before) = snapshot(pg.pool.clone()).await;
+    let hourly = stored(&pg, "rollup_hourly", "c").await;
+    let mut merged = 0;
+    loop {
+        let n = dash_aggregator::tiers::compact(&pg.pool, std::time::Duration::ZERO, 1)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        merged += n;
+    }
+    let (after, blocks_after) = snapshot(pg.pool.clone()).await;
+    assert_eq!(after.len(), 7200);
+    assert_eq!(before, after, "compaction changed the samples");
+    assert!(blocks_before > 100, "{blocks_before} blocks before");
+    assert_eq!(
+        blocks_after,
+        2 * 2,
+        "one block per series and 30-minute span"
+    );
+    assert!(merged >= 4);
+    assert_eq!(stored(&pg, "rollup_hourly", "c").await, hourly);
+}
