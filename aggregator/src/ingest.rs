@@ -12,6 +12,7 @@
 //! A database error is returned as [`IngestError::Store`]; the caller retries
 //! and does not acknowledge the MQTT message until it succeeds.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dash_shared::wire;
@@ -20,15 +21,31 @@ use dash_shared::{
 };
 use sqlx::PgPool;
 
-use crate::ledger::{Admission, LedgerKey};
+use crate::ledger::{Admission, LedgerKey, StreamLedger};
 use crate::metrics::{BatchOutcome, Metrics};
-use crate::storage::{SampleWriter, SeriesRegistry};
+use crate::storage::{Admitted, SampleWriter, SeriesRegistry};
 
 /// Why a message could not be handled now.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("database error while storing a batch (will retry): {0}")]
     Store(#[from] sqlx::Error),
+}
+
+/// One payload as it arrived, with who sent it (from its topic).
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub tenant: &'a TenantId,
+    pub agent: &'a AgentId,
+    pub payload: &'a [u8],
+}
+
+/// What a group did to one stream's ledger row.
+#[derive(Debug, Default)]
+struct StreamTally {
+    batches: i64,
+    samples: u64,
+    duplicates: i64,
 }
 
 /// Turns batch payloads into committed rows and acks.
@@ -59,62 +76,155 @@ impl<W: SampleWriter> Ingestor<W> {
         agent: &AgentId,
         payload: &[u8],
     ) -> Result<Option<Ack>, IngestError> {
-        match wire::decode(payload, &self.limits) {
-            Ok(Message::Batch(batch)) => self.store(tenant, agent, &batch).await.map(Some),
-            Ok(_) => {
-                self.refuse(
-                    tenant,
-                    agent,
-                    payload,
-                    "not_a_batch",
-                    "a non-batch message on a batch topic",
-                )
-                .await
-            }
-            Err(e) => {
-                self.refuse(tenant, agent, payload, e.label(), &e.to_string())
-                    .await
+        let mut acks = self
+            .handle_group(&[Delivery {
+                tenant,
+                agent,
+                payload,
+            }])
+            .await?;
+        Ok(acks.pop().flatten())
+    }
+
+    /// Handles several payloads, storing every valid batch among them in one
+    /// transaction (group commit: a rollup row touched by several batches is
+    /// written once). Returns one answer per delivery, in order. On error
+    /// nothing of the group is stored and the whole group may be retried.
+    pub async fn handle_group(
+        &self,
+        deliveries: &[Delivery<'_>],
+    ) -> Result<Vec<Option<Ack>>, IngestError> {
+        let mut answers = vec![None; deliveries.len()];
+        let mut valid = Vec::new();
+        for (i, d) in deliveries.iter().enumerate() {
+            match wire::decode(d.payload, &self.limits) {
+                Ok(Message::Batch(batch)) => valid.push((i, batch)),
+                Ok(_) => {
+                    let reason = "a non-batch message on a batch topic";
+                    answers[i] = self
+                        .refuse(d.tenant, d.agent, d.payload, "not_a_batch", reason)
+                        .await?;
+                }
+                Err(e) => {
+                    answers[i] = self
+                        .refuse(d.tenant, d.agent, d.payload, e.label(), &e.to_string())
+                        .await?
+                }
             }
         }
+        if !valid.is_empty() {
+            for (i, ack) in self.store(deliveries, &valid).await? {
+                answers[i] = Some(ack);
+            }
+        }
+        Ok(answers)
     }
 
     async fn store(
         &self,
-        tenant: &TenantId,
-        agent: &AgentId,
-        batch: &Batch,
-    ) -> Result<Ack, IngestError> {
-        let ids = self.registry.resolve(&self.pool, tenant, batch).await?;
-        let key = LedgerKey {
-            tenant,
-            agent,
-            stream: &batch.stream,
+        ds: &[Delivery<'_>],
+        valid: &[(usize, Batch)],
+    ) -> Result<Vec<(usize, Ack)>, IngestError> {
+        let mut ids = Vec::with_capacity(valid.len());
+        for (i, batch) in valid {
+            ids.push(
+                self.registry
+                    .resolve(&self.pool, ds[*i].tenant, batch)
+                    .await?,
+            );
+        }
+        let stream_of = |i: usize, b: &Batch| {
+            (
+                ds[i].tenant.clone(),
+                ds[i].agent.clone(),
+                b.stream.name.clone(),
+                b.stream.incarnation,
+            )
         };
         let mut tx = self.pool.begin().await?;
-        let mut ledger = key.lock(&mut tx).await?;
-        let outcome = match ledger.admit(batch.seq, batch.floor) {
-            Admission::New => {
-                let n = self.writer.write(&mut tx, tenant, batch, &ids).await?;
-                ledger.settle(batch.seq);
-                key.store(&mut tx, &ledger, Some(n)).await?;
-                AckOutcome::Committed { samples: n }
-            }
-            Admission::Duplicate => {
-                key.store(&mut tx, &ledger, None).await?;
-                AckOutcome::Duplicate
-            }
-        };
-        tx.commit().await?;
-        match outcome {
-            AckOutcome::Committed { samples } => {
-                self.metrics.batch(BatchOutcome::Committed, samples)
-            }
-            _ => {
-                tracing::debug!(%tenant, %agent, seq = batch.seq, "duplicate batch acked again");
-                self.metrics.batch(BatchOutcome::Duplicate, 0);
-            }
+        // Lock every stream's ledger row once, in key order, so concurrent groups cannot deadlock.
+        let mut ledgers: BTreeMap<_, (StreamLedger, StreamTally)> = BTreeMap::new();
+        for (i, b) in valid {
+            ledgers
+                .entry(stream_of(*i, b))
+                .or_insert_with(Default::default);
         }
-        Ok(ack(&batch.stream, batch.seq, outcome, ledger.through))
+        for (key, (ledger, _)) in ledgers.iter_mut() {
+            let stream = StreamId {
+                name: key.2.clone(),
+                incarnation: key.3,
+            };
+            *ledger = LedgerKey {
+                tenant: &key.0,
+                agent: &key.1,
+                stream: &stream,
+            }
+            .lock(&mut tx)
+            .await?;
+        }
+        let mut admitted = Vec::new();
+        let mut outcomes = Vec::with_capacity(valid.len());
+        for ((i, batch), ids) in valid.iter().zip(&ids) {
+            let (ledger, tally) = ledgers
+                .get_mut(&stream_of(*i, batch))
+                .expect("locked above");
+            let outcome = match ledger.admit(batch.seq, batch.floor) {
+                Admission::New => {
+                    ledger.settle(batch.seq);
+                    let n = batch.sample_count() as u64;
+                    (tally.batches, tally.samples) = (tally.batches + 1, tally.samples + n);
+                    admitted.push(Admitted {
+                        tenant: ds[*i].tenant,
+                        batch,
+                        series_ids: ids,
+                    });
+                    AckOutcome::Committed { samples: n }
+                }
+                Admission::Duplicate => {
+                    tally.duplicates += 1;
+                    AckOutcome::Duplicate
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if !admitted.is_empty() {
+            self.writer.write(&mut tx, &admitted).await?;
+        }
+        for (key, (ledger, tally)) in &ledgers {
+            let stream = StreamId {
+                name: key.2.clone(),
+                incarnation: key.3,
+            };
+            let row = LedgerKey {
+                tenant: &key.0,
+                agent: &key.1,
+                stream: &stream,
+            };
+            row.store(
+                &mut tx,
+                ledger,
+                tally.batches,
+                tally.samples,
+                tally.duplicates,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let mut acks = Vec::with_capacity(valid.len());
+        for ((i, batch), outcome) in valid.iter().zip(outcomes) {
+            match outcome {
+                AckOutcome::Committed { samples } => {
+                    self.metrics.batch(BatchOutcome::Committed, samples)
+                }
+                _ => {
+                    tracing::debug!(tenant = %ds[*i].tenant, agent = %ds[*i].agent, seq = batch.seq, "duplicate batch acked again");
+                    self.metrics.batch(BatchOutcome::Duplicate, 0);
+                }
+            }
+            let through = ledgers[&stream_of(*i, batch)].0.through;
+            acks.push((*i, ack(&batch.stream, batch.seq, outcome, through)));
+        }
+        Ok(acks)
     }
 
     /// Keeps a payload that cannot be stored, and answers it if it has an id.
@@ -142,7 +252,7 @@ impl<W: SampleWriter> Ingestor<W> {
                 let mut ledger = key.lock(&mut tx).await?;
                 first_time = ledger.admit(*seq, 0) == Admission::New;
                 ledger.settle(*seq);
-                key.store(&mut tx, &ledger, None).await?;
+                key.store(&mut tx, &ledger, 0, 0, 0).await?;
                 ledger.through
             }
             None => 0,

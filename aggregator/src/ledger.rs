@@ -106,18 +106,17 @@ impl LedgerKey<'_> {
         })
     }
 
-    /// Writes the row back, counting a stored batch (`samples` > 0) or a duplicate.
+    /// Writes the row back, adding what this transaction stored and skipped.
     pub async fn store(
         &self,
         conn: &mut PgConnection,
         ledger: &StreamLedger,
-        stored_samples: Option<u64>,
+        batches: i64,
+        samples: u64,
+        duplicates: i64,
     ) -> sqlx::Result<()> {
         let above: Vec<i64> = ledger.above.iter().map(|s| *s as i64).collect();
-        let (batches, samples, dups) = match stored_samples {
-            Some(n) => (1i64, n as i64, 0i64),
-            None => (0, 0, 1),
-        };
+        let (samples, dups) = (samples as i64, duplicates);
         sqlx::query(
             "UPDATE ingest_ledger SET committed_through = $5, above = $6,
                  batches = batches + $7, samples = samples + $8, duplicates = duplicates + $9,

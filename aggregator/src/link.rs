@@ -1,7 +1,8 @@
 //! The aggregator's MQTT session: batches in, acks out.
 //!
 //! One task owns the rumqttc event loop and is never cancelled mid-poll.
-//! Incoming batches are dispatched to
+//! A worker stores whatever batches are queued for it (up to 32) in one
+//! transaction. Incoming batches are dispatched to
 //! a fixed set of workers by a hash of the topic, so one agent's batches are
 //! handled in arrival order by one worker while different agents proceed in
 //! parallel.
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ingest::Ingestor;
+use crate::ingest::{Delivery, Ingestor};
 use crate::storage::SampleWriter;
 
 /// Where and how the aggregator connects.
@@ -158,6 +159,9 @@ async fn poll(
     }
 }
 
+/// Most batch messages one worker stores in one transaction.
+const GROUP: usize = 32;
+
 async fn worker<W: SampleWriter>(
     mut queue: mpsc::Receiver<Publish>,
     ingestor: Arc<Ingestor<W>>,
@@ -165,42 +169,66 @@ async fn worker<W: SampleWriter>(
     stop: CancellationToken,
 ) {
     loop {
-        let publish = tokio::select! {
+        let first = tokio::select! {
             _ = stop.cancelled() => return,
             p = queue.recv() => match p { Some(p) => p, None => return },
         };
-        if handle(&publish, &ingestor, &client, &stop).await
-            && let Err(e) = client.ack(&publish).await
-        {
-            tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
+        // Group commit: whatever else is already queued goes in the same transaction.
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match queue.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        if handle(&group, &ingestor, &client, &stop).await {
+            for publish in &group {
+                if let Err(e) = client.ack(publish).await {
+                    tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
+                }
+            }
         }
     }
 }
 
-/// Handles one message, retrying database errors until it succeeds or `stop`.
-/// Returns whether the message may be PUBACKed.
+/// Handles a group of messages, retrying database errors until it succeeds
+/// or `stop`. Returns whether the messages may be PUBACKed.
 async fn handle<W: SampleWriter>(
-    publish: &Publish,
+    group: &[Publish],
     ingestor: &Ingestor<W>,
     client: &AsyncClient,
     stop: &CancellationToken,
 ) -> bool {
-    let (tenant, agent) = match topic::parse(&publish.topic) {
-        Ok((tenant, agent, TopicKind::Batch)) => (tenant, agent),
-        Ok(_) => return true,
-        Err(e) => {
-            ingestor.refuse_topic(&publish.topic, &e);
-            return true;
+    let mut senders = Vec::with_capacity(group.len());
+    for publish in group {
+        ingestor.metrics().payload(publish.payload.len());
+        match topic::parse(&publish.topic) {
+            Ok((tenant, agent, TopicKind::Batch)) => senders.push(Some((tenant, agent))),
+            Ok(_) => senders.push(None),
+            Err(e) => {
+                ingestor.refuse_topic(&publish.topic, &e);
+                senders.push(None);
+            }
         }
-    };
-    ingestor.metrics().payload(publish.payload.len());
+    }
+    let deliveries: Vec<Delivery<'_>> = group
+        .iter()
+        .zip(&senders)
+        .filter_map(|(p, s)| {
+            s.as_ref().map(|(tenant, agent)| Delivery {
+                tenant,
+                agent,
+                payload: &p.payload,
+            })
+        })
+        .collect();
     let mut backoff = Duration::from_millis(100);
-    let ack = loop {
-        match ingestor.handle(&tenant, &agent, &publish.payload).await {
-            Ok(ack) => break ack,
+    let acks = loop {
+        match ingestor.handle_group(&deliveries).await {
+            Ok(acks) => break acks,
             Err(e) => {
                 ingestor.metrics().store_error();
-                tracing::error!(%tenant, %agent, error = %e, retry_in = ?backoff, "batch not stored yet");
+                tracing::error!(batches = deliveries.len(), error = %e, retry_in = ?backoff, "batches not stored yet");
                 tokio::select! {
                     _ = stop.cancelled() => return false,
                     _ = tokio::time::sleep(backoff) => {}
@@ -209,17 +237,19 @@ async fn handle<W: SampleWriter>(
             }
         }
     };
-    if let Some(ack) = ack {
+    let mut ok = true;
+    for (delivery, ack) in deliveries.iter().zip(acks) {
+        let Some(ack) = ack else { continue };
         let bytes =
             wire::encode(&Message::Ack(ack), &Limits::default()).expect("acks always encode");
-        let ack_topic = topic::topic(&tenant, &agent, TopicKind::Ack);
+        let ack_topic = topic::topic(delivery.tenant, delivery.agent, TopicKind::Ack);
         if let Err(e) = client
             .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
             .await
         {
-            tracing::warn!(%tenant, %agent, error = %e, "could not queue ack; the agent will resend");
-            return false;
+            tracing::warn!(tenant = %delivery.tenant, agent = %delivery.agent, error = %e, "could not queue ack; the agent will resend");
+            ok = false;
         }
     }
-    true
+    ok
 }

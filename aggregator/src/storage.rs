@@ -16,15 +16,21 @@ use std::sync::Mutex;
 use dash_shared::{Batch, Micros, SeriesKey, TenantId};
 use sqlx::{PgConnection, PgPool};
 
-/// Writes the samples of one admitted batch inside the ingest transaction.
+/// A batch the ledger admitted, with its series ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted<'a> {
+    pub tenant: &'a TenantId,
+    pub batch: &'a Batch,
+    pub series_ids: &'a [i64],
+}
+
+/// Writes the samples of the admitted batches inside the ingest transaction.
 pub trait SampleWriter: Send + Sync + 'static {
     /// Returns how many samples were written.
     fn write(
         &self,
         conn: &mut PgConnection,
-        tenant: &TenantId,
-        batch: &Batch,
-        series_ids: &[i64],
+        batches: &[Admitted<'_>],
     ) -> impl Future<Output = sqlx::Result<u64>> + Send;
 }
 

@@ -26,10 +26,10 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveTime, TimeZone};
 use chrono_tz::Tz;
-use dash_shared::{Batch, Micros, TenantId};
+use dash_shared::{Micros, TenantId};
 use sqlx::PgConnection;
 
-use crate::storage::{BinaryCopy, SampleWriter};
+use crate::storage::{Admitted, BinaryCopy, SampleWriter};
 
 /// Span of one raw block, in µs (fits `int4` offsets).
 pub const BLOCK_SPAN: Micros = 30 * 60 * 1_000_000;
@@ -109,7 +109,11 @@ pub struct TieredWriter {
     zones: Mutex<HashMap<TenantId, Tz>>,
 }
 
-type Rollups = BTreeMap<(i64, Micros), Partial>;
+/// `(series, span) -> (tenant, offsets, values)`: the raw blocks of a group.
+type Spans<'a> = BTreeMap<(i64, Micros), (&'a TenantId, Vec<i32>, Vec<f64>)>;
+
+/// `(series, bucket) -> (tenant, partial)`, in key order.
+type Rollups = BTreeMap<(i64, Micros), (TenantId, Partial)>;
 
 impl TieredWriter {
     /// The tenant's zone, registering the tenant (UTC) on first sight. Cached:
@@ -140,47 +144,49 @@ impl TieredWriter {
 }
 
 impl SampleWriter for TieredWriter {
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        tenant: &TenantId,
-        batch: &Batch,
-        series_ids: &[i64],
-    ) -> sqlx::Result<u64> {
-        let tz = self.zone(conn, tenant).await?;
-        let mut copy = BinaryCopy::new(5);
+    async fn write(&self, conn: &mut PgConnection, batches: &[Admitted<'_>]) -> sqlx::Result<u64> {
         let (mut hourly, mut daily) = (Rollups::new(), Rollups::new());
+        // One block per series and span for the whole group of batches.
+        let mut spans = Spans::new();
         let mut n = 0u64;
-        for (block, id) in batch.series.iter().zip(series_ids) {
-            let mut spans: BTreeMap<Micros, (Vec<i32>, Vec<f64>)> = BTreeMap::new();
-            for (ts, v) in block.timestamps.iter().zip(&block.values) {
-                let span = ts.div_euclid(BLOCK_SPAN) * BLOCK_SPAN;
-                let (offsets, vals) = spans.entry(span).or_default();
-                offsets.push((ts - span) as i32);
-                vals.push(*v);
-                for (tier, bucket) in [(&mut hourly, hour_of(*ts)), (&mut daily, day_of(*ts, tz))] {
-                    tier.entry((*id, bucket))
-                        .and_modify(|p| p.add(*ts, *v))
-                        .or_insert_with(|| Partial::new(*ts, *v));
+        for admitted in batches {
+            let tenant = admitted.tenant;
+            let tz = self.zone(conn, tenant).await?;
+            for (block, id) in admitted.batch.series.iter().zip(admitted.series_ids) {
+                for (ts, v) in block.timestamps.iter().zip(&block.values) {
+                    let span = ts.div_euclid(BLOCK_SPAN) * BLOCK_SPAN;
+                    let (_, offsets, vals) = spans
+                        .entry((*id, span))
+                        .or_insert_with(|| (tenant, Vec::new(), Vec::new()));
+                    offsets.push((ts - span) as i32);
+                    vals.push(*v);
+                    for (tier, bucket) in
+                        [(&mut hourly, hour_of(*ts)), (&mut daily, day_of(*ts, tz))]
+                    {
+                        tier.entry((*id, bucket))
+                            .and_modify(|(_, p)| p.add(*ts, *v))
+                            .or_insert_with(|| (tenant.clone(), Partial::new(*ts, *v)));
+                    }
+                    n += 1;
                 }
-                n += 1;
             }
-            for (span, (offsets, vals)) in spans {
-                copy.row();
-                copy.text(tenant.as_str());
-                copy.int8(*id);
-                copy.timestamptz(span);
-                copy.int4_array(&offsets);
-                copy.float8_array(&vals);
-            }
+        }
+        let mut copy = BinaryCopy::new(5);
+        for ((id, span), (tenant, offsets, vals)) in spans {
+            copy.row();
+            copy.text(tenant.as_str());
+            copy.int8(id);
+            copy.timestamptz(span);
+            copy.int4_array(&offsets);
+            copy.float8_array(&vals);
         }
         let mut sink = conn
             .copy_in_raw("COPY raw_blocks (tenant, series_id, bucket, offsets, vals) FROM STDIN (FORMAT binary)")
             .await?;
         sink.send(copy.finish()).await?;
         sink.finish().await?;
-        upsert(conn, "rollup_hourly", tenant, &hourly).await?;
-        upsert(conn, "rollup_daily", tenant, &daily).await?;
+        upsert(conn, "rollup_hourly", &hourly).await?;
+        upsert(conn, "rollup_daily", &daily).await?;
         Ok(n)
     }
 }
@@ -246,22 +252,18 @@ pub async fn compact_loop(
 }
 
 /// Merges partials into a rollup table, in key order.
-async fn upsert(
-    conn: &mut PgConnection,
-    table: &str,
-    tenant: &TenantId,
-    rows: &Rollups,
-) -> sqlx::Result<()> {
+async fn upsert(conn: &mut PgConnection, table: &str, rows: &Rollups) -> sqlx::Result<()> {
     let col = |f: fn(&(i64, Micros), &Partial) -> i64| {
-        rows.iter().map(|(k, p)| f(k, p)).collect::<Vec<i64>>()
+        rows.iter().map(|(k, (_, p))| f(k, p)).collect::<Vec<i64>>()
     };
-    let fcol = |f: fn(&Partial) -> f64| rows.values().map(f).collect::<Vec<f64>>();
+    let fcol = |f: fn(&Partial) -> f64| rows.values().map(|(_, p)| f(p)).collect::<Vec<f64>>();
+    let tenants: Vec<&str> = rows.values().map(|(t, _)| t.as_str()).collect();
     let sql = format!(
         "INSERT INTO {table} AS r (tenant, series_id, bucket, count, sum, min, max, first, first_ts, last, last_ts)
-         SELECT $1, s, to_timestamp(0) + b * interval '1 microsecond', c, su, mi, ma,
+         SELECT t, s, to_timestamp(0) + b * interval '1 microsecond', c, su, mi, ma,
                 f, to_timestamp(0) + ft * interval '1 microsecond', l, to_timestamp(0) + lt * interval '1 microsecond'
-         FROM unnest($2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
-                     $8::float8[], $9::int8[], $10::float8[], $11::int8[]) AS u(s, b, c, su, mi, ma, f, ft, l, lt)
+         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
+                     $8::float8[], $9::int8[], $10::float8[], $11::int8[]) AS u(t, s, b, c, su, mi, ma, f, ft, l, lt)
          ON CONFLICT (series_id, bucket) DO UPDATE SET
              count = r.count + EXCLUDED.count,
              sum = r.sum + EXCLUDED.sum,
@@ -273,7 +275,7 @@ async fn upsert(
              last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)"
     );
     sqlx::query(&sql)
-        .bind(tenant.as_str())
+        .bind(tenants)
         .bind(col(|k, _| k.0))
         .bind(col(|k, _| k.1))
         .bind(col(|_, p| p.count))

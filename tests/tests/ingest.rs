@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dash_aggregator::ingest::Ingestor;
+use dash_aggregator::ingest::{Delivery, Ingestor};
 use dash_aggregator::metrics::Metrics;
 use dash_aggregator::tiers::TieredWriter;
 use dash_shared::wire::{self, Limits};
@@ -63,6 +63,42 @@ async fn a_redelivered_batch_is_acked_again_but_stored_once() {
     assert_eq!(again.outcome, AckOutcome::Duplicate);
     assert_eq!((again.seq, again.committed_through), (1, 1));
     assert_eq!(pg.total().await, 10);
+}
+
+#[tokio::test]
+async fn one_group_holding_a_batch_twice_stores_it_once_and_answers_both() {
+    let pg = TestPostgres::start().await;
+    let ing = ingestor(&pg).await;
+    let (tenant, agent) = ids();
+    let (one, two, junk) = (
+        encode(&batch(1, 1, 7)),
+        encode(&batch(2, 1, 7)),
+        b"junk".to_vec(),
+    );
+    let group: Vec<Delivery<'_>> = [&one, &two, &one, &junk]
+        .iter()
+        .map(|p| Delivery {
+            tenant: &tenant,
+            agent: &agent,
+            payload: p,
+        })
+        .collect();
+    let acks = ing.handle_group(&group).await.unwrap();
+    let outcomes: Vec<_> = acks
+        .iter()
+        .map(|a| a.as_ref().map(|a| a.outcome.clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some(AckOutcome::Committed { samples: 10 }),
+            Some(AckOutcome::Committed { samples: 10 }),
+            Some(AckOutcome::Duplicate),
+            None,
+        ]
+    );
+    assert_eq!(acks[1].as_ref().unwrap().committed_through, 2);
+    assert_eq!(pg.total().await, 20);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dash_aggregator::ingest::Ingestor;
+use dash_aggregator::ingest::{Delivery, Ingestor};
 use dash_aggregator::metrics::Metrics;
 use dash_aggregator::tiers::TieredWriter;
 use dash_shared::wire::{self, Limits};
@@ -93,7 +93,7 @@ async fn recomputed(pg: &TestPostgres, bucket: &str, tenant: &str) -> Vec<Row> {
         .unwrap()
 }
 
-fn case() -> impl Strategy<Value = (Vec<Sample>, usize, Vec<usize>, usize)> {
+fn case() -> impl Strategy<Value = (Vec<Sample>, usize, Vec<usize>, usize, usize)> {
     // On a 10-minute grid, so equal times (with different values) are common.
     let secs = (0i64..3 * 144).prop_map(|k| k * 600);
     let samples = prop::collection::vec((0usize..3, secs, -4000i64..4000), 1..300);
@@ -102,6 +102,7 @@ fn case() -> impl Strategy<Value = (Vec<Sample>, usize, Vec<usize>, usize)> {
         1usize..60,
         prop::collection::vec(0usize..1000, 0..20),
         0usize..4,
+        1usize..6,
     )
 }
 
@@ -117,7 +118,7 @@ fn rollups_equal_a_recomputation_from_raw_for_late_out_of_order_and_duplicate_ba
     });
     let n = std::sync::atomic::AtomicU64::new(0);
     runner
-        .run(&case(), |(samples, chunk, extra, zone)| {
+        .run(&case(), |(samples, chunk, extra, zone, group)| {
             let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let tenant = format!("t{n}");
             let zone = ZONES[zone];
@@ -144,8 +145,18 @@ fn rollups_equal_a_recomputation_from_raw_for_late_out_of_order_and_duplicate_ba
                     .rev()
                     .chain(extra.iter().map(|i| i % payloads.len()))
                     .collect();
-                for i in order {
-                    ing.handle(&t, &agent, &payloads[i]).await.unwrap();
+                // In groups, as a worker takes them from its queue: one transaction
+                // may hold several batches, and the same batch twice.
+                for group in order.chunks(group) {
+                    let deliveries: Vec<Delivery<'_>> = group
+                        .iter()
+                        .map(|i| Delivery {
+                            tenant: &t,
+                            agent: &agent,
+                            payload: &payloads[*i],
+                        })
+                        .collect();
+                    ing.handle_group(&deliveries).await.unwrap();
                 }
                 let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM samples WHERE tenant = $1")
                     .bind(&tenant)
