@@ -11,28 +11,24 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use dash_aggregator::storage::BinaryCopy;
 use dash_tests::pg::TestPostgres;
-use dash_tests::{free_port, process};
+use dash_tests::{free_port, metric, process};
 
 const DEVICES: i64 = 20;
 const PER_DEVICE: i64 = 10_000;
 
 async fn copy_baseline(pg: &TestPostgres, n: i64) -> Duration {
     let mut conn = pg.pool.acquire().await.unwrap();
-    let mut buf = Vec::new();
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
+    let mut copy = BinaryCopy::new(4);
     for i in 0..n {
-        buf.extend_from_slice(&4i16.to_be_bytes());
-        buf.extend_from_slice(&4i32.to_be_bytes());
-        buf.extend_from_slice(b"base");
-        for v in [i % DEVICES, 817_000_000_000_000 + i * 1_000_000] {
-            buf.extend_from_slice(&8i32.to_be_bytes());
-            buf.extend_from_slice(&v.to_be_bytes());
-        }
-        buf.extend_from_slice(&8i32.to_be_bytes());
-        buf.extend_from_slice(&(i as f64).to_be_bytes());
+        copy.row();
+        copy.text("base");
+        copy.int8(i % DEVICES);
+        copy.timestamptz(1_764_000_000_000_000 + i * 1_000_000);
+        copy.float8(i as f64);
     }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    let buf = copy.finish();
     sqlx::query(
         "CREATE TABLE baseline_rows (tenant text NOT NULL, series_id bigint NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL)",
     )
@@ -56,19 +52,6 @@ async fn copy_baseline(pg: &TestPostgres, n: i64) -> Duration {
         .await
         .unwrap();
     took
-}
-
-async fn metric(port: u16, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::main]

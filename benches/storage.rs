@@ -7,12 +7,10 @@
 //!
 //! Run: `cargo bench -p dash-benches --bench storage`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dash_aggregator::ingest::{Delivery, Ingestor};
-use dash_aggregator::metrics::Metrics;
-use dash_aggregator::tiers::TieredWriter;
+use dash_aggregator::ingest::Delivery;
+use dash_aggregator::storage::BinaryCopy;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
 use dash_tests::pg::TestPostgres;
@@ -77,19 +75,16 @@ async fn row_per_point(pg: &TestPostgres) -> (Duration, i64) {
         .execute(&pg.pool)
         .await
         .unwrap();
-    let mut buf = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+    let mut copy = BinaryCopy::new(3);
     for t in 0..SECONDS {
         for s in 0..SERIES {
-            buf.extend_from_slice(&3i16.to_be_bytes());
-            for v in [s as i64, T0 - 946_684_800_000_000 + t * 1_000_000] {
-                buf.extend_from_slice(&8i32.to_be_bytes());
-                buf.extend_from_slice(&v.to_be_bytes());
-            }
-            buf.extend_from_slice(&8i32.to_be_bytes());
-            buf.extend_from_slice(&value(s, t).to_be_bytes());
+            copy.row();
+            copy.int8(s as i64);
+            copy.timestamptz(T0 + t * 1_000_000);
+            copy.float8(value(s, t));
         }
     }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    let buf = copy.finish();
     let mut conn = pg.pool.acquire().await.unwrap();
     let start = Instant::now();
     let mut copy = conn
@@ -111,12 +106,7 @@ async fn main() {
     let n = (SERIES as i64 * SECONDS) as f64;
     let pg = TestPostgres::start().await;
     let payloads = payloads();
-    let ing = Ingestor::new(
-        pg.pool.clone(),
-        TieredWriter::default(),
-        Limits::default(),
-        Arc::new(Metrics::default()),
-    );
+    let ing = pg.ingestor();
     let (tenant, agent) = (TenantId::new("bench").unwrap(), AgentId::new("gw").unwrap());
     // Series registration is a one-time cost per series; keep it out of the timing.
     ing.handle(&tenant, &agent, &payloads[0]).await.unwrap();

@@ -1,12 +1,12 @@
 //! Agent configuration: one TOML file, overridable by `DASH_` variables
 //! (`DASH_AGENT_ID`, `DASH_UPLINK__URL`, ...). Unknown keys are errors.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use dash_shared::topic::parse_broker_url;
 use dash_shared::{AgentId, TenantId};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -160,7 +160,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         TenantId::new(self.tenant.clone()).context("tenant")?;
         AgentId::new(self.agent_id.clone()).context("agent_id")?;
-        parse_mqtt_url(&self.uplink.url).context("uplink.url")?;
+        parse_broker_url(&self.uplink.url).context("uplink.url")?;
         let u = &self.uplink;
         if !(1..=100_000).contains(&u.batch_max_samples) {
             bail!("uplink.batch_max_samples must be between 1 and 100000");
@@ -187,7 +187,7 @@ impl Config {
             d.listen.parse::<SocketAddr>().context("devices.listen")?;
         }
         if !d.broker_url.is_empty() {
-            parse_mqtt_url(&d.broker_url).context("devices.broker_url")?;
+            parse_broker_url(&d.broker_url).context("devices.broker_url")?;
         }
         for (i, m) in d.mappings.iter().enumerate() {
             m.validate()
@@ -209,11 +209,6 @@ impl Config {
     }
 }
 
-/// Splits `mqtt://host:port` into host and port (1883 when omitted).
-pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    Ok(dash_shared::topic::parse_broker_url(url)?)
-}
-
 /// A commented example covering every key.
 pub fn default_toml() -> String {
     let body = toml::to_string_pretty(&Config::default()).expect("config serializes");
@@ -227,9 +222,6 @@ pub fn default_toml() -> String {
          # numeric field of an object as its own metric).\n\n{body}"
     )
 }
-
-/// Tags from a mapping, kept sorted.
-pub type Tags = BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {

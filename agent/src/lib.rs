@@ -139,7 +139,7 @@ async fn start_inputs(
             tracker.clone(),
         ));
     } else {
-        let (host, port) = config::parse_mqtt_url(&d.broker_url)?;
+        let (host, port) = dash_shared::topic::parse_broker_url(&d.broker_url)?;
         let client_id = match d.client_id.as_str() {
             "" => format!("dash-agent-devices-{}", config.agent_id),
             id => id.to_owned(),
@@ -163,7 +163,7 @@ async fn start_inputs(
 
 fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
     let u = &config.uplink;
-    let (host, port) = config::parse_mqtt_url(&u.url)?;
+    let (host, port) = dash_shared::topic::parse_broker_url(&u.url)?;
     let client_id = match u.client_id.as_str() {
         "" => format!("dash-agent-{}-{}", config.tenant, config.agent_id),
         id => id.to_owned(),

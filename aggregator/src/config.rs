@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use dash_shared::topic::parse_broker_url;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -162,7 +163,7 @@ impl Config {
             bail!("ingest.max_connections must be at least 2");
         }
         if !self.broker.url.is_empty() {
-            parse_mqtt_url(&self.broker.url).context("broker.url")?;
+            parse_broker_url(&self.broker.url).context("broker.url")?;
         }
         if self.broker.client_id.is_empty() {
             bail!("broker.client_id must not be empty");
@@ -173,11 +174,6 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
-}
-
-/// Splits `mqtt://host:port` into host and port (1883 when omitted).
-pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    Ok(dash_shared::topic::parse_broker_url(url)?)
 }
 
 /// The default configuration as commented TOML, for `print-default-config`.
@@ -194,20 +190,6 @@ pub fn default_toml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse_with_and_without_port() {
-        assert_eq!(
-            parse_mqtt_url("mqtt://broker:1884").unwrap(),
-            ("broker".into(), 1884)
-        );
-        assert_eq!(
-            parse_mqtt_url("mqtt://broker").unwrap(),
-            ("broker".into(), 1883)
-        );
-        assert!(parse_mqtt_url("http://broker").is_err());
-        assert!(parse_mqtt_url("mqtt://:1").is_err());
-    }
 
     #[test]
     fn default_config_round_trips_through_its_toml() {

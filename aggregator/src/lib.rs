@@ -125,7 +125,7 @@ fn link_config(config: &Config) -> anyhow::Result<LinkConfig> {
         };
         (ip.to_string(), b.listen.port())
     } else {
-        config::parse_mqtt_url(&b.url)?
+        dash_shared::topic::parse_broker_url(&b.url)?
     };
     Ok(LinkConfig {
         host,

@@ -71,10 +71,6 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    pub fn committed_samples(&self) -> u64 {
-        self.samples.load(Ordering::Relaxed)
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -110,10 +110,11 @@ impl BinaryCopy {
 }
 
 /// Maps series keys to ids, creating rows for new series. Caches forever:
-/// a series id never changes.
+/// a series id never changes. Keyed by tenant, then series, so the lookup
+/// every batch makes for each of its series borrows instead of cloning keys.
 #[derive(Debug, Default)]
 pub struct SeriesRegistry {
-    cache: Mutex<HashMap<(TenantId, SeriesKey), i64>>,
+    cache: Mutex<HashMap<TenantId, HashMap<SeriesKey, i64>>>,
 }
 
 /// Tags as the canonical JSON object stored in `series.tags`.
@@ -134,30 +135,35 @@ impl SeriesRegistry {
         tenant: &TenantId,
         batch: &Batch,
     ) -> sqlx::Result<Vec<i64>> {
-        let mut missing: Vec<&SeriesKey> = {
+        let lookup = || -> Result<Vec<i64>, Vec<&SeriesKey>> {
             let cache = self.cache.lock().expect("series cache poisoned");
-            batch
-                .series
-                .iter()
-                .map(|b| &b.key)
-                .filter(|k| !cache.contains_key(&(tenant.clone(), (*k).clone())))
-                .collect()
+            let known = cache.get(tenant);
+            let id = |key: &SeriesKey| known.and_then(|k| k.get(key)).copied();
+            let ids: Option<Vec<i64>> = batch.series.iter().map(|b| id(&b.key)).collect();
+            ids.ok_or_else(|| {
+                batch
+                    .series
+                    .iter()
+                    .map(|b| &b.key)
+                    .filter(|k| id(k).is_none())
+                    .collect()
+            })
         };
-        if !missing.is_empty() {
-            missing.sort();
-            missing.dedup();
-            let found = self.register(pool, tenant, &missing).await?;
+        let mut missing = match lookup() {
+            Ok(ids) => return Ok(ids),
+            Err(missing) => missing,
+        };
+        missing.sort();
+        missing.dedup();
+        let found = self.register(pool, tenant, &missing).await?;
+        {
             let mut cache = self.cache.lock().expect("series cache poisoned");
+            let known = cache.entry(tenant.clone()).or_default();
             for (key, id) in missing.into_iter().zip(found) {
-                cache.insert((tenant.clone(), key.clone()), id);
+                known.insert(key.clone(), id);
             }
         }
-        let cache = self.cache.lock().expect("series cache poisoned");
-        Ok(batch
-            .series
-            .iter()
-            .map(|b| cache[&(tenant.clone(), b.key.clone())])
-            .collect())
+        Ok(lookup().expect("every series was just registered"))
     }
 
     async fn register(

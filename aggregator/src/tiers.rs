@@ -103,6 +103,38 @@ pub fn day_of(ts: Micros, tz: Tz) -> Micros {
         .map_or_else(|| hour_of(ts), |start| start.timestamp_micros())
 }
 
+/// [`day_of`] with the last day remembered: a batch's samples mostly fall on
+/// one local day, and a time-zone conversion per sample is the writer's
+/// costliest step otherwise.
+struct LocalDays {
+    tz: Tz,
+    /// The remembered day is `[start, next)`; empty at first.
+    start: Micros,
+    next: Micros,
+}
+
+impl LocalDays {
+    fn new(tz: Tz) -> Self {
+        LocalDays {
+            tz,
+            start: 0,
+            next: 0,
+        }
+    }
+
+    fn start_of(&mut self, ts: Micros) -> Micros {
+        if !(self.start..self.next).contains(&ts) {
+            self.start = day_of(ts, self.tz);
+            // The next day begins at the first whole hour after `start` in another day.
+            self.next = (1..=48)
+                .map(|h| day_of(self.start + h * HOUR, self.tz))
+                .find(|d| *d > self.start)
+                .unwrap_or(self.start + 24 * HOUR);
+        }
+        self.start
+    }
+}
+
 /// Raw blocks plus hourly and daily rollups.
 #[derive(Debug, Default)]
 pub struct TieredWriter {
@@ -151,7 +183,7 @@ impl SampleWriter for TieredWriter {
         let mut n = 0u64;
         for admitted in batches {
             let tenant = admitted.tenant;
-            let tz = self.zone(conn, tenant).await?;
+            let mut days = LocalDays::new(self.zone(conn, tenant).await?);
             for (block, id) in admitted.batch.series.iter().zip(admitted.series_ids) {
                 for (ts, v) in block.timestamps.iter().zip(&block.values) {
                     let span = ts.div_euclid(BLOCK_SPAN) * BLOCK_SPAN;
@@ -160,9 +192,10 @@ impl SampleWriter for TieredWriter {
                         .or_insert_with(|| (tenant, Vec::new(), Vec::new()));
                     offsets.push((ts - span) as i32);
                     vals.push(*v);
-                    for (tier, bucket) in
-                        [(&mut hourly, hour_of(*ts)), (&mut daily, day_of(*ts, tz))]
-                    {
+                    for (tier, bucket) in [
+                        (&mut hourly, hour_of(*ts)),
+                        (&mut daily, days.start_of(*ts)),
+                    ] {
                         tier.entry((*id, bucket))
                             .and_modify(|(_, p)| p.add(*ts, *v))
                             .or_insert_with(|| (tenant.clone(), Partial::new(*ts, *v)));
@@ -326,6 +359,24 @@ mod tests {
             (forward.first, forward.last, forward.count),
             ((1, 3.0), (9, 8.0), 5)
         );
+    }
+
+    #[test]
+    fn remembered_days_agree_with_day_of_across_dst_and_half_hour_zones() {
+        for zone in [
+            "Europe/Berlin",
+            "Asia/Kolkata",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "UTC",
+        ] {
+            let tz: Tz = zone.parse().unwrap();
+            let mut days = LocalDays::new(tz);
+            // Every 7 minutes for a year, forwards, then a jump back.
+            for ts in (0..75_000).map(|i| T + i * 7 * 60_000_000).chain([T]) {
+                assert_eq!(days.start_of(ts), day_of(ts, tz), "{zone} at {ts}");
+            }
+        }
     }
 
     #[test]

@@ -221,6 +221,10 @@ mod tests {
             ("broker".into(), 1883)
         );
         assert_eq!(
+            parse_broker_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert_eq!(
             parse_broker_url("mqtt://[::1]:1885").unwrap(),
             ("::1".into(), 1885)
         );

@@ -33,6 +33,28 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The aggregator's Prometheus text from `/metrics` on `port`.
+pub async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// One unlabelled counter from `/metrics` on `port` (0 when absent).
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let text = metrics_text(port).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -3,7 +3,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use std::sync::Arc;
+
+use dash_aggregator::ingest::Ingestor;
+use dash_aggregator::metrics::Metrics;
 use dash_aggregator::postgres::{DATABASE, PrivatePostgres};
+use dash_aggregator::tiers::TieredWriter;
+use dash_shared::Limits;
 use sqlx::PgPool;
 
 pub struct TestPostgres {
@@ -35,6 +41,16 @@ impl TestPostgres {
             _pg: pg,
             _dir: dir,
         }
+    }
+
+    /// The aggregator's ingest path on this database, with default limits.
+    pub fn ingestor(&self) -> Ingestor<TieredWriter> {
+        Ingestor::new(
+            self.pool.clone(),
+            TieredWriter::default(),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        )
     }
 
     /// `(device, value) -> rows` for one tenant's metric.

@@ -12,7 +12,7 @@ use dash_shared::{
     AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,
 };
 use dash_tests::pg::TestPostgres;
-use dash_tests::{eventually, free_port, process};
+use dash_tests::{eventually, free_port, metrics_text, process};
 
 fn batch(seq: u64, floor: u64, incarnation: u64) -> Batch {
     let t0 = 1_764_000_000_000_000 + seq as i64 * 10_000_000;
@@ -35,15 +35,6 @@ fn encode(b: &Batch) -> Vec<u8> {
     wire::encode(&Message::Batch(b.clone()), &Limits::default()).unwrap()
 }
 
-async fn ingestor(pg: &TestPostgres) -> Ingestor<TieredWriter> {
-    Ingestor::new(
-        pg.pool.clone(),
-        TieredWriter::default(),
-        Limits::default(),
-        Arc::new(Metrics::default()),
-    )
-}
-
 fn ids() -> (TenantId, AgentId) {
     (
         TenantId::new("acme").unwrap(),
@@ -54,7 +45,7 @@ fn ids() -> (TenantId, AgentId) {
 #[tokio::test]
 async fn a_redelivered_batch_is_acked_again_but_stored_once() {
     let pg = TestPostgres::start().await;
-    let ing = ingestor(&pg).await;
+    let ing = pg.ingestor();
     let (tenant, agent) = ids();
     let bytes = encode(&batch(1, 1, 7));
     let first = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
@@ -68,7 +59,7 @@ async fn a_redelivered_batch_is_acked_again_but_stored_once() {
 #[tokio::test]
 async fn one_group_holding_a_batch_twice_stores_it_once_and_answers_both() {
     let pg = TestPostgres::start().await;
-    let ing = ingestor(&pg).await;
+    let ing = pg.ingestor();
     let (tenant, agent) = ids();
     let (one, two, junk) = (
         encode(&batch(1, 1, 7)),
@@ -104,7 +95,7 @@ async fn one_group_holding_a_batch_twice_stores_it_once_and_answers_both() {
 #[tokio::test]
 async fn concurrent_deliveries_of_one_batch_store_it_once() {
     let pg = TestPostgres::start().await;
-    let ing = Arc::new(ingestor(&pg).await);
+    let ing = Arc::new(pg.ingestor());
     let bytes = Arc::new(encode(&batch(1, 1, 7)));
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -132,7 +123,7 @@ async fn concurrent_deliveries_of_one_batch_store_it_once() {
 #[tokio::test]
 async fn out_of_order_batches_are_each_stored_once_and_the_ledger_stays_small() {
     let pg = TestPostgres::start().await;
-    let ing = ingestor(&pg).await;
+    let ing = pg.ingestor();
     let (tenant, agent) = ids();
     for seq in [3, 1, 5, 2, 4, 3, 1, 5] {
         ing.handle(&tenant, &agent, &encode(&batch(seq, 1, 7)))
@@ -152,7 +143,7 @@ async fn out_of_order_batches_are_each_stored_once_and_the_ledger_stays_small() 
 #[tokio::test]
 async fn a_new_buffer_incarnation_starts_its_own_sequence() {
     let pg = TestPostgres::start().await;
-    let ing = ingestor(&pg).await;
+    let ing = pg.ingestor();
     let (tenant, agent) = ids();
     ing.handle(&tenant, &agent, &encode(&batch(1, 1, 7)))
         .await
@@ -222,19 +213,6 @@ async fn publish_raw(port: u16, topic: &str, payloads: Vec<Vec<u8>>) {
     })
     .await
     .expect("broker acked the hostile publishes");
-}
-
-async fn metrics_text(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

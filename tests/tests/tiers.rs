@@ -1,11 +1,7 @@
 //! The storage tiers on a real PostgreSQL: rollups equal a recomputation from
 //! the raw tier whatever the delivery order, and tenant-local days follow DST.
 
-use std::sync::Arc;
-
-use dash_aggregator::ingest::{Delivery, Ingestor};
-use dash_aggregator::metrics::Metrics;
-use dash_aggregator::tiers::TieredWriter;
+use dash_aggregator::ingest::Delivery;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
 use dash_tests::pg::TestPostgres;
@@ -129,12 +125,7 @@ fn rollups_equal_a_recomputation_from_raw_for_late_out_of_order_and_duplicate_ba
                     .execute(&pg.pool)
                     .await
                     .unwrap();
-                let ing = Ingestor::new(
-                    pg.pool.clone(),
-                    TieredWriter::default(),
-                    Limits::default(),
-                    Arc::new(Metrics::default()),
-                );
+                let ing = pg.ingestor();
                 let (t, agent) = (
                     TenantId::new(tenant.clone()).unwrap(),
                     AgentId::new("gw").unwrap(),
@@ -186,12 +177,7 @@ async fn a_berlin_tenant_gets_23_and_25_hour_days_with_correct_sums() {
         .execute(&pg.pool)
         .await
         .unwrap();
-    let ing = Ingestor::new(
-        pg.pool.clone(),
-        TieredWriter::default(),
-        Limits::default(),
-        Arc::new(Metrics::default()),
-    );
+    let ing = pg.ingestor();
     let (t, agent) = (
         TenantId::new("berlin").unwrap(),
         AgentId::new("gw").unwrap(),
@@ -237,12 +223,7 @@ async fn a_berlin_tenant_gets_23_and_25_hour_days_with_correct_sums() {
 #[tokio::test]
 async fn compaction_merges_closed_spans_without_changing_samples_or_rollups() {
     let pg = TestPostgres::start().await;
-    let ing = Ingestor::new(
-        pg.pool.clone(),
-        TieredWriter::default(),
-        Limits::default(),
-        Arc::new(Metrics::default()),
-    );
+    let ing = pg.ingestor();
     let (t, agent) = (TenantId::new("c").unwrap(), AgentId::new("gw").unwrap());
     // Two series, an hour at 1 Hz, in batches of 30 s: 120 blocks per series, late ones last.
     let mut samples: Vec<Sample> = (0..3600)
