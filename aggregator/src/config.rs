@@ -29,6 +29,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub ingest: IngestConfig,
     pub http: HttpConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +70,38 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+/// How long each tier is kept. 0 keeps it forever.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Raw samples (`raw_blocks`), in days.
+    pub raw_days: u32,
+    /// Hourly rollups, in days.
+    pub hourly_days: u32,
+    /// Daily rollups, in days.
+    pub daily_days: u32,
+    /// Events, in days.
+    pub events_days: u32,
+    /// How often old data is dropped and partitions are created ahead.
+    pub every_secs: u64,
+    /// With TimescaleDB under the Timescale licence only: compress raw
+    /// chunks older than this many days (0: never).
+    pub compress_raw_after_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            raw_days: 7,
+            hourly_days: 90,
+            daily_days: 0,
+            events_days: 0,
+            every_secs: 3600,
+            compress_raw_after_days: 0,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -79,6 +112,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             ingest: IngestConfig::default(),
             http: HttpConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -123,6 +157,7 @@ const TOP_LEVEL: &[&str] = &[
     "broker",
     "ingest",
     "http",
+    "retention",
 ];
 
 impl Config {
@@ -164,6 +199,30 @@ impl Config {
         }
         if !self.broker.url.is_empty() {
             parse_broker_url(&self.broker.url).context("broker.url")?;
+        }
+        let r = &self.retention;
+        if r.every_secs == 0 {
+            bail!("retention.every_secs must be at least 1");
+        }
+        if r.raw_days != 0 && r.hourly_days != 0 && r.hourly_days < r.raw_days {
+            bail!(
+                "retention.hourly_days ({}) must not be shorter than retention.raw_days ({}): queries fall back from raw to hourly data",
+                r.hourly_days,
+                r.raw_days
+            );
+        }
+        if r.hourly_days != 0 && r.daily_days != 0 && r.daily_days < r.hourly_days {
+            bail!(
+                "retention.daily_days ({}) must not be shorter than retention.hourly_days ({})",
+                r.daily_days,
+                r.hourly_days
+            );
+        }
+        if r.compress_raw_after_days != 0
+            && r.raw_days != 0
+            && r.compress_raw_after_days >= r.raw_days
+        {
+            bail!("retention.compress_raw_after_days must be less than retention.raw_days");
         }
         if self.broker.client_id.is_empty() {
             bail!("broker.client_id must not be empty");

@@ -28,9 +28,44 @@ pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow:
             Err(e) => return Err(e).context("connecting to PostgreSQL (check database_url)"),
         }
     };
+    timescaledb(&pool).await?;
     MIGRATOR
         .run(&pool)
         .await
         .context("applying database migrations")?;
     Ok(pool)
+}
+
+/// Installs the timescaledb extension when the server preloads it, so that
+/// the schema is created with hypertables. Returns whether it is installed.
+/// A database without it gets native partitions; the tables and queries are
+/// the same.
+async fn timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
+    let (installed, available, preloaded): (bool, bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+                EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+                current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb($|[ ,])'",
+    )
+    .fetch_one(pool)
+    .await
+    .context("checking for the timescaledb extension")?;
+    if installed {
+        return Ok(true);
+    }
+    if !(available && preloaded) {
+        return Ok(false);
+    }
+    match sqlx::query("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        .execute(pool)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!("timescaledb extension installed: tiers use hypertables");
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the timescaledb extension (needs a superuser or a trusted extension); using native partitions");
+            Ok(false)
+        }
+    }
 }

@@ -291,6 +291,10 @@ impl<W: SampleWriter> Ingestor<W> {
         tracing::warn!(topic = %topic.chars().take(200).collect::<String>(), %error, "message on an unknown topic dropped");
     }
 
+    pub fn writer(&self) -> &W {
+        &self.writer
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

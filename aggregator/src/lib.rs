@@ -37,6 +37,7 @@ pub mod ledger;
 pub mod link;
 pub mod metrics;
 pub mod postgres;
+pub mod retention;
 pub mod storage;
 pub mod tiers;
 
@@ -72,7 +73,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let ingestor = Arc::new(Ingestor::new(
         pool.clone(),
-        TieredWriter::default(),
+        TieredWriter::new(config.retention.clone()),
         limits,
         metrics,
     ));
@@ -84,6 +85,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     ));
     let compaction = Duration::from_secs(config.ingest.compact_every_secs);
     let compactor = tokio::spawn(tiers::compact_loop(pool.clone(), compaction, stop.clone()));
+    let retention = tokio::spawn(retention::run_loop(
+        pool.clone(),
+        config.retention.clone(),
+        stop.clone(),
+    ));
     tracing::info!("aggregator ready");
 
     shutdown.await;
@@ -91,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop.cancel();
     session.await.context("link task panicked")??; // bounded by the grace period
     let _ = tokio::time::timeout(config.shutdown_grace(), compactor).await;
+    let _ = tokio::time::timeout(config.shutdown_grace(), retention).await;
     pool.close().await;
     if let Some(mut pg) = private_pg.take() {
         tokio::task::spawn_blocking(move || pg.stop()).await??;

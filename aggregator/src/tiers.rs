@@ -21,19 +21,23 @@
 //! floating-point rounding). Upserts go in key order, so concurrent batches
 //! touching the same buckets cannot deadlock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, NaiveTime, TimeZone};
 use chrono_tz::Tz;
 use dash_shared::{Micros, TenantId};
 use sqlx::PgConnection;
 
+use crate::config::RetentionConfig;
+use crate::retention::{self, Horizons, Layout};
 use crate::storage::{Admitted, BinaryCopy, SampleWriter};
 
 /// Span of one raw block, in µs (fits `int4` offsets).
 pub const BLOCK_SPAN: Micros = 30 * 60 * 1_000_000;
 const HOUR: Micros = 3_600 * 1_000_000;
+const DAY: Micros = 24 * HOUR;
 
 /// Aggregates of some samples of one series in one bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,6 +143,27 @@ impl LocalDays {
 #[derive(Debug, Default)]
 pub struct TieredWriter {
     zones: Mutex<HashMap<TenantId, Tz>>,
+    retention: RetentionConfig,
+    /// The layout, once read, and the native partitions known to exist
+    /// (`(table, start)`), so the writer asks for one only when it is new.
+    partitions: Mutex<Option<(Layout, KnownPartitions)>>,
+    /// Samples older than a tier's retention when they arrived, per tier.
+    expired: [AtomicU64; 3],
+}
+
+/// `(table, start)` of native partitions known to exist.
+type KnownPartitions = HashSet<(&'static str, Micros)>;
+
+/// Start of the native `raw_blocks` partition (one UTC day) holding `t`.
+fn raw_partition(t: Micros) -> Micros {
+    t.div_euclid(DAY) * DAY
+}
+
+/// Start of the native `rollup_hourly` partition (a week from Monday 00:00
+/// UTC) holding `t`; the same bins as `dash_partitioning`.
+fn hourly_partition(t: Micros) -> Micros {
+    const MONDAY: Micros = 946_857_600_000_000; // 2000-01-03T00:00:00Z
+    (t - MONDAY).div_euclid(7 * DAY) * 7 * DAY + MONDAY
 }
 
 /// `(series, span) -> (tenant, offsets, values)`: the raw blocks of a group.
@@ -148,6 +173,78 @@ type Spans<'a> = BTreeMap<(i64, Micros), (&'a TenantId, Vec<i32>, Vec<f64>)>;
 type Rollups = BTreeMap<(i64, Micros), (TenantId, Partial)>;
 
 impl TieredWriter {
+    /// A writer that ignores data older than `retention` keeps.
+    pub fn new(retention: RetentionConfig) -> Self {
+        TieredWriter {
+            retention,
+            ..TieredWriter::default()
+        }
+    }
+
+    /// Samples ignored so far because they were older than the raw, hourly
+    /// and daily retention when they arrived.
+    pub fn expired(&self) -> [u64; 3] {
+        self.expired.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Creates the native partitions these rows need and that are not known
+    /// to exist. Hypertables create their chunks themselves.
+    async fn ensure_partitions(
+        &self,
+        conn: &mut PgConnection,
+        spans: &Spans<'_>,
+        hourly: &Rollups,
+    ) -> sqlx::Result<()> {
+        let layout = self
+            .partitions
+            .lock()
+            .expect("partitions")
+            .as_ref()
+            .map(|p| p.0);
+        let layout = match layout {
+            Some(l) => l,
+            None => {
+                let l = retention::layout(&mut *conn).await?;
+                *self.partitions.lock().expect("partitions") = Some((l, HashSet::new()));
+                l
+            }
+        };
+        if layout == Layout::Hypertables {
+            return Ok(());
+        }
+        let needed: BTreeSet<(&'static str, Micros)> = spans
+            .keys()
+            .map(|(_, span)| ("raw_blocks", raw_partition(*span)))
+            .chain(
+                hourly
+                    .keys()
+                    .map(|(_, b)| ("rollup_hourly", hourly_partition(*b))),
+            )
+            .collect();
+        for key in needed {
+            let known = self
+                .partitions
+                .lock()
+                .expect("partitions")
+                .as_ref()
+                .is_some_and(|(_, set)| set.contains(&key));
+            if known {
+                continue;
+            }
+            sqlx::query(
+                "SELECT dash_partition_for($1, to_timestamp(0) + $2 * interval '1 microsecond')",
+            )
+            .bind(key.0)
+            .bind(key.1)
+            .execute(&mut *conn)
+            .await?;
+            if let Some((_, set)) = self.partitions.lock().expect("partitions").as_mut() {
+                set.insert(key);
+            }
+        }
+        Ok(())
+    }
+
     /// The tenant's zone, registering the tenant (UTC) on first sight. Cached:
     /// change a zone before the tenant's first data, then restart.
     async fn zone(&self, conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<Tz> {
@@ -177,49 +274,84 @@ impl TieredWriter {
 
 impl SampleWriter for TieredWriter {
     async fn write(&self, conn: &mut PgConnection, batches: &[Admitted<'_>]) -> sqlx::Result<u64> {
+        let written = self.write_tiers(conn, batches).await;
+        if let Err(sqlx::Error::Database(e)) = &written {
+            // "no partition of relation found for row": a partition this
+            // writer thought existed was dropped (by retention, maybe on
+            // another aggregator). Forget what it knew; the retry creates it.
+            if e.code().as_deref() == Some("23514") {
+                *self.partitions.lock().expect("partitions") = None;
+            }
+        }
+        written
+    }
+}
+
+impl TieredWriter {
+    async fn write_tiers(
+        &self,
+        conn: &mut PgConnection,
+        batches: &[Admitted<'_>],
+    ) -> sqlx::Result<u64> {
         let (mut hourly, mut daily) = (Rollups::new(), Rollups::new());
         // One block per series and span for the whole group of batches.
         let mut spans = Spans::new();
+        let h = Horizons::now(&self.retention);
+        let mut expired = [0u64; 3];
         let mut n = 0u64;
         for admitted in batches {
             let tenant = admitted.tenant;
             let mut days = LocalDays::new(self.zone(conn, tenant).await?);
             for (block, id) in admitted.batch.series.iter().zip(admitted.series_ids) {
                 for (ts, v) in block.timestamps.iter().zip(&block.values) {
-                    let span = ts.div_euclid(BLOCK_SPAN) * BLOCK_SPAN;
-                    let (_, offsets, vals) = spans
-                        .entry((*id, span))
-                        .or_insert_with(|| (tenant, Vec::new(), Vec::new()));
-                    offsets.push((ts - span) as i32);
-                    vals.push(*v);
-                    for (tier, bucket) in [
-                        (&mut hourly, hour_of(*ts)),
-                        (&mut daily, days.start_of(*ts)),
+                    n += 1;
+                    if retention::kept(h.raw, *ts) {
+                        let span = ts.div_euclid(BLOCK_SPAN) * BLOCK_SPAN;
+                        let (_, offsets, vals) = spans
+                            .entry((*id, span))
+                            .or_insert_with(|| (tenant, Vec::new(), Vec::new()));
+                        offsets.push((ts - span) as i32);
+                        vals.push(*v);
+                    } else {
+                        expired[0] += 1;
+                    }
+                    for (i, tier, bucket, horizon) in [
+                        (1, &mut hourly, hour_of(*ts), h.hourly),
+                        (2, &mut daily, days.start_of(*ts), h.daily),
                     ] {
+                        if !retention::kept(horizon, bucket) {
+                            expired[i] += 1;
+                            continue;
+                        }
                         tier.entry((*id, bucket))
                             .and_modify(|(_, p)| p.add(*ts, *v))
                             .or_insert_with(|| (tenant.clone(), Partial::new(*ts, *v)));
                     }
-                    n += 1;
                 }
             }
         }
-        let mut copy = BinaryCopy::new(5);
-        for ((id, span), (tenant, offsets, vals)) in spans {
-            copy.row();
-            copy.text(tenant.as_str());
-            copy.int8(id);
-            copy.timestamptz(span);
-            copy.int4_array(&offsets);
-            copy.float8_array(&vals);
+        self.ensure_partitions(conn, &spans, &hourly).await?;
+        if !spans.is_empty() {
+            let mut copy = BinaryCopy::new(5);
+            for ((id, span), (tenant, offsets, vals)) in spans {
+                copy.row();
+                copy.text(tenant.as_str());
+                copy.int8(id);
+                copy.timestamptz(span);
+                copy.int4_array(&offsets);
+                copy.float8_array(&vals);
+            }
+            let mut sink = conn
+                .copy_in_raw("COPY raw_blocks (tenant, series_id, bucket, offsets, vals) FROM STDIN (FORMAT binary)")
+                .await?;
+            sink.send(copy.finish()).await?;
+            sink.finish().await?;
         }
-        let mut sink = conn
-            .copy_in_raw("COPY raw_blocks (tenant, series_id, bucket, offsets, vals) FROM STDIN (FORMAT binary)")
-            .await?;
-        sink.send(copy.finish()).await?;
-        sink.finish().await?;
         upsert(conn, "rollup_hourly", &hourly).await?;
         upsert(conn, "rollup_daily", &daily).await?;
+        for (counter, e) in self.expired.iter().zip(expired) {
+            counter.fetch_add(e, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }
@@ -286,6 +418,9 @@ pub async fn compact_loop(
 
 /// Merges partials into a rollup table, in key order.
 async fn upsert(conn: &mut PgConnection, table: &str, rows: &Rollups) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let col = |f: fn(&(i64, Micros), &Partial) -> i64| {
         rows.iter().map(|(k, (_, p))| f(k, p)).collect::<Vec<i64>>()
     };
