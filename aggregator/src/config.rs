@@ -66,8 +66,19 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Health and Prometheus metrics (`/healthz`, `/metrics`).
+    /// Health, Prometheus metrics and the query API (`/healthz`, `/metrics`, `/api/v1/...`).
     pub listen: SocketAddr,
+    /// Bearer tokens for the query API, one tenant each, stored as SHA-256:
+    /// `printf %s "$TOKEN" | sha256sum`. No tokens: the API refuses every query.
+    pub tokens: Vec<QueryToken>,
+}
+
+/// A query API token: the tenant it may read and the SHA-256 of the token (hex).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryToken {
+    pub tenant: String,
+    pub sha256: String,
 }
 
 /// How long each tier is kept. 0 keeps it forever.
@@ -145,6 +156,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "0.0.0.0:8080".parse().expect("valid literal"),
+            tokens: Vec::new(),
         }
     }
 }
@@ -199,6 +211,19 @@ impl Config {
         }
         if !self.broker.url.is_empty() {
             parse_broker_url(&self.broker.url).context("broker.url")?;
+        }
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            if dash_shared::TenantId::new(t.tenant.clone()).is_err() {
+                bail!(
+                    "http.tokens[{i}].tenant {:?} is not a valid tenant id",
+                    t.tenant
+                );
+            }
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!(
+                    "http.tokens[{i}].sha256 must be 64 hex digits (printf %s \"$TOKEN\" | sha256sum)"
+                );
+            }
         }
         let r = &self.retention;
         if r.every_secs == 0 {

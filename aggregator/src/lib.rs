@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod db;
@@ -37,6 +38,7 @@ pub mod ledger;
 pub mod link;
 pub mod metrics;
 pub mod postgres;
+pub mod query;
 pub mod retention;
 pub mod storage;
 pub mod tiers;
@@ -65,7 +67,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (url, mut private_pg) = database(&config).await?;
     let pool = db::connect(&url, config.ingest.max_connections, Duration::from_secs(30)).await?;
     let stop = CancellationToken::new();
-    http::serve(config.http.listen, metrics.clone(), stop.clone()).await?;
+    let api = Arc::new(api::Api {
+        pool: pool.clone(),
+        tokens: config.http.tokens.clone(),
+        retention: config.retention.clone(),
+    });
+    http::serve(config.http.listen, metrics.clone(), api, stop.clone()).await?;
     let link = link_config(&config)?;
     let limits = Limits {
         max_message_bytes: config.ingest.max_message_bytes,
@@ -73,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let ingestor = Arc::new(Ingestor::new(
         pool.clone(),
-        TieredWriter::new(config.retention.clone()),
+        TieredWriter::new(config.retention.clone()).with_metrics(metrics.clone()),
         limits,
         metrics,
     ));

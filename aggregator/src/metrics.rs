@@ -10,6 +10,7 @@ pub const SAMPLES: &str = "dash_ingest_samples_total";
 pub const REJECTED: &str = "dash_ingest_rejected_payloads_total";
 pub const STORE_ERRORS: &str = "dash_ingest_store_errors_total";
 pub const PAYLOAD_BYTES: &str = "dash_ingest_payload_bytes_total";
+pub const EXPIRED: &str = "dash_ingest_expired_samples_total";
 
 /// Outcome of one batch message.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +28,9 @@ pub struct Metrics {
     samples: AtomicU64,
     store_errors: AtomicU64,
     payload_bytes: AtomicU64,
+    /// Samples left out of the raw, hourly and daily tiers for being older
+    /// than the tier keeps.
+    expired: [AtomicU64; 3],
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -55,6 +59,13 @@ impl Metrics {
     pub fn payload(&self, bytes: usize) {
         self.payload_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts samples a tier (0 raw, 1 hourly, 2 daily) left out as expired.
+    pub fn expired(&self, counts: [u64; 3]) {
+        for (c, n) in self.expired.iter().zip(counts) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn store_error(&self) {
@@ -103,6 +114,13 @@ impl Metrics {
             "# HELP {STORE_ERRORS} Database errors while storing (retried).\n# TYPE {STORE_ERRORS} counter"
         );
         let _ = writeln!(out, "{STORE_ERRORS} {}", load(&self.store_errors));
+        let _ = writeln!(
+            out,
+            "# HELP {EXPIRED} Samples older than a tier keeps when they arrived, left out of that tier.\n# TYPE {EXPIRED} counter"
+        );
+        for (tier, c) in ["raw", "hourly", "daily"].iter().zip(&self.expired) {
+            let _ = writeln!(out, "{EXPIRED}{{tier=\"{tier}\"}} {}", load(c));
+        }
         let _ = writeln!(
             out,
             "# HELP {PAYLOAD_BYTES} Bytes of batch payloads received."

@@ -22,8 +22,8 @@
 //! touching the same buckets cannot deadlock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveTime, TimeZone};
 use chrono_tz::Tz;
@@ -31,6 +31,7 @@ use dash_shared::{Micros, TenantId};
 use sqlx::PgConnection;
 
 use crate::config::RetentionConfig;
+use crate::metrics::Metrics;
 use crate::retention::{self, Horizons, Layout};
 use crate::storage::{Admitted, BinaryCopy, SampleWriter};
 
@@ -149,6 +150,7 @@ pub struct TieredWriter {
     partitions: Mutex<Option<(Layout, KnownPartitions)>>,
     /// Samples older than a tier's retention when they arrived, per tier.
     expired: [AtomicU64; 3],
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// `(table, start)` of native partitions known to exist.
@@ -179,6 +181,12 @@ impl TieredWriter {
             retention,
             ..TieredWriter::default()
         }
+    }
+
+    /// Also counts expired samples on `metrics` (`/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Samples ignored so far because they were older than the raw, hourly
@@ -351,6 +359,9 @@ impl TieredWriter {
         upsert(conn, "rollup_daily", &daily).await?;
         for (counter, e) in self.expired.iter().zip(expired) {
             counter.fetch_add(e, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.metrics {
+            m.expired(expired);
         }
         Ok(n)
     }

@@ -7,7 +7,7 @@
 #   DASH_SKIP_MSRV=1 deploy/scripts/test.sh   skip the Debian 13 / rustc 1.85 check
 set -euo pipefail
 # Suites that talk to PostgreSQL directly (tests/tests/*.rs), run on both servers.
-STORAGE_SUITES="tiers ingest retention"
+STORAGE_SUITES="tiers ingest retention query"
 cd "$(dirname "$0")/../.."
 deploy/scripts/install-deps.sh
 cargo fmt --all --check

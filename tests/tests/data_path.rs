@@ -11,6 +11,7 @@ use dash_tests::device::{self, Report, check_exactly_once};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource, Mosquitto};
 use dash_tests::{eventually, free_port};
+use sha2::Digest;
 
 const TENANT: &str = "acme";
 
@@ -122,7 +123,16 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
     );
     assert_eq!(pg.total().await, 0);
 
-    let mut aggregator = process::aggregator(dir.path(), &pg.url, p.broker, p.http, &[]);
+    // With a query token for the tenant, given as a DASH_ variable.
+    let token_hash = dash_aggregator::api::hex(&sha2::Sha256::digest(b"e2e-token"));
+    let tokens = format!("[{{tenant=\"{TENANT}\", sha256=\"{token_hash}\"}}]");
+    let mut aggregator = process::aggregator(
+        dir.path(),
+        &pg.url,
+        p.broker,
+        p.http,
+        &[("DASH_HTTP__TOKENS", tokens)],
+    );
     aggregator.start();
     assert_delivered(&pg, &[("th-1", &report)]).await;
     let rows = rows_of(&pg, "th-1").await;
@@ -131,6 +141,25 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
         rows.values().all(|n| *n == 1),
         "a reading sent once was stored twice"
     );
+    // The aggregator's query API counts the same readings.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let path = format!(
+        "/api/v1/tenants/{TENANT}/query?device=th-1&metric=temp&from={}&to={}&step=1h&agg=count",
+        now - 7_200,
+        now + 60
+    );
+    let (status, body) = dash_tests::get_json(p.http, &path, Some("e2e-token")).await;
+    assert_eq!(status, 200, "{body}");
+    let counted: f64 = body["series"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .sum();
+    assert_eq!(counted, 3000.0, "{body}");
     assert!(
         agent.terminate(Duration::from_secs(10)),
         "agent did not exit cleanly on SIGTERM:\n{}",
