@@ -52,6 +52,8 @@ fn batch(series: usize, seconds: i64) -> Batch {
         seq: 1,
         floor: 1,
         series,
+        windows: Vec::new(),
+        events: Vec::new(),
     }
 }
 

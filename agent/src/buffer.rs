@@ -292,6 +292,8 @@ pub fn build_batch(stream: StreamId, seq: u64, floor: u64, samples: Vec<Sample>)
         seq,
         floor,
         series,
+        windows: Vec::new(),
+        events: Vec::new(),
     }
 }
 

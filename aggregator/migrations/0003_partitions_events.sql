@@ -1,4 +1,4 @@
--- Time partitioning for retention, and events.
+-- Time partitioning for retention, edge windows, and events.
 --
 -- raw_blocks and rollup_hourly are split by `bucket` so that retention drops
 -- whole partitions instead of deleting rows. With the timescaledb extension
@@ -24,6 +24,7 @@ CREATE TABLE dash_partitioning (
 );
 INSERT INTO dash_partitioning VALUES
     ('raw_blocks',    interval '1 day',  '2000-01-03 00:00:00+00'),
+    ('raw_windows',   interval '1 day',  '2000-01-03 00:00:00+00'),
     ('rollup_hourly', interval '7 days', '2000-01-03 00:00:00+00');
 
 -- Returns the partition of `parent` holding `at`, creating it if missing.
@@ -82,8 +83,25 @@ BEGIN
     EXECUTE 'CREATE TABLE rollup_hourly (LIKE rollup_hourly_0002 INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMPRESSION,
                                          PRIMARY KEY (series_id, bucket))' || split;
     CREATE INDEX raw_blocks_series_bucket ON raw_blocks (series_id, bucket);
+    -- Windows pre-aggregated by agents (count, sum, min, max, first, last over
+    -- `width` seconds from `bucket`): the raw tier of series sent that way.
+    EXECUTE 'CREATE TABLE raw_windows (
+        tenant     text             NOT NULL,
+        series_id  bigint           NOT NULL,
+        bucket     timestamptz      NOT NULL,
+        width      int4             NOT NULL,
+        count      bigint           NOT NULL,
+        sum        double precision NOT NULL,
+        min        double precision NOT NULL,
+        max        double precision NOT NULL,
+        first      double precision NOT NULL,
+        first_ts   timestamptz      NOT NULL,
+        last       double precision NOT NULL,
+        last_ts    timestamptz      NOT NULL)' || split;
+    CREATE INDEX raw_windows_series_bucket ON raw_windows (series_id, bucket);
     IF hyper THEN
         PERFORM create_hypertable('raw_blocks', by_range('bucket', interval '1 day'));
+        PERFORM create_hypertable('raw_windows', by_range('bucket', interval '1 day'));
         PERFORM create_hypertable('rollup_hourly', by_range('bucket', interval '7 days'));
     ELSE
         PERFORM dash_partition_for('raw_blocks', b) FROM (SELECT DISTINCT bucket FROM raw_blocks_0002) s(b);

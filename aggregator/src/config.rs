@@ -61,6 +61,9 @@ pub struct IngestConfig {
     pub max_connections: u32,
     /// How often small raw blocks of closed 30-minute spans are merged.
     pub compact_every_secs: u64,
+    /// Numeric fields of events stored as series too, e.g.
+    /// `{ kind = "sale", field = "amount", metric = "sales.amount", tags = ["location", "item"] }`.
+    pub event_metrics: Vec<dash_shared::events::EventMetric>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +151,7 @@ impl Default for IngestConfig {
             max_message_bytes: 1024 * 1024,
             max_connections: 8,
             compact_every_secs: 60,
+            event_metrics: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use dash_shared::events::EventMetric;
 use dash_shared::wire;
 use dash_shared::{
     Ack, AckOutcome, AgentId, Batch, Limits, Message, StreamId, TenantId, now_micros,
@@ -55,6 +56,7 @@ pub struct Ingestor<W> {
     writer: W,
     limits: Limits,
     metrics: Arc<Metrics>,
+    event_metrics: Vec<EventMetric>,
 }
 
 impl<W: SampleWriter> Ingestor<W> {
@@ -65,7 +67,15 @@ impl<W: SampleWriter> Ingestor<W> {
             writer,
             limits,
             metrics,
+            event_metrics: Vec::new(),
         }
+    }
+
+    /// Rules that turn numeric fields of events into samples, stored with
+    /// the batch that carried the events.
+    pub fn with_event_metrics(mut self, rules: Vec<EventMetric>) -> Self {
+        self.event_metrics = rules;
+        self
     }
 
     /// Handles one payload from `tenant`/`agent`'s batch topic. Returns the ack
@@ -98,7 +108,17 @@ impl<W: SampleWriter> Ingestor<W> {
         let mut valid = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
             match wire::decode(d.payload, &self.limits) {
-                Ok(Message::Batch(batch)) => valid.push((i, batch)),
+                Ok(Message::Batch(mut batch)) => {
+                    if !batch.events.is_empty() && !self.event_metrics.is_empty() {
+                        let (derived, skipped) =
+                            dash_shared::events::derive(&batch.events, &self.event_metrics);
+                        if skipped > 0 {
+                            tracing::debug!(tenant = %d.tenant, agent = %d.agent, skipped, "event fields that give no sample");
+                        }
+                        batch.series.extend(derived);
+                    }
+                    valid.push((i, batch))
+                }
                 Ok(_) => {
                     let reason = "a non-batch message on a batch topic";
                     answers[i] = self
@@ -171,10 +191,11 @@ impl<W: SampleWriter> Ingestor<W> {
             let outcome = match ledger.admit(batch.seq, batch.floor) {
                 Admission::New => {
                     ledger.settle(batch.seq);
-                    let n = batch.sample_count() as u64;
+                    let n = batch.record_count() as u64;
                     (tally.batches, tally.samples) = (tally.batches + 1, tally.samples + n);
                     admitted.push(Admitted {
                         tenant: ds[*i].tenant,
+                        agent: ds[*i].agent,
                         batch,
                         series_ids: ids,
                     });

@@ -78,12 +78,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_message_bytes: config.ingest.max_message_bytes,
         ..Limits::default()
     };
-    let ingestor = Arc::new(Ingestor::new(
-        pool.clone(),
-        TieredWriter::new(config.retention.clone()).with_metrics(metrics.clone()),
-        limits,
-        metrics,
-    ));
+    let ingestor = Arc::new(
+        Ingestor::new(
+            pool.clone(),
+            TieredWriter::new(config.retention.clone()).with_metrics(metrics.clone()),
+            limits,
+            metrics,
+        )
+        .with_event_metrics(config.ingest.event_metrics.clone()),
+    );
     let session = tokio::spawn(link::run(
         link,
         ingestor,

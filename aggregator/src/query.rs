@@ -266,6 +266,20 @@ fn exact(a: Micros, b: Micros, coarse: &[Tier], base: Tier, tz: Tz, out: &mut Ve
 /// `(series, bucket, offsets, values)` of a raw block.
 type BlockRow = (i64, DateTime<Utc>, Vec<i32>, Vec<f64>);
 
+/// `(series, bucket, count, sum, min, max, first, first_ts, last, last_ts)`.
+type RollupRow = (
+    i64,
+    DateTime<Utc>,
+    i64,
+    f64,
+    f64,
+    f64,
+    f64,
+    DateTime<Utc>,
+    f64,
+    DateTime<Utc>,
+);
+
 /// Per series: step bucket start -> aggregates.
 pub type Folded = HashMap<i64, BTreeMap<Micros, Partial>>;
 
@@ -288,68 +302,53 @@ pub async fn fold(
     };
     let ts = |us: Micros| DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
     for seg in segments {
-        match seg.tier {
-            Tier::Raw => {
-                let rows: Vec<BlockRow> = sqlx::query_as(
-                    "SELECT series_id, bucket, offsets, vals FROM raw_blocks
-                     WHERE tenant = $1 AND series_id = ANY($2) AND bucket > $3 AND bucket < $4",
-                )
-                .bind(tenant)
-                .bind(series)
-                .bind(ts(seg.from - BLOCK_SPAN))
-                .bind(ts(seg.to))
-                .fetch_all(pool)
-                .await?;
-                for (id, bucket, offsets, vals) in rows {
-                    let base = bucket.timestamp_micros();
-                    for (off, v) in offsets.iter().zip(&vals) {
-                        let t = base + Micros::from(*off);
-                        if (seg.from..seg.to).contains(&t) {
-                            add(id, t, &Partial::new(t, *v));
-                        }
+        if seg.tier == Tier::Raw {
+            let rows: Vec<BlockRow> = sqlx::query_as(
+                "SELECT series_id, bucket, offsets, vals FROM raw_blocks
+                 WHERE tenant = $1 AND series_id = ANY($2) AND bucket > $3 AND bucket < $4",
+            )
+            .bind(tenant)
+            .bind(series)
+            .bind(ts(seg.from - BLOCK_SPAN))
+            .bind(ts(seg.to))
+            .fetch_all(pool)
+            .await?;
+            for (id, bucket, offsets, vals) in rows {
+                let base = bucket.timestamp_micros();
+                for (off, v) in offsets.iter().zip(&vals) {
+                    let t = base + Micros::from(*off);
+                    if (seg.from..seg.to).contains(&t) {
+                        add(id, t, &Partial::new(t, *v));
                     }
                 }
             }
-            Tier::Hourly | Tier::Daily => {
-                let table = if seg.tier == Tier::Hourly {
-                    "rollup_hourly"
-                } else {
-                    "rollup_daily"
-                };
-                type Row = (
-                    i64,
-                    DateTime<Utc>,
-                    i64,
-                    f64,
-                    f64,
-                    f64,
-                    f64,
-                    DateTime<Utc>,
-                    f64,
-                    DateTime<Utc>,
-                );
-                let rows: Vec<Row> = sqlx::query_as(&format!(
-                    "SELECT series_id, bucket, count, sum, min, max, first, first_ts, last, last_ts FROM {table}
-                     WHERE tenant = $1 AND series_id = ANY($2) AND bucket >= $3 AND bucket < $4"
-                ))
-                .bind(tenant)
-                .bind(series)
-                .bind(ts(seg.from))
-                .bind(ts(seg.to))
-                .fetch_all(pool)
-                .await?;
-                for (id, bucket, count, sum, min, max, first, first_ts, last, last_ts) in rows {
-                    let p = Partial {
-                        count,
-                        sum,
-                        min,
-                        max,
-                        first: (first_ts.timestamp_micros(), first),
-                        last: (last_ts.timestamp_micros(), last),
-                    };
-                    add(id, bucket.timestamp_micros(), &p);
-                }
-            }
+        }
+        // Rollup rows; for the raw tier, the windows agents pre-aggregated.
+        let table = match seg.tier {
+            Tier::Raw => "raw_windows",
+            Tier::Hourly => "rollup_hourly",
+            Tier::Daily => "rollup_daily",
+        };
+        let rows: Vec<RollupRow> = sqlx::query_as(&format!(
+            "SELECT series_id, bucket, count, sum, min, max, first, first_ts, last, last_ts FROM {table}
+             WHERE tenant = $1 AND series_id = ANY($2) AND bucket >= $3 AND bucket < $4"
+        ))
+        .bind(tenant)
+        .bind(series)
+        .bind(ts(seg.from))
+        .bind(ts(seg.to))
+        .fetch_all(pool)
+        .await?;
+        for (id, bucket, count, sum, min, max, first, first_ts, last, last_ts) in rows {
+            let p = Partial {
+                count,
+                sum,
+                min,
+                max,
+                first: (first_ts.timestamp_micros(), first),
+                last: (last_ts.timestamp_micros(), last),
+            };
+            add(id, bucket.timestamp_micros(), &p);
         }
     }
     Ok(out)

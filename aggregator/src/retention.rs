@@ -1,6 +1,6 @@
 //! Retention: old data leaves each tier by whole partitions.
 //!
-//! `raw_blocks` (one-day partitions) and `rollup_hourly` (one-week
+//! `raw_blocks` and `raw_windows` (one-day partitions) and `rollup_hourly` (one-week
 //! partitions, Monday to Monday UTC) are either TimescaleDB hypertables or
 //! natively range-partitioned tables, decided once when the schema is created
 //! (see `migrations/0003_partitions_events.sql`). Either way:
@@ -85,6 +85,8 @@ pub fn kept(h: Option<Micros>, t: Micros) -> bool {
 pub struct Report {
     /// Partitions or chunks dropped from `raw_blocks`.
     pub raw_partitions: i64,
+    /// Partitions or chunks dropped from `raw_windows`.
+    pub window_partitions: i64,
     /// Partitions or chunks dropped from `rollup_hourly`.
     pub hourly_partitions: i64,
     pub daily_rows: u64,
@@ -103,6 +105,8 @@ pub async fn create_ahead(pool: &PgPool, now: Micros) -> sqlx::Result<()> {
         ("raw_blocks", now),
         ("raw_blocks", now + DAY),
         ("raw_blocks", now + 2 * DAY),
+        ("raw_windows", now),
+        ("raw_windows", now + DAY),
         ("rollup_hourly", now),
         ("rollup_hourly", now + 7 * DAY),
     ] {
@@ -125,6 +129,7 @@ pub async fn run(pool: &PgPool, config: &RetentionConfig, now: Micros) -> sqlx::
     let mut report = Report::default();
     for (table, horizon, out) in [
         ("raw_blocks", h.raw, &mut report.raw_partitions),
+        ("raw_windows", h.raw, &mut report.window_partitions),
         ("rollup_hourly", h.hourly, &mut report.hourly_partitions),
     ] {
         let Some(horizon) = horizon else { continue };

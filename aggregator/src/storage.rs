@@ -13,14 +13,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 
-use dash_shared::{Batch, Micros, SeriesKey, TenantId};
+use dash_shared::{AgentId, Batch, Micros, SeriesKey, TenantId};
 use sqlx::{PgConnection, PgPool};
 
 /// A batch the ledger admitted, with its series ids.
 #[derive(Debug, Clone, Copy)]
 pub struct Admitted<'a> {
     pub tenant: &'a TenantId,
+    pub agent: &'a AgentId,
     pub batch: &'a Batch,
+    /// Ids of `batch.series`, then of `batch.windows`, in order.
     pub series_ids: &'a [i64],
 }
 
@@ -68,6 +70,18 @@ impl BinaryCopy {
 
     pub fn int8(&mut self, v: i64) {
         self.field(&v.to_be_bytes());
+    }
+
+    pub fn int4(&mut self, v: i32) {
+        self.field(&v.to_be_bytes());
+    }
+
+    /// `jsonb` from JSON text (binary format version 1).
+    pub fn jsonb(&mut self, json: &str) {
+        self.buf
+            .extend_from_slice(&(json.len() as i32 + 1).to_be_bytes());
+        self.buf.push(1);
+        self.buf.extend_from_slice(json.as_bytes());
     }
 
     pub fn float8(&mut self, v: f64) {
@@ -128,26 +142,26 @@ fn tags_json(key: &SeriesKey) -> String {
 }
 
 impl SeriesRegistry {
-    /// Ids for every block of `batch`, in block order.
+    /// Ids for every series block of `batch`, then every window block, in order.
     pub async fn resolve(
         &self,
         pool: &PgPool,
         tenant: &TenantId,
         batch: &Batch,
     ) -> sqlx::Result<Vec<i64>> {
+        let keys = || {
+            batch
+                .series
+                .iter()
+                .map(|b| &b.key)
+                .chain(batch.windows.iter().map(|w| &w.key))
+        };
         let lookup = || -> Result<Vec<i64>, Vec<&SeriesKey>> {
             let cache = self.cache.lock().expect("series cache poisoned");
             let known = cache.get(tenant);
             let id = |key: &SeriesKey| known.and_then(|k| k.get(key)).copied();
-            let ids: Option<Vec<i64>> = batch.series.iter().map(|b| id(&b.key)).collect();
-            ids.ok_or_else(|| {
-                batch
-                    .series
-                    .iter()
-                    .map(|b| &b.key)
-                    .filter(|k| id(k).is_none())
-                    .collect()
-            })
+            let ids: Option<Vec<i64>> = keys().map(id).collect();
+            ids.ok_or_else(|| keys().filter(|k| id(k).is_none()).collect())
         };
         let mut missing = match lookup() {
             Ok(ids) => return Ok(ids),

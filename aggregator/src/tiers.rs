@@ -171,6 +171,9 @@ fn hourly_partition(t: Micros) -> Micros {
 /// `(series, span) -> (tenant, offsets, values)`: the raw blocks of a group.
 type Spans<'a> = BTreeMap<(i64, Micros), (&'a TenantId, Vec<i32>, Vec<f64>)>;
 
+/// `(tenant, series, start, width in seconds, aggregates)` of an edge window.
+type WindowRow<'a> = (&'a TenantId, i64, Micros, u32, Partial);
+
 /// `(series, bucket) -> (tenant, partial)`, in key order.
 type Rollups = BTreeMap<(i64, Micros), (TenantId, Partial)>;
 
@@ -201,6 +204,7 @@ impl TieredWriter {
         &self,
         conn: &mut PgConnection,
         spans: &Spans<'_>,
+        windows: &[WindowRow<'_>],
         hourly: &Rollups,
     ) -> sqlx::Result<()> {
         let layout = self
@@ -223,6 +227,7 @@ impl TieredWriter {
         let needed: BTreeSet<(&'static str, Micros)> = spans
             .keys()
             .map(|(_, span)| ("raw_blocks", raw_partition(*span)))
+            .chain(windows.iter().map(|w| ("raw_windows", raw_partition(w.2))))
             .chain(
                 hourly
                     .keys()
@@ -304,6 +309,8 @@ impl TieredWriter {
         let (mut hourly, mut daily) = (Rollups::new(), Rollups::new());
         // One block per series and span for the whole group of batches.
         let mut spans = Spans::new();
+        let mut windows: Vec<WindowRow<'_>> = Vec::new();
+        let mut events = Vec::new();
         let h = Horizons::now(&self.retention);
         let mut expired = [0u64; 3];
         let mut n = 0u64;
@@ -337,8 +344,86 @@ impl TieredWriter {
                     }
                 }
             }
+            // Windows lie inside one hour and one local day (their width divides 15 minutes).
+            let window_ids = &admitted.series_ids[admitted.batch.series.len()..];
+            for (block, id) in admitted.batch.windows.iter().zip(window_ids) {
+                for w in &block.windows {
+                    let p = Partial {
+                        count: w.count as i64,
+                        sum: w.sum,
+                        min: w.min,
+                        max: w.max,
+                        first: (w.start + Micros::from(w.first_offset), w.first),
+                        last: (w.start + Micros::from(w.last_offset), w.last),
+                    };
+                    n += w.count;
+                    if retention::kept(h.raw, w.start) {
+                        windows.push((tenant, *id, w.start, block.width_secs, p));
+                    } else {
+                        expired[0] += w.count;
+                    }
+                    for (i, tier, bucket, horizon) in [
+                        (1, &mut hourly, hour_of(w.start), h.hourly),
+                        (2, &mut daily, days.start_of(w.start), h.daily),
+                    ] {
+                        if !retention::kept(horizon, bucket) {
+                            expired[i] += w.count;
+                            continue;
+                        }
+                        tier.entry((*id, bucket))
+                            .and_modify(|(_, q)| q.merge(&p))
+                            .or_insert_with(|| (tenant.clone(), p));
+                    }
+                }
+            }
+            for e in &admitted.batch.events {
+                if retention::kept(h.events, e.time) {
+                    events.push((tenant, admitted.agent, e));
+                }
+            }
         }
-        self.ensure_partitions(conn, &spans, &hourly).await?;
+        self.ensure_partitions(conn, &spans, &windows, &hourly)
+            .await?;
+        if !windows.is_empty() {
+            let mut copy = BinaryCopy::new(12);
+            for (tenant, id, start, width, p) in &windows {
+                copy.row();
+                copy.text(tenant.as_str());
+                copy.int8(*id);
+                copy.timestamptz(*start);
+                copy.int4(*width as i32);
+                copy.int8(p.count);
+                copy.float8(p.sum);
+                copy.float8(p.min);
+                copy.float8(p.max);
+                copy.float8(p.first.1);
+                copy.timestamptz(p.first.0);
+                copy.float8(p.last.1);
+                copy.timestamptz(p.last.0);
+            }
+            let mut sink = conn
+                .copy_in_raw("COPY raw_windows (tenant, series_id, bucket, width, count, sum, min, max, first, first_ts, last, last_ts) FROM STDIN (FORMAT binary)")
+                .await?;
+            sink.send(copy.finish()).await?;
+            sink.finish().await?;
+        }
+        if !events.is_empty() {
+            let mut copy = BinaryCopy::new(6);
+            for (tenant, agent, e) in &events {
+                copy.row();
+                copy.text(tenant.as_str());
+                copy.text(agent.as_str());
+                copy.text(&e.source);
+                copy.timestamptz(e.time);
+                copy.text(&e.kind);
+                copy.jsonb(&e.body);
+            }
+            let mut sink = conn
+                .copy_in_raw("COPY events (tenant, agent, source, ts, kind, body) FROM STDIN (FORMAT binary)")
+                .await?;
+            sink.send(copy.finish()).await?;
+            sink.finish().await?;
+        }
         if !spans.is_empty() {
             let mut copy = BinaryCopy::new(5);
             for ((id, span), (tenant, offsets, vals)) in spans {

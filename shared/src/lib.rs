@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod columnar;
+pub mod events;
 pub mod series;
 pub mod topic;
 pub mod wire;
@@ -32,7 +33,8 @@ pub mod wire;
 pub use series::SeriesKey;
 pub use topic::{AgentId, TenantId, TopicKind};
 pub use wire::{
-    Ack, AckOutcome, AgentStatus, Batch, DecodeError, Limits, Message, SeriesBlock, StreamId,
+    Ack, AckOutcome, AgentStatus, Batch, DecodeError, Event, Limits, Message, SeriesBlock,
+    StreamId, Window, WindowBlock,
 };
 
 /// UTC time in microseconds since 1970-01-01T00:00:00Z, PostgreSQL's own resolution.

@@ -6,12 +6,16 @@
 //! +------+------+---------+-------------------------------+
 //! | 'D'  | 'S'  | version | postcard(WireMessage)          |
 //! +------+------+---------+-------------------------------+
-//!   magic (2)     u8 = 1    the rest, no trailing bytes
+//!   magic (2)     u8 = 1|2  the rest, no trailing bytes
 //! ```
 //!
 //! The version byte comes before anything version-specific, so a reader
 //! rejects a newer protocol with [`DecodeError::UnsupportedVersion`] instead
-//! of misreading it.
+//! of misreading it. Version 2 adds pre-aggregated windows and events to
+//! batches. A writer uses the lowest version that can carry a message (a
+//! batch of plain samples, an ack and a status are still version 1), so
+//! agents and aggregators can be upgraded in either order until windows or
+//! events are used; a reader takes both.
 //!
 //! # Delivery
 //!
@@ -33,8 +37,18 @@ use crate::{MAX_TIMESTAMP, MIN_TIMESTAMP, Micros};
 
 /// First two bytes of every Dash message.
 pub const MAGIC: [u8; 2] = *b"DS";
-/// The protocol version this crate reads and writes.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this crate reads and writes.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The oldest version this crate still reads (and writes when enough).
+pub const PROTOCOL_VERSION_MIN: u8 = 1;
+/// Longest event body (JSON text), in bytes.
+pub const MAX_EVENT_BODY: usize = 64 * 1024;
+/// Longest event source or kind, in bytes.
+pub const MAX_EVENT_NAME: usize = 128;
+/// Widest pre-aggregated window, in seconds: it must divide this, so a
+/// window never straddles an hour or a local day in any time zone (all UTC
+/// offsets are whole quarter hours).
+pub const MAX_WINDOW_SECS: u32 = 900;
 const HEADER_LEN: usize = 3;
 /// Longest stream name, in bytes.
 pub const MAX_STREAM_NAME_LEN: usize = 32;
@@ -96,12 +110,76 @@ pub struct Batch {
     /// The lowest seq the agent still holds; all below are settled.
     pub floor: u64,
     pub series: Vec<SeriesBlock>,
+    /// Pre-aggregated windows (protocol version 2).
+    pub windows: Vec<WindowBlock>,
+    /// Events (protocol version 2).
+    pub events: Vec<Event>,
+}
+
+/// Aggregates of one series over fixed windows, computed at the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowBlock {
+    pub key: SeriesKey,
+    /// Window width in seconds; divides [`MAX_WINDOW_SECS`].
+    pub width_secs: u32,
+    pub windows: Vec<Window>,
+}
+
+/// Count, sum, min, max, first and last of the samples in
+/// `[start, start + width)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// A multiple of the width (Unix µs).
+    pub start: Micros,
+    /// At least 1.
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The earliest sample's value and its time as µs after `start`.
+    pub first: f64,
+    pub first_offset: u32,
+    /// The latest sample's value and its time as µs after `start`.
+    pub last: f64,
+    pub last_offset: u32,
+}
+
+/// A non-numeric record: a POS transaction, a device error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What produced it (a device, a till).
+    pub source: String,
+    pub time: Micros,
+    /// What it is, e.g. `sale` or `fault`.
+    pub kind: String,
+    /// A JSON object, as text.
+    pub body: String,
 }
 
 impl Batch {
+    /// A batch of samples only.
+    pub fn samples(stream: StreamId, seq: u64, floor: u64, series: Vec<SeriesBlock>) -> Batch {
+        Batch {
+            stream,
+            seq,
+            floor,
+            series,
+            windows: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
     /// Samples over all series.
     pub fn sample_count(&self) -> usize {
         self.series.iter().map(|b| b.timestamps.len()).sum()
+    }
+
+    /// Samples, windows and events: what counts against
+    /// [`Limits::max_samples`].
+    pub fn record_count(&self) -> usize {
+        self.sample_count()
+            + self.windows.iter().map(|w| w.windows.len()).sum::<usize>()
+            + self.events.len()
     }
 }
 
@@ -192,6 +270,10 @@ pub enum Invalid {
     Column { index: usize, source: ColumnError },
     #[error("text field is {0} bytes, more than the limit of {MAX_TEXT_LEN}")]
     TextTooLong(usize),
+    #[error("window series {index}: {reason}")]
+    Window { index: usize, reason: String },
+    #[error("event {index}: {reason}")]
+    Event { index: usize, reason: String },
 }
 
 /// Why bytes could not be read as a message.
@@ -233,12 +315,46 @@ enum WireMessage {
     Status(AgentStatus),
 }
 
+/// Version 2: batches gain windows and events.
+#[derive(Serialize, Deserialize)]
+enum WireMessageV2 {
+    Batch(WireBatchV2),
+    Ack(Ack),
+    Status(AgentStatus),
+}
+
 #[derive(Serialize, Deserialize)]
 struct WireBatch {
     stream: StreamId,
     seq: u64,
     floor: u64,
     series: Vec<WireBlock>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireBatchV2 {
+    stream: StreamId,
+    seq: u64,
+    floor: u64,
+    series: Vec<WireBlock>,
+    windows: Vec<WireWindows>,
+    events: Vec<Event>,
+}
+
+/// Windows of one series, column by column.
+#[derive(Serialize, Deserialize)]
+struct WireWindows {
+    key: SeriesKey,
+    width_secs: u32,
+    starts: PackedTimes,
+    counts: Vec<u64>,
+    sums: PackedValues,
+    mins: PackedValues,
+    maxs: PackedValues,
+    firsts: PackedValues,
+    first_offsets: Vec<u32>,
+    lasts: PackedValues,
+    last_offsets: Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,6 +408,85 @@ fn check_block(index: usize, b: &SeriesBlock, limits: &Limits) -> Result<(), Inv
     Ok(())
 }
 
+fn check_windows(index: usize, b: &WindowBlock, limits: &Limits) -> Result<(), Invalid> {
+    let fail = |reason: String| Err(Invalid::Window { index, reason });
+    if let Err(e) = b.key.validate() {
+        return fail(format!("bad key: {e}"));
+    }
+    if b.width_secs == 0 || MAX_WINDOW_SECS % b.width_secs != 0 {
+        return fail(format!(
+            "width {} s does not divide {MAX_WINDOW_SECS} s",
+            b.width_secs
+        ));
+    }
+    if b.windows.is_empty() {
+        return fail("no windows".into());
+    }
+    let width = Micros::from(b.width_secs) * 1_000_000;
+    for w in &b.windows {
+        if !(limits.min_timestamp..limits.max_timestamp).contains(&w.start) {
+            return fail(format!(
+                "window start {} µs is outside the accepted years",
+                w.start
+            ));
+        }
+        if w.start % width != 0 {
+            return fail(format!(
+                "window start {} µs is not a multiple of the width",
+                w.start
+            ));
+        }
+        if w.count == 0 {
+            return fail("a window has a count of 0".into());
+        }
+        if [w.sum, w.min, w.max, w.first, w.last]
+            .iter()
+            .any(|v| !v.is_finite())
+        {
+            return fail("a window has a NaN or infinite aggregate".into());
+        }
+        if w.min > w.max
+            || !(w.min..=w.max).contains(&w.first)
+            || !(w.min..=w.max).contains(&w.last)
+        {
+            return fail("a window's first, last or max is outside its min..max".into());
+        }
+        if Micros::from(w.first_offset) >= width
+            || Micros::from(w.last_offset) >= width
+            || w.first_offset > w.last_offset
+            || (w.count == 1 && w.first_offset != w.last_offset)
+        {
+            return fail("a window's first/last offsets are outside it or out of order".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_event(index: usize, e: &Event, limits: &Limits) -> Result<(), Invalid> {
+    let fail = |reason: String| Err(Invalid::Event { index, reason });
+    for (field, v) in [("source", &e.source), ("kind", &e.kind)] {
+        if v.is_empty() || v.len() > MAX_EVENT_NAME || v.chars().any(char::is_control) {
+            return fail(format!(
+                "{field} is empty, longer than {MAX_EVENT_NAME} bytes or has control characters"
+            ));
+        }
+    }
+    if !(limits.min_timestamp..limits.max_timestamp).contains(&e.time) {
+        return fail(format!("time {} µs is outside the accepted years", e.time));
+    }
+    if e.body.len() > MAX_EVENT_BODY {
+        return fail(format!(
+            "body is {} bytes, more than {MAX_EVENT_BODY}",
+            e.body.len()
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(&e.body) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => fail("body is not a JSON object".into()),
+        Err(err) => fail(format!("body is not JSON: {err}")),
+    }
+}
+
 /// Checks a message against the protocol's rules and `limits`.
 pub fn validate(msg: &Message, limits: &Limits) -> Result<(), Invalid> {
     match msg {
@@ -303,11 +498,19 @@ pub fn validate(msg: &Message, limits: &Limits) -> Result<(), Invalid> {
                     floor: b.floor,
                 });
             }
-            check_counts(b.series.len(), b.sample_count(), limits)?;
+            check_counts(b.series.len() + b.windows.len(), b.record_count(), limits)?;
             b.series
                 .iter()
                 .enumerate()
-                .try_for_each(|(i, s)| check_block(i, s, limits))
+                .try_for_each(|(i, s)| check_block(i, s, limits))?;
+            b.windows
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, w)| check_windows(i, w, limits))?;
+            b.events
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, e)| check_event(i, e, limits))
         }
         Message::Ack(a) => {
             check_stream(&a.stream)?;
@@ -339,28 +542,47 @@ fn check_counts(series: usize, samples: usize, limits: &Limits) -> Result<(), In
 /// Validates and encodes a message into its envelope.
 pub fn encode(msg: &Message, limits: &Limits) -> Result<Vec<u8>, EncodeError> {
     validate(msg, limits)?;
-    let wire = match msg {
-        Message::Batch(b) => WireMessage::Batch(WireBatch {
-            stream: b.stream.clone(),
-            seq: b.seq,
-            floor: b.floor,
-            series: b
-                .series
-                .iter()
-                .map(|s| WireBlock {
-                    key: s.key.clone(),
-                    times: columnar::pack_times(&s.timestamps),
-                    values: columnar::pack_values(&s.values),
-                })
-                .collect(),
-        }),
-        Message::Ack(a) => WireMessage::Ack(a.clone()),
-        Message::Status(s) => WireMessage::Status(s.clone()),
+    let blocks = |series: &[SeriesBlock]| -> Vec<WireBlock> {
+        series
+            .iter()
+            .map(|s| WireBlock {
+                key: s.key.clone(),
+                times: columnar::pack_times(&s.timestamps),
+                values: columnar::pack_values(&s.values),
+            })
+            .collect()
     };
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&MAGIC);
-    out.push(PROTOCOL_VERSION);
-    let out = postcard::to_extend(&wire, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let serialized = match msg {
+        Message::Batch(b) if !b.windows.is_empty() || !b.events.is_empty() => {
+            out.push(2);
+            let wire = WireMessageV2::Batch(WireBatchV2 {
+                stream: b.stream.clone(),
+                seq: b.seq,
+                floor: b.floor,
+                series: blocks(&b.series),
+                windows: b.windows.iter().map(pack_windows).collect(),
+                events: b.events.clone(),
+            });
+            postcard::to_extend(&wire, out)
+        }
+        other => {
+            out.push(PROTOCOL_VERSION_MIN);
+            let wire = match other {
+                Message::Batch(b) => WireMessage::Batch(WireBatch {
+                    stream: b.stream.clone(),
+                    seq: b.seq,
+                    floor: b.floor,
+                    series: blocks(&b.series),
+                }),
+                Message::Ack(a) => WireMessage::Ack(a.clone()),
+                Message::Status(s) => WireMessage::Status(s.clone()),
+            };
+            postcard::to_extend(&wire, out)
+        }
+    };
+    let out = serialized.map_err(|e| EncodeError::Serialize(e.to_string()))?;
     if out.len() > limits.max_message_bytes {
         return Err(EncodeError::TooLarge {
             len: out.len(),
@@ -384,19 +606,44 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     if bytes[..2] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if bytes[2] != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion(bytes[2]));
-    }
-    let (wire, rest): (WireMessage, _) = postcard::take_from_bytes(&bytes[HEADER_LEN..])
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let body = &bytes[HEADER_LEN..];
+    let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
+    let (msg, rest) = match bytes[2] {
+        1 => {
+            let (wire, rest): (WireMessage, _) =
+                postcard::take_from_bytes(body).map_err(malformed)?;
+            let msg = match wire {
+                WireMessage::Batch(b) => {
+                    let b = WireBatchV2 {
+                        stream: b.stream,
+                        seq: b.seq,
+                        floor: b.floor,
+                        series: b.series,
+                        windows: Vec::new(),
+                        events: Vec::new(),
+                    };
+                    Message::Batch(unpack_batch(b, limits)?)
+                }
+                WireMessage::Ack(a) => Message::Ack(a),
+                WireMessage::Status(s) => Message::Status(s),
+            };
+            (msg, rest)
+        }
+        2 => {
+            let (wire, rest): (WireMessageV2, _) =
+                postcard::take_from_bytes(body).map_err(malformed)?;
+            let msg = match wire {
+                WireMessageV2::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
+                WireMessageV2::Ack(a) => Message::Ack(a),
+                WireMessageV2::Status(s) => Message::Status(s),
+            };
+            (msg, rest)
+        }
+        v => return Err(DecodeError::UnsupportedVersion(v)),
+    };
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
-    let msg = match wire {
-        WireMessage::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
-        WireMessage::Ack(a) => Message::Ack(a),
-        WireMessage::Status(s) => Message::Status(s),
-    };
     validate(&msg, limits)?;
     Ok(msg)
 }
@@ -410,12 +657,15 @@ pub fn peek_batch_id(bytes: &[u8]) -> Option<(StreamId, u64)> {
         stream: StreamId,
         seq: u64,
     }
-    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC || bytes[2] != PROTOCOL_VERSION {
+    if bytes.len() < HEADER_LEN
+        || bytes[..2] != MAGIC
+        || !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&bytes[2])
+    {
         return None;
     }
     let (variant, rest): (u32, _) = postcard::take_from_bytes(&bytes[HEADER_LEN..]).ok()?;
     if variant != 0 {
-        return None; // WireMessage::Batch is variant 0.
+        return None; // Batch is variant 0 in every version.
     }
     let (head, _): (Head, _) = postcard::take_from_bytes(rest).ok()?;
     (head.seq > 0 && check_stream(&head.stream).is_ok()).then_some((head.stream, head.seq))
@@ -436,10 +686,12 @@ impl DecodeError {
     }
 }
 
-fn unpack_batch(b: WireBatch, limits: &Limits) -> Result<Batch, Invalid> {
+fn unpack_batch(b: WireBatchV2, limits: &Limits) -> Result<Batch, Invalid> {
     // Count before unpacking, so a hostile batch cannot make us allocate.
-    let packed: usize = b.series.iter().map(|s| s.times.len()).sum();
-    check_counts(b.series.len(), packed, limits)?;
+    let packed: usize = b.series.iter().map(|s| s.times.len()).sum::<usize>()
+        + b.windows.iter().map(|w| w.starts.len()).sum::<usize>()
+        + b.events.len();
+    check_counts(b.series.len() + b.windows.len(), packed, limits)?;
     let series = b
         .series
         .into_iter()
@@ -453,11 +705,84 @@ fn unpack_batch(b: WireBatch, limits: &Limits) -> Result<Batch, Invalid> {
             })
         })
         .collect::<Result<_, Invalid>>()?;
+    let windows = b
+        .windows
+        .into_iter()
+        .enumerate()
+        .map(|(index, w)| unpack_windows(index, w))
+        .collect::<Result<_, Invalid>>()?;
     Ok(Batch {
         stream: b.stream,
         seq: b.seq,
         floor: b.floor,
         series,
+        windows,
+        events: b.events,
+    })
+}
+
+fn pack_windows(b: &WindowBlock) -> WireWindows {
+    let col =
+        |f: fn(&Window) -> f64| columnar::pack_values(&b.windows.iter().map(f).collect::<Vec<_>>());
+    WireWindows {
+        key: b.key.clone(),
+        width_secs: b.width_secs,
+        starts: columnar::pack_times(&b.windows.iter().map(|w| w.start).collect::<Vec<_>>()),
+        counts: b.windows.iter().map(|w| w.count).collect(),
+        sums: col(|w| w.sum),
+        mins: col(|w| w.min),
+        maxs: col(|w| w.max),
+        firsts: col(|w| w.first),
+        first_offsets: b.windows.iter().map(|w| w.first_offset).collect(),
+        lasts: col(|w| w.last),
+        last_offsets: b.windows.iter().map(|w| w.last_offset).collect(),
+    }
+}
+
+fn unpack_windows(index: usize, w: WireWindows) -> Result<WindowBlock, Invalid> {
+    let column = |source| Invalid::Column { index, source };
+    let starts = columnar::unpack_times(&w.starts).map_err(column)?;
+    let n = starts.len();
+    let values = |p: &PackedValues| -> Result<Vec<f64>, Invalid> {
+        let v = columnar::unpack_values(p).map_err(column)?;
+        if v.len() != n {
+            return Err(Invalid::Window {
+                index,
+                reason: format!("a column has {} values for {n} windows", v.len()),
+            });
+        }
+        Ok(v)
+    };
+    let (sums, mins, maxs, firsts, lasts) = (
+        values(&w.sums)?,
+        values(&w.mins)?,
+        values(&w.maxs)?,
+        values(&w.firsts)?,
+        values(&w.lasts)?,
+    );
+    if w.counts.len() != n || w.first_offsets.len() != n || w.last_offsets.len() != n {
+        return Err(Invalid::Window {
+            index,
+            reason: format!("count or offset columns do not have {n} entries"),
+        });
+    }
+    let windows = (0..n)
+        .map(|i| Window {
+            start: starts[i],
+            count: w.counts[i],
+            sum: sums[i],
+            min: mins[i],
+            max: maxs[i],
+            first: firsts[i],
+            first_offset: w.first_offsets[i],
+            last: lasts[i],
+            last_offset: w.last_offsets[i],
+        })
+        .collect();
+    Ok(WindowBlock {
+        key: w.key,
+        width_secs: w.width_secs,
+        windows,
     })
 }
 

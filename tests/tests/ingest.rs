@@ -28,6 +28,8 @@ fn batch(seq: u64, floor: u64, incarnation: u64) -> Batch {
             timestamps: (0..10).map(|i| t0 + i * 1_000_000).collect(),
             values: (0..10).map(|i| seq as f64 * 100.0 + i as f64).collect(),
         }],
+        windows: Vec::new(),
+        events: Vec::new(),
     }
 }
 

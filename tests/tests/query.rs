@@ -74,6 +74,8 @@ fn payloads() -> Vec<Vec<u8>> {
                 seq: i as u64 + 1,
                 floor: 1,
                 series,
+                windows: Vec::new(),
+                events: Vec::new(),
             };
             wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
         })

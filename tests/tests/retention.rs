@@ -33,6 +33,8 @@ fn batch(seq: u64, times: &[i64]) -> Vec<u8> {
             timestamps: times.to_vec(),
             values: vec![1.0; times.len()],
         }],
+        windows: Vec::new(),
+        events: Vec::new(),
     };
     wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
 }

@@ -2,8 +2,13 @@
 //! the raw tier whatever the delivery order, and tenant-local days follow DST.
 
 use dash_aggregator::ingest::Delivery;
+use dash_aggregator::query::{self, Step};
+use dash_aggregator::retention::Horizons;
+use dash_shared::events::EventMetric;
 use dash_shared::wire::{self, Limits};
-use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
+use dash_shared::{
+    AgentId, Batch, Event, Message, SeriesBlock, SeriesKey, StreamId, TenantId, Window, WindowBlock,
+};
 use dash_tests::pg::TestPostgres;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -44,6 +49,8 @@ fn batches(samples: &[Sample], chunk: usize, incarnation: u64) -> Vec<Vec<u8>> {
                 seq: i as u64 + 1,
                 floor: 1,
                 series,
+                windows: Vec::new(),
+                events: Vec::new(),
             };
             wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
         })
@@ -270,4 +277,254 @@ async fn compaction_merges_closed_spans_without_changing_samples_or_rollups() {
     );
     assert!(merged >= 4);
     assert_eq!(stored(&pg, "rollup_hourly", "c").await, hourly);
+}
+
+/// Windows of `width_secs` computed from samples the way an agent would.
+fn windows_of(samples: &[Sample], width_secs: u32) -> Vec<WindowBlock> {
+    use std::collections::BTreeMap;
+    let w = i64::from(width_secs) * 1_000_000;
+    let mut per: BTreeMap<(usize, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    for (s, secs, q) in samples {
+        let t = START + secs * 1_000_000;
+        per.entry((*s, t.div_euclid(w) * w))
+            .or_default()
+            .push((t, *q as f64 / 4.0));
+    }
+    let mut blocks: BTreeMap<usize, Vec<Window>> = BTreeMap::new();
+    for ((s, start), mut points) in per {
+        points.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (first, last) = (points[0], points[points.len() - 1]);
+        blocks.entry(s).or_default().push(Window {
+            start,
+            count: points.len() as u64,
+            sum: points.iter().map(|p| p.1).sum(),
+            min: points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+            max: points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+            first: first.1,
+            first_offset: (first.0 - start) as u32,
+            last: last.1,
+            last_offset: (last.0 - start) as u32,
+        });
+    }
+    blocks
+        .into_iter()
+        .map(|(s, windows)| WindowBlock {
+            key: SeriesKey::new(format!("dev-{s}"), "temp"),
+            width_secs,
+            windows,
+        })
+        .collect()
+}
+
+/// Rollups of a tenant without its series ids (two tenants have different ids).
+async fn rollups_by_key(pg: &TestPostgres, table: &str, tenant: &str) -> Vec<(String, Row)> {
+    let names: std::collections::HashMap<i64, String> =
+        sqlx::query_as::<_, (i64, String)>("SELECT id, device FROM series WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_all(&pg.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut rows: Vec<(String, Row)> = stored(pg, table, tenant)
+        .await
+        .into_iter()
+        .map(|mut r| {
+            let name = names[&r.0].clone();
+            r.0 = 0;
+            (name, r)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+#[test]
+fn edge_windows_land_in_the_tiers_exactly_like_the_samples_they_summarise() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = rt.block_on(TestPostgres::start());
+    let secs = (0i64..3 * 86_400 / 7).prop_map(|k| k * 7);
+    let samples = prop::collection::vec((0usize..3, secs, -4000i64..4000), 1..400);
+    let widths = prop::sample::select(vec![1u32, 60, 300, 900]);
+    let n = std::sync::atomic::AtomicU64::new(0);
+    TestRunner::new(Config {
+        cases: 12,
+        ..Config::default()
+    })
+    .run(
+        &(samples, widths, 0usize..ZONES.len()),
+        |(samples, width, zone)| {
+            let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let (raw, win) = (format!("raw{n}"), format!("win{n}"));
+            rt.block_on(async {
+                for t in [&raw, &win] {
+                    sqlx::query("INSERT INTO tenants (tenant, time_zone) VALUES ($1, $2)")
+                        .bind(t)
+                        .bind(ZONES[zone])
+                        .execute(&pg.pool)
+                        .await
+                        .unwrap();
+                }
+                let ing = pg.ingestor();
+                let agent = AgentId::new("gw").unwrap();
+                for p in batches(&samples, 50, n) {
+                    ing.handle(&TenantId::new(raw.clone()).unwrap(), &agent, &p)
+                        .await
+                        .unwrap();
+                }
+                let windows = windows_of(&samples, width);
+                let mut batch = Batch::samples(
+                    StreamId {
+                        name: "windows".into(),
+                        incarnation: n,
+                    },
+                    1,
+                    1,
+                    vec![],
+                );
+                batch.windows = windows;
+                let payload = wire::encode(&Message::Batch(batch), &Limits::default()).unwrap();
+                let win_t = TenantId::new(win.clone()).unwrap();
+                ing.handle(&win_t, &agent, &payload).await.unwrap();
+                ing.handle(&win_t, &agent, &payload).await.unwrap(); // a redelivery
+                for table in ["rollup_hourly", "rollup_daily"] {
+                    prop_assert_eq!(
+                        rollups_by_key(&pg, table, &raw).await,
+                        rollups_by_key(&pg, table, &win).await,
+                        "{}",
+                        table
+                    );
+                }
+                let windows: i64 = sqlx::query_scalar(
+                    "SELECT coalesce(sum(count), 0)::int8 FROM raw_windows WHERE tenant = $1",
+                )
+                .bind(&win)
+                .fetch_one(&pg.pool)
+                .await
+                .unwrap();
+                prop_assert_eq!(windows as usize, samples.len());
+                // The query path reads windows where it reads raw samples: a step that is
+                // a multiple of the width gives the same points for both tenants.
+                let step = Step::Fixed(i64::from(width.max(300)) * 1_000_000);
+                let (from, to) = (START, START + 3 * 86_400 * 1_000_000);
+                let mut answers = Vec::new();
+                for tenant in [&raw, &win] {
+                    let ids: Vec<(i64, String)> = sqlx::query_as(
+                        "SELECT id, device FROM series WHERE tenant = $1 ORDER BY device",
+                    )
+                    .bind(tenant)
+                    .fetch_all(&pg.pool)
+                    .await
+                    .unwrap();
+                    let tz: chrono_tz::Tz = ZONES[zone].parse().unwrap();
+                    let buckets = query::Buckets::new(step, tz, from);
+                    let segments = query::plan(from, to, &buckets, &no_retention());
+                    let id_list: Vec<i64> = ids.iter().map(|i| i.0).collect();
+                    let folded = query::fold(&pg.pool, tenant, &id_list, &segments, &buckets)
+                        .await
+                        .unwrap();
+                    let by_name: Vec<(String, Points)> = ids
+                        .iter()
+                        .map(|(id, name)| {
+                            let points = folded[id]
+                                .iter()
+                                .map(|(t, p)| (*t, p.count, p.sum))
+                                .collect();
+                            (name.clone(), points)
+                        })
+                        .collect();
+                    answers.push(by_name);
+                }
+                prop_assert_eq!(&answers[0], &answers[1]);
+                Ok(())
+            })
+        },
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn events_are_stored_once_and_sale_amounts_become_series() {
+    let pg = TestPostgres::start().await;
+    let ing = pg.ingestor().with_event_metrics(vec![EventMetric {
+        kind: "sale".into(),
+        field: "amount".into(),
+        metric: "sales.amount".into(),
+        tags: vec!["location".into(), "item".into()],
+    }]);
+    let (t, agent) = (
+        TenantId::new("bistro").unwrap(),
+        AgentId::new("pos-1").unwrap(),
+    );
+    let sale = |i: i64, item: &str, amount: f64| Event {
+        source: "till-1".into(),
+        time: START + i * 60_000_000,
+        kind: "sale".into(),
+        body: format!(
+            r#"{{"location":"soho","item":"{item}","amount":{amount},"card":"**** 4242"}}"#
+        ),
+    };
+    let events = vec![
+        sale(0, "coffee", 3.5),
+        sale(1, "coffee", 3.5),
+        sale(2, "cake", 4.25),
+        Event {
+            kind: "drawer_open".into(),
+            body: "{}".into(),
+            ..sale(3, "", 0.0)
+        },
+    ];
+    let mut batch = Batch::samples(
+        StreamId {
+            name: "pos".into(),
+            incarnation: 7,
+        },
+        1,
+        1,
+        vec![],
+    );
+    batch.events = events;
+    let payload = wire::encode(&Message::Batch(batch), &Limits::default()).unwrap();
+    ing.handle(&t, &agent, &payload).await.unwrap();
+    let again = ing.handle(&t, &agent, &payload).await.unwrap().unwrap();
+    assert_eq!(again.outcome, dash_shared::AckOutcome::Duplicate);
+
+    let stored: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT agent, source, kind, coalesce(body->>'item', '') FROM events WHERE tenant = 'bistro' ORDER BY ts",
+    )
+    .fetch_all(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 4, "each event once");
+    assert_eq!(
+        stored[0],
+        (
+            "pos-1".into(),
+            "till-1".into(),
+            "sale".into(),
+            "coffee".into()
+        )
+    );
+    assert_eq!(stored[3].2, "drawer_open");
+
+    let sales: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT s.tags->>'item', h.count, h.sum FROM rollup_hourly h JOIN series s ON s.id = h.series_id
+         WHERE h.tenant = 'bistro' AND s.metric = 'sales.amount' AND s.device = 'till-1' ORDER BY 1",
+    )
+    .fetch_all(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(sales, [("cake".into(), 1, 4.25), ("coffee".into(), 2, 7.0)]);
+}
+
+/// `(step start, count, sum)` of one series.
+type Points = Vec<(i64, i64, f64)>;
+
+fn no_retention() -> Horizons {
+    Horizons {
+        raw: None,
+        hourly: None,
+        daily: None,
+        events: None,
+    }
 }

@@ -30,6 +30,8 @@ fn one_hertz_batch(series: usize, seconds: i64) -> Batch {
                     .collect(),
             })
             .collect(),
+        windows: Vec::new(),
+        events: Vec::new(),
     }
 }
 
@@ -79,10 +81,14 @@ fn one_hertz_sensor_costs_a_few_bytes_per_sample() {
 fn other_versions_and_foreign_bytes_are_refused() {
     let mut bytes = encode(&Message::Batch(one_hertz_batch(1, 3)), &Limits::default()).unwrap();
     let limits = Limits::default();
-    bytes[2] = 2;
+    assert_eq!(
+        bytes[2], 1,
+        "a batch of plain samples is still written as version 1"
+    );
+    bytes[2] = 3;
     assert_eq!(
         decode(&bytes, &limits),
-        Err(DecodeError::UnsupportedVersion(2))
+        Err(DecodeError::UnsupportedVersion(3))
     );
     assert_eq!(decode(b"{\"json\":1}", &limits), Err(DecodeError::BadMagic));
     assert_eq!(decode(b"DS", &limits), Err(DecodeError::TooShort(2)));
@@ -221,18 +227,82 @@ fn block() -> impl Strategy<Value = SeriesBlock> {
     })
 }
 
+fn windows() -> impl Strategy<Value = WindowBlock> {
+    let widths = prop::sample::select(vec![1u32, 10, 60, 300, 900]);
+    let window = (
+        0i64..1_000_000,
+        1u64..10_000,
+        prop::collection::vec(-1_000_000i64..1_000_000, 4),
+        any::<u32>(),
+        any::<u32>(),
+    );
+    (text(), text(), widths, prop::collection::vec(window, 1..20)).prop_map(
+        |(device, metric, width, ws)| {
+            let w = i64::from(width) * 1_000_000;
+            let windows = ws
+                .into_iter()
+                .map(|(k, count, mut v, a, b)| {
+                    v.sort();
+                    let (a, b) = ((a as i64 % w) as u32, (b as i64 % w) as u32);
+                    let (first_offset, last_offset) = if count == 1 {
+                        (a, a)
+                    } else {
+                        (a.min(b), a.max(b))
+                    };
+                    Window {
+                        start: crate::MIN_TIMESTAMP + k * w,
+                        count,
+                        sum: v.iter().sum::<i64>() as f64 / 8.0,
+                        min: v[0] as f64 / 4.0,
+                        max: v[3] as f64 / 4.0,
+                        first: v[1] as f64 / 4.0,
+                        first_offset,
+                        last: v[2] as f64 / 4.0,
+                        last_offset,
+                    }
+                })
+                .collect();
+            WindowBlock {
+                key: SeriesKey::new(device, metric),
+                width_secs: width,
+                windows,
+            }
+        },
+    )
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        text(),
+        text(),
+        crate::MIN_TIMESTAMP..crate::MAX_TIMESTAMP,
+        text(),
+        -1e6f64..1e6,
+    )
+        .prop_map(|(source, kind, time, item, amount)| Event {
+            source,
+            time,
+            kind,
+            body: format!("{{\"item\":\"{item}\",\"amount\":{amount}}}"),
+        })
+}
+
 fn batch() -> impl Strategy<Value = Batch> {
     (
         text(),
         any::<u64>(),
         1..u64::MAX,
         prop::collection::vec(block(), 0..8),
+        prop::collection::vec(windows(), 0..3),
+        prop::collection::vec(event(), 0..3),
     )
-        .prop_map(|(name, incarnation, seq, series)| Batch {
+        .prop_map(|(name, incarnation, seq, series, windows, events)| Batch {
             stream: StreamId { name, incarnation },
             seq,
             floor: seq / 2,
             series,
+            windows,
+            events,
         })
 }
 
@@ -252,6 +322,10 @@ proptest! {
             prop_assert_eq!(bits(&x.values), bits(&y.values));
         }
         prop_assert_eq!((a.seq, a.floor, &a.stream), (b.seq, b.floor, &b.stream));
+        prop_assert_eq!(&a.windows, &b.windows);
+        prop_assert_eq!(&a.events, &b.events);
+        let version = if a.windows.is_empty() && a.events.is_empty() { 1 } else { 2 };
+        prop_assert_eq!(bytes[2], version);
     }
 
     #[test]
@@ -260,8 +334,8 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_behind_a_valid_header_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let mut bytes = vec![b'D', b'S', PROTOCOL_VERSION];
+    fn arbitrary_bodies_behind_a_valid_header_never_panic(body in prop::collection::vec(any::<u8>(), 0..512), v in 1u8..=2) {
+        let mut bytes = vec![b'D', b'S', v];
         bytes.extend(body);
         let _ = decode(&bytes, &Limits::default());
     }
@@ -275,4 +349,108 @@ proptest! {
         }
         let _ = decode(&bytes, &Limits::default());
     }
+}
+
+#[test]
+fn bad_windows_and_events_are_refused_with_the_reason() {
+    let limits = Limits::default();
+    let window = Window {
+        start: 1_764_000_000 * crate::MICROS_PER_SEC,
+        count: 3,
+        sum: 6.0,
+        min: 1.0,
+        max: 3.0,
+        first: 1.0,
+        first_offset: 0,
+        last: 3.0,
+        last_offset: 59_000_000,
+    };
+    let with = |width_secs: u32, w: Window, events: Vec<Event>| {
+        let mut b = one_hertz_batch(1, 1);
+        b.windows = vec![WindowBlock {
+            key: SeriesKey::new("d", "m"),
+            width_secs,
+            windows: vec![w],
+        }];
+        b.events = events;
+        encode(&Message::Batch(b), &limits)
+    };
+    let bytes = with(60, window, vec![]).unwrap();
+    assert_eq!(bytes[2], 2);
+    assert!(decode(&bytes, &limits).is_ok());
+    let refused = |r: Result<Vec<u8>, EncodeError>, needle: &str| {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    };
+    refused(with(7, window, vec![]), "does not divide");
+    refused(with(3600, window, vec![]), "does not divide");
+    refused(
+        with(
+            60,
+            Window {
+                start: window.start + 1,
+                ..window
+            },
+            vec![],
+        ),
+        "multiple of the width",
+    );
+    refused(
+        with(60, Window { count: 0, ..window }, vec![]),
+        "count of 0",
+    );
+    refused(with(60, Window { max: 0.5, ..window }, vec![]), "min..max");
+    refused(
+        with(
+            60,
+            Window {
+                last_offset: 60_000_000,
+                ..window
+            },
+            vec![],
+        ),
+        "offsets",
+    );
+    refused(
+        with(
+            60,
+            Window {
+                sum: f64::NAN,
+                ..window
+            },
+            vec![],
+        ),
+        "NaN",
+    );
+    let event = |body: &str| Event {
+        source: "till-1".into(),
+        time: window.start,
+        kind: "sale".into(),
+        body: body.into(),
+    };
+    assert!(with(60, window, vec![event("{\"amount\": 12.5}")]).is_ok());
+    refused(with(60, window, vec![event("[1, 2]")]), "not a JSON object");
+    refused(with(60, window, vec![event("{\"amount\": ")]), "not JSON");
+    refused(
+        with(
+            60,
+            window,
+            vec![Event {
+                time: 0,
+                ..event("{}")
+            }],
+        ),
+        "outside the accepted years",
+    );
+    refused(
+        with(
+            60,
+            window,
+            vec![Event {
+                kind: String::new(),
+                ..event("{}")
+            }],
+        ),
+        "kind is empty",
+    );
 }
