@@ -285,6 +285,11 @@ pub type Folded = HashMap<i64, BTreeMap<Micros, Partial>>;
 
 /// Reads the segments for `series` (ids of `tenant`) and folds them into
 /// step buckets.
+///
+/// The statements are not kept prepared: PostgreSQL switches a prepared
+/// statement to a generic plan after five runs, and on a hypertable a
+/// generic plan read every chunk in full (250 ms instead of 3 ms for a
+/// 90-day chart in the query benchmark).
 pub async fn fold(
     pool: &PgPool,
     tenant: &str,
@@ -311,6 +316,7 @@ pub async fn fold(
             .bind(series)
             .bind(ts(seg.from - BLOCK_SPAN))
             .bind(ts(seg.to))
+            .persistent(false)
             .fetch_all(pool)
             .await?;
             for (id, bucket, offsets, vals) in rows {
@@ -337,6 +343,7 @@ pub async fn fold(
         .bind(series)
         .bind(ts(seg.from))
         .bind(ts(seg.to))
+        .persistent(false)
         .fetch_all(pool)
         .await?;
         for (id, bucket, count, sum, min, max, first, first_ts, last, last_ts) in rows {
