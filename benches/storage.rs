@@ -59,9 +59,14 @@ fn payloads() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Bytes on disk of `tables` with their partitions or chunks (both are
+/// children in `pg_inherits`).
 async fn size(pg: &TestPostgres, tables: &str) -> i64 {
     sqlx::query_scalar(&format!(
-        "SELECT sum(pg_total_relation_size(t))::int8 FROM unnest(ARRAY[{tables}]::regclass[]) t"
+        "WITH RECURSIVE tree(rel) AS (
+             SELECT t FROM unnest(ARRAY[{tables}]::regclass[]) t
+             UNION ALL SELECT i.inhrelid::regclass FROM pg_inherits i JOIN tree ON i.inhparent = tree.rel)
+         SELECT sum(pg_total_relation_size(rel))::int8 FROM tree"
     ))
     .fetch_one(&pg.pool)
     .await
