@@ -3,10 +3,14 @@
 //! # Layout
 //!
 //! ```text
-//! samples: u64 BE id  -> postcard(Sample)      unsealed samples, oldest first
+//! samples: u64 BE id  -> postcard(Record)      unsealed samples and events, oldest first
 //! outbox:  u64 BE seq -> encoded wire::Batch   sealed, sent or not, not yet acked
 //! meta:    "incarnation" -> u64 BE             drawn once, when the buffer is created
 //!          "next_seq"    -> u64 BE             the seq the next sealed batch gets
+//!          "format"      -> u64 BE             2: records (a buffer of version 1 held
+//!                                              bare samples; it is converted on open)
+//! idempotency: source 0x00 key -> u64 BE µs    idempotency keys of HTTP requests stored,
+//!                                              written in one transaction with their records
 //! ```
 //!
 //! # Rules
@@ -30,7 +34,7 @@ use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::sample::Sample;
+use crate::sample::{Record, Sample};
 
 /// Name of the one stream this agent sends today.
 pub const TELEMETRY: &str = "telemetry";
@@ -56,6 +60,7 @@ pub struct Buffer {
     samples: sled::Tree,
     outbox: sled::Tree,
     meta: sled::Tree,
+    idempotency: sled::Tree,
     stream: StreamId,
     limits: Limits,
     next_id: AtomicU64,
@@ -85,6 +90,8 @@ impl Buffer {
         let samples = db.open_tree("samples")?;
         let outbox = db.open_tree("outbox")?;
         let meta = db.open_tree("meta")?;
+        let idempotency = db.open_tree("idempotency")?;
+        upgrade(&db, &samples, &meta)?;
         let incarnation = match meta.get("incarnation")? {
             Some(v) => read_u64(&v)?,
             None => {
@@ -113,6 +120,7 @@ impl Buffer {
             samples,
             outbox,
             meta,
+            idempotency,
             stream: StreamId {
                 name: TELEMETRY.into(),
                 incarnation,
@@ -131,19 +139,64 @@ impl Buffer {
     /// Adds samples; they are durable only after the next [`Buffer::flush`].
     /// Called by one writer (the committer), so ids stay contiguous.
     pub fn append(&self, samples: &[Sample]) -> Result<(), BufferError> {
-        let mut batch = sled::Batch::default();
+        let records: Vec<Record> = samples.iter().cloned().map(Record::Sample).collect();
+        self.append_records(&records, &[])
+    }
+
+    /// Adds records and, in the same transaction, the idempotency keys of
+    /// the requests they came from (see [`Buffer::seen`]). Durable after the
+    /// next [`Buffer::flush`].
+    pub fn append_records(&self, records: &[Record], keys: &[Vec<u8>]) -> Result<(), BufferError> {
         let first = self
             .next_id
-            .fetch_add(samples.len() as u64, Ordering::SeqCst);
-        for (i, s) in samples.iter().enumerate() {
-            let bytes =
-                postcard::to_allocvec(s).map_err(|e| BufferError::Corrupt(e.to_string()))?;
-            batch.insert(&be(first + i as u64), bytes);
+            .fetch_add(records.len() as u64, Ordering::SeqCst);
+        let encoded = records
+            .iter()
+            .map(|r| postcard::to_allocvec(r).map_err(|e| BufferError::Corrupt(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (i, bytes) in encoded.into_iter().enumerate() {
+                batch.insert(&be(first + i as u64), bytes);
+            }
+            self.samples.apply_batch(batch)?;
+        } else {
+            let now = be(dash_shared::now_micros().max(0) as u64);
+            let result = (&self.samples, &self.idempotency).transaction(|(s, k)| {
+                for (i, bytes) in encoded.iter().enumerate() {
+                    s.insert(&be(first + i as u64), bytes.as_slice())?;
+                }
+                for key in keys {
+                    k.insert(key.as_slice(), &now)?;
+                }
+                Ok::<_, ConflictableTransactionError<BufferError>>(())
+            });
+            result.map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => BufferError::Sled(e),
+            })?;
         }
-        self.samples.apply_batch(batch)?;
         self.unsealed
-            .fetch_add(samples.len() as u64, Ordering::SeqCst);
+            .fetch_add(records.len() as u64, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether a request with this idempotency key was stored already.
+    pub fn seen(&self, key: &[u8]) -> Result<bool, BufferError> {
+        Ok(self.idempotency.contains_key(key)?)
+    }
+
+    /// Forgets idempotency keys stored before `before` (Unix µs); returns how many.
+    pub fn forget_keys(&self, before: dash_shared::Micros) -> Result<usize, BufferError> {
+        let mut n = 0;
+        for item in self.idempotency.iter() {
+            let (k, v) = item?;
+            if read_u64(&v)? < before.max(0) as u64 {
+                self.idempotency.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Makes everything written so far durable. sled's own flush writes with
@@ -199,21 +252,21 @@ impl Buffer {
         }
     }
 
-    fn oldest(&self, max: usize) -> Result<(Vec<sled::IVec>, Vec<Sample>), BufferError> {
+    fn oldest(&self, max: usize) -> Result<(Vec<sled::IVec>, Vec<Record>), BufferError> {
         let mut ids = Vec::new();
-        let mut samples = Vec::new();
+        let mut records = Vec::new();
         for item in self.samples.iter().take(max) {
             let (k, v) = item?;
-            match postcard::from_bytes::<Sample>(&v) {
-                Ok(s) => samples.push(s),
-                Err(e) => tracing::error!(id = ?k, error = %e, "unreadable sample record dropped"),
+            match postcard::from_bytes::<Record>(&v) {
+                Ok(r) => records.push(r),
+                Err(e) => tracing::error!(id = ?k, error = %e, "unreadable buffer record dropped"),
             }
             ids.push(k);
         }
-        Ok((ids, samples))
+        Ok((ids, records))
     }
 
-    fn try_seal(&self, ids: &[sled::IVec], samples: Vec<Sample>) -> Result<u64, BufferError> {
+    fn try_seal(&self, ids: &[sled::IVec], samples: Vec<Record>) -> Result<u64, BufferError> {
         // Read outside the transaction: the lowest unacked seq only grows, so a
         // value read a moment early is still a valid floor.
         let lowest = self
@@ -271,11 +324,49 @@ impl Buffer {
     }
 }
 
-/// Groups samples by series into columnar blocks, in first-seen order.
-pub fn build_batch(stream: StreamId, seq: u64, floor: u64, samples: Vec<Sample>) -> Batch {
+/// Converts a buffer of format 1 (bare samples) to records, once.
+fn upgrade(db: &sled::Db, samples: &sled::Tree, meta: &sled::Tree) -> Result<(), BufferError> {
+    if meta.get("format")?.is_some() {
+        return Ok(());
+    }
+    let mut n = 0;
+    for item in samples.iter() {
+        let (k, v) = item?;
+        let record = match postcard::from_bytes::<Sample>(&v) {
+            Ok(s) => Record::Sample(s),
+            Err(e) => {
+                tracing::error!(id = ?k, error = %e, "unreadable sample dropped while converting the buffer");
+                samples.remove(k)?;
+                continue;
+            }
+        };
+        let bytes =
+            postcard::to_allocvec(&record).map_err(|e| BufferError::Corrupt(e.to_string()))?;
+        samples.insert(k, bytes)?;
+        n += 1;
+    }
+    meta.insert("format", &be(2))?;
+    db.flush()?;
+    if n > 0 {
+        tracing::info!(samples = n, "buffer converted to format 2");
+    }
+    Ok(())
+}
+
+/// Groups samples by series into columnar blocks, in first-seen order, and
+/// keeps events in order.
+pub fn build_batch(stream: StreamId, seq: u64, floor: u64, records: Vec<Record>) -> Batch {
     let mut index: std::collections::HashMap<SeriesKey, usize> = std::collections::HashMap::new();
     let mut series: Vec<SeriesBlock> = Vec::new();
-    for s in samples {
+    let mut events = Vec::new();
+    for r in records {
+        let s = match r {
+            Record::Sample(s) => s,
+            Record::Event(e) => {
+                events.push(e);
+                continue;
+            }
+        };
         let i = *index.entry(s.key.clone()).or_insert_with(|| {
             series.push(SeriesBlock {
                 key: s.key.clone(),
@@ -293,7 +384,7 @@ pub fn build_batch(stream: StreamId, seq: u64, floor: u64, samples: Vec<Sample>)
         floor,
         series,
         windows: Vec::new(),
-        events: Vec::new(),
+        events,
     }
 }
 
@@ -374,5 +465,55 @@ mod tests {
         buf.append(&[sample(99)]).unwrap();
         let seq = buf.seal(10).await.unwrap().unwrap();
         assert_eq!(decode(&buf.batch_bytes(seq).unwrap().unwrap()).floor, 3);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_of_bare_samples_is_converted_to_records_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an agent of protocol version 1 left behind.
+            let db = sled::open(dir.path()).unwrap();
+            let samples = db.open_tree("samples").unwrap();
+            for i in 0..5u64 {
+                let bytes = postcard::to_allocvec(&sample(i as i64)).unwrap();
+                samples.insert(be(i), bytes).unwrap();
+            }
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert("incarnation", &be(42)).unwrap();
+            meta.insert("next_seq", &be(1)).unwrap();
+            db.flush().unwrap();
+        }
+        let buf = Buffer::open(dir.path()).unwrap();
+        assert_eq!(buf.stream().incarnation, 42);
+        assert_eq!(buf.unsealed(), 5);
+        let seq = buf.seal(100).await.unwrap().unwrap();
+        assert_eq!(
+            decode(&buf.batch_bytes(seq).unwrap().unwrap()).sample_count(),
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn events_and_idempotency_keys_are_stored_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open(dir.path()).unwrap();
+        let event = dash_shared::Event {
+            source: "till-1".into(),
+            time: 1_764_000_000_000_000,
+            kind: "sale".into(),
+            body: "{\"amount\":3.5}".into(),
+        };
+        let records = vec![Record::Event(event.clone()), Record::Sample(sample(1))];
+        buf.append_records(&records, &[b"pos\0k1".to_vec()])
+            .unwrap();
+        buf.flush().await.unwrap();
+        assert!(buf.seen(b"pos\0k1").unwrap());
+        assert!(!buf.seen(b"pos\0k2").unwrap());
+        let seq = buf.seal(100).await.unwrap().unwrap();
+        let batch = decode(&buf.batch_bytes(seq).unwrap().unwrap());
+        assert_eq!(batch.events, vec![event]);
+        assert_eq!(batch.sample_count(), 1);
+        assert_eq!(buf.forget_keys(i64::MAX).unwrap(), 1);
+        assert!(!buf.seen(b"pos\0k1").unwrap());
     }
 }

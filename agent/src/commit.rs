@@ -15,11 +15,23 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::buffer::Buffer;
-use crate::sample::Sample;
+use crate::sample::{Record, Sample};
 
 struct Pending {
-    samples: Vec<Sample>,
-    done: oneshot::Sender<Result<(), String>>,
+    records: Vec<Record>,
+    /// An idempotency key: the records are stored only if it was not seen.
+    key: Option<Vec<u8>>,
+    done: oneshot::Sender<Result<Stored, String>>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The records are on disk.
+    New,
+    /// A request with the same idempotency key was stored before; nothing
+    /// was written.
+    Duplicate,
 }
 
 /// Why a commit failed. The input must not acknowledge.
@@ -54,27 +66,39 @@ impl Committer {
 
     /// Returns once `samples` are flushed to disk.
     pub async fn commit(&self, samples: Vec<Sample>) -> Result<(), CommitError> {
-        self.enqueue(samples).await?.wait().await
+        self.enqueue(samples).await?.wait().await.map(|_| ())
     }
 
     /// Queues `samples` (waiting only if the queue is full) and returns a
     /// ticket that resolves once they are flushed, so an input can keep
     /// reading while earlier samples are being committed.
     pub async fn enqueue(&self, samples: Vec<Sample>) -> Result<Ticket, CommitError> {
+        self.enqueue_records(samples.into_iter().map(Record::Sample).collect(), None)
+            .await
+    }
+
+    /// Queues records with an optional idempotency key (unique per input:
+    /// prefix it with the source); the ticket says whether they were stored
+    /// or the key was seen before.
+    pub async fn enqueue_records(
+        &self,
+        records: Vec<Record>,
+        key: Option<Vec<u8>>,
+    ) -> Result<Ticket, CommitError> {
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending { samples, done })
+            .send(Pending { records, key, done })
             .await
             .map_err(|_| CommitError::Closed)?;
         Ok(Ticket(wait))
     }
 }
 
-/// Resolves when the samples it was issued for are durable.
-pub struct Ticket(oneshot::Receiver<Result<(), String>>);
+/// Resolves when the records it was issued for are durable.
+pub struct Ticket(oneshot::Receiver<Result<Stored, String>>);
 
 impl Ticket {
-    pub async fn wait(self) -> Result<(), CommitError> {
+    pub async fn wait(self) -> Result<Stored, CommitError> {
         self.0
             .await
             .map_err(|_| CommitError::Closed)?
@@ -91,7 +115,7 @@ async fn run(
     full: Arc<Notify>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut count = first.samples.len();
+        let mut count = first.records.len();
         let mut group = vec![first];
         let deadline = tokio::time::Instant::now() + max_delay;
         while count < max_samples {
@@ -106,15 +130,22 @@ async fn run(
                 }
             };
             let Some(p) = next else { break };
-            count += p.samples.len();
+            count += p.records.len();
             group.push(p);
         }
         let result = store(&buffer, &group).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, samples = count, "group commit failed; inputs will not be acknowledged");
-        }
-        for p in group {
-            let _ = p.done.send(result.clone());
+        match result {
+            Ok(outcomes) => {
+                for (p, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = p.done.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = count, "group commit failed; inputs will not be acknowledged");
+                for p in group {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
         }
         if buffer.unsealed() >= seal_at {
             full.notify_one();
@@ -122,11 +153,26 @@ async fn run(
     }
 }
 
-async fn store(buffer: &Buffer, group: &[Pending]) -> Result<(), String> {
-    let all: Vec<Sample> = group
-        .iter()
-        .flat_map(|p| p.samples.iter().cloned())
-        .collect();
-    buffer.append(&all).map_err(|e| e.to_string())?;
-    buffer.flush().await.map_err(|e| e.to_string())
+/// Appends the group's records (skipping requests whose idempotency key was
+/// stored before, or comes twice in the group) and flushes once.
+async fn store(buffer: &Buffer, group: &[Pending]) -> Result<Vec<Stored>, String> {
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut all: Vec<Record> = Vec::new();
+    for p in group {
+        if let Some(key) = &p.key {
+            if keys.contains(key) || buffer.seen(key).map_err(|e| e.to_string())? {
+                outcomes.push(Stored::Duplicate);
+                continue;
+            }
+            keys.push(key.clone());
+        }
+        all.extend(p.records.iter().cloned());
+        outcomes.push(Stored::New);
+    }
+    buffer
+        .append_records(&all, &keys)
+        .map_err(|e| e.to_string())?;
+    buffer.flush().await.map_err(|e| e.to_string())?;
+    Ok(outcomes)
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub uplink: UplinkConfig,
     pub devices: DevicesConfig,
+    /// HTTP input for POS systems and webhooks.
+    pub http: crate::http::HttpInputConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +87,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             uplink: UplinkConfig::default(),
             devices: DevicesConfig::default(),
+            http: crate::http::HttpInputConfig::default(),
         }
     }
 }
@@ -134,6 +137,7 @@ const TOP_LEVEL: &[&str] = &[
     "buffer",
     "uplink",
     "devices",
+    "http",
 ];
 
 impl Config {
@@ -178,11 +182,17 @@ impl Config {
             bail!("buffer.commit_max_samples must be at least 1");
         }
         let d = &self.devices;
-        if d.listen.is_empty() == d.broker_url.is_empty() {
+        if !d.listen.is_empty() && !d.broker_url.is_empty() {
             bail!(
-                "set exactly one of devices.listen (embedded listener) and devices.broker_url (existing broker)"
+                "set at most one of devices.listen (embedded listener) and devices.broker_url (existing broker)"
             );
         }
+        if d.listen.is_empty() && d.broker_url.is_empty() && self.http.listen.is_empty() {
+            bail!(
+                "no input: set devices.listen, devices.broker_url or http.listen (with http.sources)"
+            );
+        }
+        crate::http::validate(&self.http)?;
         if !d.listen.is_empty() {
             d.listen.parse::<SocketAddr>().context("devices.listen")?;
         }
@@ -212,6 +222,7 @@ impl Config {
 /// A commented example covering every key.
 pub fn default_toml() -> String {
     let body = toml::to_string_pretty(&Config::default()).expect("config serializes");
+    let http = http_example();
     format!(
         "# dash-agent configuration. Every key may be overridden by a DASH_ variable:\n\
          # DASH_AGENT_ID, DASH_UPLINK__URL, DASH_DEVICES__LISTEN, ...\n\
@@ -219,7 +230,26 @@ pub fn default_toml() -> String {
          # devices.listen = \"\" and devices.broker_url to subscribe to a broker on the gateway.\n\
          # A mapping's topic captures {{device}} and {{metric}} from topic levels;\n\
          # format is \"number\" or \"json\" (value_path picks a field; empty takes every\n\
-         # numeric field of an object as its own metric).\n\n{body}"
+         # numeric field of an object as its own metric).\n\n{body}\n{http}"
+    )
+}
+
+/// A commented `[[http.sources]]` example: a POS posting sales.
+fn http_example() -> String {
+    #[derive(Serialize)]
+    struct Wrap {
+        sources: Vec<crate::http::HttpSource>,
+    }
+    let text = toml::to_string_pretty(&Wrap {
+        sources: vec![crate::http::HttpSource::example()],
+    })
+    .expect("example serializes")
+    .replace("[[sources", "[[http.sources");
+    let lines: String = text.lines().map(|l| format!("# {l}\n")).collect();
+    format!(
+        "# HTTP input for POS systems and webhooks: set http.listen (e.g. \"0.0.0.0:8080\")\n\
+         # and add sources. POST /ingest/pos with Authorization: Bearer <token> and an\n\
+         # optional Idempotency-Key; the example's token is \"change-me\".\n{lines}"
     )
 }
 
@@ -232,6 +262,29 @@ mod tests {
         let back: Config = toml::from_str(&default_toml()).unwrap();
         back.validate().unwrap();
         assert_eq!(back.devices.mappings.len(), 1);
+    }
+
+    #[test]
+    fn the_commented_http_example_is_a_valid_config_once_uncommented() {
+        let full = default_toml();
+        let (head, example) = full.split_once("# [[http.sources]]").unwrap();
+        let example: String = example
+            .lines()
+            .map(|l| {
+                format!(
+                    "{}\n",
+                    l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#'))
+                )
+            })
+            .collect();
+        let head = head.replace(
+            "listen = \"\"\nmax_body",
+            "listen = \"127.0.0.1:8080\"\nmax_body",
+        );
+        let text = format!("{head}[[http.sources]]{example}");
+        let back: Config = toml::from_str(&text).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.http.sources, vec![crate::http::HttpSource::example()]);
     }
 
     #[test]

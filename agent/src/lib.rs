@@ -28,6 +28,7 @@ pub mod buffer;
 pub mod commit;
 pub mod config;
 pub mod devices;
+pub mod http;
 pub mod sample;
 pub mod uplink;
 
@@ -70,7 +71,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let router = Arc::new(Router::new(config.devices.mappings.clone()));
     let stop_inputs = CancellationToken::new();
-    let inputs = start_inputs(&config, &router, &committer, &stop_inputs).await?;
+    let inputs = start_inputs(&config, &buffer, &router, &committer, &stop_inputs).await?;
     let stop = CancellationToken::new();
     let linger = Duration::from_millis(config.uplink.batch_linger_ms);
     let sealer = tokio::spawn(seal_loop(
@@ -118,6 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 async fn start_inputs(
     config: &Config,
+    buffer: &Arc<Buffer>,
     router: &Arc<Router>,
     committer: &Committer,
     stop: &CancellationToken,
@@ -138,7 +140,7 @@ async fn start_inputs(
             stop.clone(),
             tracker.clone(),
         ));
-    } else {
+    } else if !d.broker_url.is_empty() {
         let (host, port) = dash_shared::topic::parse_broker_url(&d.broker_url)?;
         let client_id = match d.client_id.as_str() {
             "" => format!("dash-agent-devices-{}", config.agent_id),
@@ -156,6 +158,20 @@ async fn start_inputs(
                 tracing::error!(error = %e, "device subscriber stopped; devices are not being read");
             }
         });
+    }
+    if !config.http.listen.is_empty() {
+        let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr} (http.listen)"))?;
+        tracing::info!(%addr, sources = config.http.sources.len(), "HTTP input listening");
+        tracker.spawn(http::serve(
+            socket,
+            config.http.clone(),
+            committer.clone(),
+            buffer.clone(),
+            stop.clone(),
+        ));
     }
     tracker.close();
     Ok(tracker)

@@ -99,3 +99,39 @@ pub async fn get_json(port: u16, path: &str, token: Option<&str>) -> (u16, serde
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// `POST path` with a JSON body, a bearer token and an optional
+/// Idempotency-Key: the status and the body as JSON (`Null` when not JSON).
+pub async fn post_json(
+    port: u16,
+    path: &str,
+    token: &str,
+    idempotency_key: Option<&str>,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let key = idempotency_key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{key}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading all of a large body.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}

@@ -156,6 +156,18 @@ pub fn agent(
     devices: DeviceSource,
     uplink_port: u16,
 ) -> Proc {
+    agent_with(dir, tenant, agent_id, devices, uplink_port, "")
+}
+
+/// [`agent`] with more TOML appended to its config file (e.g. an `[http]` input).
+pub fn agent_with(
+    dir: &Path,
+    tenant: &str,
+    agent_id: &str,
+    devices: DeviceSource,
+    uplink_port: u16,
+    extra_toml: &str,
+) -> Proc {
     let devices = match devices {
         DeviceSource::Listen(port) => format!("listen = \"127.0.0.1:{port}\""),
         DeviceSource::Broker(port) => {
@@ -183,6 +195,8 @@ reconnect_max_ms = 1000
 
 [[devices.mappings]]
 topic = "sensors/{{device}}/{{metric}}"
+
+{extra_toml}
 "#,
             data = dir.join(agent_id).display()
         ),

@@ -273,7 +273,7 @@ fn number_at(json: &Value, path: &str) -> Result<f64, PayloadError> {
 }
 
 /// Epoch seconds, milliseconds or microseconds, told apart by magnitude.
-fn epoch_to_micros(t: f64) -> Micros {
+pub(crate) fn epoch_to_micros(t: f64) -> Micros {
     let micros = match t.abs() {
         a if a < 1e11 => t * 1e6,
         a if a < 1e14 => t * 1e3,
