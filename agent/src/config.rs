@@ -30,6 +30,8 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// HTTP input for POS systems and webhooks.
     pub http: crate::http::HttpInputConfig,
+    /// Modbus TCP and RTU devices to poll.
+    pub modbus: crate::modbus::ModbusConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +90,7 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             devices: DevicesConfig::default(),
             http: crate::http::HttpInputConfig::default(),
+            modbus: crate::modbus::ModbusConfig::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ const TOP_LEVEL: &[&str] = &[
     "uplink",
     "devices",
     "http",
+    "modbus",
 ];
 
 impl Config {
@@ -187,12 +191,19 @@ impl Config {
                 "set at most one of devices.listen (embedded listener) and devices.broker_url (existing broker)"
             );
         }
-        if d.listen.is_empty() && d.broker_url.is_empty() && self.http.listen.is_empty() {
+        if d.listen.is_empty()
+            && d.broker_url.is_empty()
+            && self.http.listen.is_empty()
+            && self.modbus.devices.is_empty()
+        {
             bail!(
-                "no input: set devices.listen, devices.broker_url or http.listen (with http.sources)"
+                "no input: set devices.listen, devices.broker_url, http.listen (with http.sources) or modbus.devices"
             );
         }
         crate::http::validate(&self.http)?;
+        for (i, device) in self.modbus.devices.iter().enumerate() {
+            device.validate(&format!("modbus.devices[{i}]"))?;
+        }
         if !d.listen.is_empty() {
             d.listen.parse::<SocketAddr>().context("devices.listen")?;
         }

@@ -29,6 +29,7 @@ pub mod commit;
 pub mod config;
 pub mod devices;
 pub mod http;
+pub mod modbus;
 pub mod sample;
 pub mod uplink;
 
@@ -158,6 +159,13 @@ async fn start_inputs(
                 tracing::error!(error = %e, "device subscriber stopped; devices are not being read");
             }
         });
+    }
+    for device in &config.modbus.devices {
+        tracker.spawn(modbus::poll(
+            device.clone(),
+            committer.clone(),
+            stop.clone(),
+        ));
     }
     if !config.http.listen.is_empty() {
         let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;

@@ -2,13 +2,15 @@
 # Installs what Dash's demo and tests need on Debian/Ubuntu, skipping what is
 # already there: PostgreSQL (server binaries, no service is started),
 # Mosquitto and its clients (an external broker for tests, devices for the demo), debootstrap (the Debian 13 root
-# for the rustc 1.85 check) and cargo-nextest when missing.
+# for the rustc 1.85 check and TimescaleDB), socat (serial-line pairs for the Modbus RTU tests) and
+# cargo-nextest when missing.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v socat >/dev/null 2>&1 || need+=(socat)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "installing: ${need[*]}"
