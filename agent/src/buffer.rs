@@ -11,6 +11,8 @@
 //!                                              bare samples; it is converted on open)
 //! idempotency: source 0x00 key -> u64 BE µs    idempotency keys of HTTP requests stored,
 //!                                              written in one transaction with their records
+//! pending: u64 BE window end ++ u64 BE id     samples of pre-aggregated series
+//!          -> postcard((width s, Sample))      (see crate::aggregate), until their window closes
 //! ```
 //!
 //! # Rules
@@ -30,10 +32,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dash_shared::wire::{self, EncodeError, Invalid, Limits};
-use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
+use dash_shared::{Batch, Message, Micros, SeriesBlock, SeriesKey, StreamId};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::aggregate::{self, AggregateRule};
 use crate::sample::{Record, Sample};
 
 /// Name of the one stream this agent sends today.
@@ -61,12 +64,18 @@ pub struct Buffer {
     outbox: sled::Tree,
     meta: sled::Tree,
     idempotency: sled::Tree,
+    pending: sled::Tree,
+    rules: Vec<AggregateRule>,
     stream: StreamId,
     limits: Limits,
     next_id: AtomicU64,
     unsealed: AtomicU64,
     /// The highest seq whose seal is on disk. Only batches up to it may be sent.
     durable_seq: AtomicU64,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BufferError> {
+    postcard::to_allocvec(v).map_err(|e| BufferError::Corrupt(e.to_string()))
 }
 
 fn be(n: u64) -> [u8; 8] {
@@ -91,6 +100,7 @@ impl Buffer {
         let outbox = db.open_tree("outbox")?;
         let meta = db.open_tree("meta")?;
         let idempotency = db.open_tree("idempotency")?;
+        let pending = db.open_tree("pending")?;
         upgrade(&db, &samples, &meta)?;
         let incarnation = match meta.get("incarnation")? {
             Some(v) => read_u64(&v)?,
@@ -121,6 +131,8 @@ impl Buffer {
             outbox,
             meta,
             idempotency,
+            pending,
+            rules: Vec::new(),
             stream: StreamId {
                 name: TELEMETRY.into(),
                 incarnation,
@@ -130,6 +142,12 @@ impl Buffer {
             unsealed: AtomicU64::new(unsealed),
             durable_seq: AtomicU64::new(durable_seq),
         })
+    }
+
+    /// Pre-aggregates the series these rules match (see [`crate::aggregate`]).
+    pub fn with_aggregation(mut self, rules: Vec<AggregateRule>) -> Self {
+        self.rules = rules;
+        self
     }
 
     pub fn stream(&self) -> &StreamId {
@@ -150,34 +168,56 @@ impl Buffer {
         let first = self
             .next_id
             .fetch_add(records.len() as u64, Ordering::SeqCst);
-        let encoded = records
-            .iter()
-            .map(|r| postcard::to_allocvec(r).map_err(|e| BufferError::Corrupt(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
+        // (id, bytes) for the samples tree; (key, bytes) for pending windows.
+        let mut plain = Vec::with_capacity(records.len());
+        let mut windowed = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let id = first + i as u64;
+            let rule = match r {
+                Record::Sample(s) => aggregate::rule_for(&self.rules, &s.key),
+                Record::Event(_) => None,
+            };
+            match (rule, r) {
+                (Some(rule), Record::Sample(s)) => {
+                    let w = rule.width();
+                    let end = (s.ts.div_euclid(w) + 1) * w;
+                    let key = [be(end.max(0) as u64), be(id)].concat();
+                    windowed.push((key, encode(&(rule.window_secs, s))?));
+                    if rule.keep_raw {
+                        plain.push((id, encode(r)?));
+                    }
+                }
+                _ => plain.push((id, encode(r)?)),
+            }
+        }
+        let stored = plain.len() as u64;
+        if keys.is_empty() && windowed.is_empty() {
             let mut batch = sled::Batch::default();
-            for (i, bytes) in encoded.into_iter().enumerate() {
-                batch.insert(&be(first + i as u64), bytes);
+            for (id, bytes) in plain {
+                batch.insert(&be(id), bytes);
             }
             self.samples.apply_batch(batch)?;
         } else {
             let now = be(dash_shared::now_micros().max(0) as u64);
-            let result = (&self.samples, &self.idempotency).transaction(|(s, k)| {
-                for (i, bytes) in encoded.iter().enumerate() {
-                    s.insert(&be(first + i as u64), bytes.as_slice())?;
-                }
-                for key in keys {
-                    k.insert(key.as_slice(), &now)?;
-                }
-                Ok::<_, ConflictableTransactionError<BufferError>>(())
-            });
+            let result =
+                (&self.samples, &self.idempotency, &self.pending).transaction(|(s, k, p)| {
+                    for (id, bytes) in &plain {
+                        s.insert(&be(*id), bytes.as_slice())?;
+                    }
+                    for key in keys {
+                        k.insert(key.as_slice(), &now)?;
+                    }
+                    for (key, bytes) in &windowed {
+                        p.insert(key.as_slice(), bytes.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<BufferError>>(())
+                });
             result.map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => BufferError::Sled(e),
             })?;
         }
-        self.unsealed
-            .fetch_add(records.len() as u64, Ordering::SeqCst);
+        self.unsealed.fetch_add(stored, Ordering::SeqCst);
         Ok(())
     }
 
@@ -227,11 +267,12 @@ impl Buffer {
     pub async fn seal(&self, max: usize) -> Result<Option<u64>, BufferError> {
         let mut take = max;
         loop {
-            let (ids, samples) = self.oldest(take)?;
-            if ids.is_empty() {
+            let closed = self.closed_windows(take)?;
+            let (ids, records) = self.oldest(take.saturating_sub(closed.0.len()))?;
+            if ids.is_empty() && closed.0.is_empty() {
                 return Ok(None);
             }
-            match self.try_seal(&ids, samples) {
+            match self.try_seal(&ids, records, &closed) {
                 Ok(seq) => {
                     self.unsealed.fetch_sub(ids.len() as u64, Ordering::SeqCst);
                     self.flush().await?;
@@ -252,6 +293,34 @@ impl Buffer {
         }
     }
 
+    /// Up to `max` pending samples whose window (plus its lateness) has
+    /// closed: their keys, and the samples with their window widths.
+    fn closed_windows(&self, max: usize) -> Result<ClosedWindows, BufferError> {
+        let (mut keys, mut samples) = (Vec::new(), Vec::new());
+        if self.rules.is_empty() {
+            return Ok((keys, samples));
+        }
+        let late = self
+            .rules
+            .iter()
+            .map(|r| Micros::from(r.late_secs))
+            .max()
+            .unwrap_or(0)
+            * 1_000_000;
+        let cutoff = (dash_shared::now_micros() - late).max(0) as u64;
+        for item in self.pending.range(..be(cutoff)).take(max) {
+            let (k, v) = item?;
+            match postcard::from_bytes::<(u32, Sample)>(&v) {
+                Ok(s) => samples.push(s),
+                Err(e) => {
+                    tracing::error!(key = ?k, error = %e, "unreadable pending sample dropped")
+                }
+            }
+            keys.push(k);
+        }
+        Ok((keys, samples))
+    }
+
     fn oldest(&self, max: usize) -> Result<(Vec<sled::IVec>, Vec<Record>), BufferError> {
         let mut ids = Vec::new();
         let mut records = Vec::new();
@@ -266,7 +335,13 @@ impl Buffer {
         Ok((ids, records))
     }
 
-    fn try_seal(&self, ids: &[sled::IVec], samples: Vec<Record>) -> Result<u64, BufferError> {
+    fn try_seal(
+        &self,
+        ids: &[sled::IVec],
+        samples: Vec<Record>,
+        closed: &ClosedWindows,
+    ) -> Result<u64, BufferError> {
+        let windows = aggregate::windows(&closed.1);
         // Read outside the transaction: the lowest unacked seq only grows, so a
         // value read a moment early is still a valid floor.
         let lowest = self
@@ -274,13 +349,18 @@ impl Buffer {
             .first()?
             .map(|(k, _)| read_u64(&k))
             .transpose()?;
-        let result = (&self.samples, &self.outbox, &self.meta).transaction(|(s, o, m)| {
+        let trees = (&self.samples, &self.outbox, &self.meta, &self.pending);
+        let result = trees.transaction(|(s, o, m, p)| {
             let seq = match m.get("next_seq")? {
                 Some(v) => read_u64(&v).map_err(ConflictableTransactionError::Abort)?,
                 None => 1,
             };
             let floor = lowest.unwrap_or(seq);
-            let batch = build_batch(self.stream.clone(), seq, floor, samples.clone());
+            let mut batch = build_batch(self.stream.clone(), seq, floor, samples.clone());
+            batch.windows = windows.clone();
+            for key in &closed.0 {
+                p.remove(key)?;
+            }
             let bytes = wire::encode(&Message::Batch(batch), &self.limits)
                 .map_err(|e| ConflictableTransactionError::Abort(BufferError::Encode(e)))?;
             for id in ids {
@@ -323,6 +403,9 @@ impl Buffer {
         Ok(n)
     }
 }
+
+/// Keys and `(width, sample)`s of pending samples whose windows closed.
+type ClosedWindows = (Vec<sled::IVec>, Vec<(u32, Sample)>);
 
 /// Converts a buffer of format 1 (bare samples) to records, once.
 fn upgrade(db: &sled::Db, samples: &sled::Tree, meta: &sled::Tree) -> Result<(), BufferError> {
@@ -515,5 +598,64 @@ mod tests {
         assert_eq!(batch.sample_count(), 1);
         assert_eq!(buf.forget_keys(i64::MAX).unwrap(), 1);
         assert!(!buf.seen(b"pos\0k1").unwrap());
+    }
+
+    #[tokio::test]
+    async fn windows_are_sealed_once_closed_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec![AggregateRule {
+            device: "d*".into(),
+            metric: "temp".into(),
+            window_secs: 60,
+            keep_raw: true,
+            late_secs: 2,
+        }];
+        let now = dash_shared::now_micros();
+        let minute = 60_000_000;
+        let closed_start = (now / minute - 5) * minute;
+        let reading = |ts: Micros, v: f64| Sample {
+            key: SeriesKey::new("d1", "temp"),
+            ts,
+            value: v,
+        };
+        let old: Vec<Sample> = (0..30)
+            .map(|i| reading(closed_start + i * 4_000_000, i as f64))
+            .collect();
+        // A reading in the window still open is not sealed yet.
+        let open = reading(now + minute, 99.0);
+        {
+            let buf = Buffer::open(dir.path())
+                .unwrap()
+                .with_aggregation(rules.clone());
+            buf.append(&old).unwrap();
+            buf.append(std::slice::from_ref(&open)).unwrap();
+            buf.flush().await.unwrap();
+        } // a restart before anything was sealed
+        // sled's flusher thread may hold the old instance for a moment.
+        let mut reopened = Buffer::open(dir.path());
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = Buffer::open(dir.path());
+        }
+        let buf = reopened.unwrap().with_aggregation(rules);
+        let seq = buf.seal(1_000).await.unwrap().unwrap();
+        let batch = decode(&buf.batch_bytes(seq).unwrap().unwrap());
+        assert_eq!(batch.windows.len(), 1);
+        let w = &batch.windows[0].windows;
+        let count: u64 = w.iter().map(|w| w.count).sum();
+        let sum: f64 = w.iter().map(|w| w.sum).sum();
+        assert_eq!((count, sum), (30, (0..30).sum::<i64>() as f64));
+        assert_eq!(w[0].start, closed_start);
+        assert_eq!(
+            batch.sample_count(),
+            31,
+            "keep_raw sends the raw samples too, the open one included"
+        );
+        // Sealed windows are gone from the buffer; the open one waits.
+        assert_eq!(buf.seal(1_000).await.unwrap(), None);
+        assert_eq!(buf.pending.len(), 1);
     }
 }

@@ -32,6 +32,9 @@ pub struct Config {
     pub http: crate::http::HttpInputConfig,
     /// Modbus TCP and RTU devices to poll.
     pub modbus: crate::modbus::ModbusConfig,
+    /// Series sent as pre-aggregated windows; the first matching rule applies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aggregate: Vec<crate::aggregate::AggregateRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +94,7 @@ impl Default for Config {
             devices: DevicesConfig::default(),
             http: crate::http::HttpInputConfig::default(),
             modbus: crate::modbus::ModbusConfig::default(),
+            aggregate: Vec::new(),
         }
     }
 }
@@ -142,6 +146,7 @@ const TOP_LEVEL: &[&str] = &[
     "devices",
     "http",
     "modbus",
+    "aggregate",
 ];
 
 impl Config {
@@ -203,6 +208,9 @@ impl Config {
         crate::http::validate(&self.http)?;
         for (i, device) in self.modbus.devices.iter().enumerate() {
             device.validate(&format!("modbus.devices[{i}]"))?;
+        }
+        for (i, rule) in self.aggregate.iter().enumerate() {
+            rule.validate(&format!("aggregate[{i}]"))?;
         }
         if !d.listen.is_empty() {
             d.listen.parse::<SocketAddr>().context("devices.listen")?;

@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod buffer;
 pub mod commit;
 pub mod config;
@@ -54,7 +55,9 @@ use crate::uplink::UplinkSettings;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = config.data_dir.join("buffer");
     let buffer = Arc::new(
-        Buffer::open(&dir).with_context(|| format!("opening the buffer in {}", dir.display()))?,
+        Buffer::open(&dir)
+            .with_context(|| format!("opening the buffer in {}", dir.display()))?
+            .with_aggregation(config.aggregate.clone()),
     );
     tracing::info!(
         unsealed = buffer.unsealed(),
