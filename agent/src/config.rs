@@ -35,6 +35,9 @@ pub struct Config {
     /// Series sent as pre-aggregated windows; the first matching rule applies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aggregate: Vec<crate::aggregate::AggregateRule>,
+    /// Renames, unit conversions, lookups and filters, applied as inputs read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<crate::transform::TransformRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +98,7 @@ impl Default for Config {
             http: crate::http::HttpInputConfig::default(),
             modbus: crate::modbus::ModbusConfig::default(),
             aggregate: Vec::new(),
+            transform: Vec::new(),
         }
     }
 }
@@ -147,6 +151,7 @@ const TOP_LEVEL: &[&str] = &[
     "http",
     "modbus",
     "aggregate",
+    "transform",
 ];
 
 impl Config {
@@ -211,6 +216,9 @@ impl Config {
         }
         for (i, rule) in self.aggregate.iter().enumerate() {
             rule.validate(&format!("aggregate[{i}]"))?;
+        }
+        for (i, rule) in self.transform.iter().enumerate() {
+            rule.validate(&format!("transform[{i}]"))?;
         }
         if !d.listen.is_empty() {
             d.listen.parse::<SocketAddr>().context("devices.listen")?;

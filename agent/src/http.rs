@@ -175,6 +175,7 @@ pub fn validate(c: &HttpInputConfig) -> anyhow::Result<()> {
 struct Input {
     sources: Vec<(HttpSource, Vec<EventMetric>)>,
     committer: Committer,
+    transforms: Arc<crate::transform::Transforms>,
 }
 
 /// A refusal with its status and reason.
@@ -200,6 +201,7 @@ pub async fn serve(
     socket: tokio::net::TcpListener,
     config: HttpInputConfig,
     committer: Committer,
+    transforms: Arc<crate::transform::Transforms>,
     buffer: Arc<Buffer>,
     stop: CancellationToken,
 ) {
@@ -211,6 +213,7 @@ pub async fn serve(
             .map(|s| (s.clone(), s.rules()))
             .collect(),
         committer,
+        transforms,
     });
     let app = Router::new()
         .route("/ingest/{source}", post(ingest))
@@ -285,15 +288,21 @@ async fn ingest(
     let n_samples: usize = samples.iter().map(|b| b.timestamps.len()).sum();
     let n_events = events.len();
     let mut records: Vec<Record> = events.into_iter().map(Record::Event).collect();
+    let mut derived = Vec::with_capacity(n_samples);
     for block in samples {
         for (ts, value) in block.timestamps.iter().zip(&block.values) {
-            records.push(Record::Sample(crate::sample::Sample {
+            derived.push(crate::sample::Sample {
                 key: block.key.clone(),
                 ts: *ts,
                 value: *value,
-            }));
+            });
         }
     }
+    records.extend(
+        input
+            .transforms
+            .apply(crate::transform::Input::Http, derived),
+    );
     let unavailable = |e: CommitError| {
         Refused(
             StatusCode::SERVICE_UNAVAILABLE,

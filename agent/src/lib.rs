@@ -32,6 +32,7 @@ pub mod devices;
 pub mod http;
 pub mod modbus;
 pub mod sample;
+pub mod transform;
 pub mod uplink;
 
 use std::future::Future;
@@ -73,9 +74,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         batch_max as u64,
         full.clone(),
     );
-    let router = Arc::new(Router::new(config.devices.mappings.clone()));
+    let transforms = Arc::new(transform::Transforms::new(config.transform.clone()));
+    let router = Arc::new(
+        Router::new(config.devices.mappings.clone()).with_transforms((*transforms).clone()),
+    );
     let stop_inputs = CancellationToken::new();
-    let inputs = start_inputs(&config, &buffer, &router, &committer, &stop_inputs).await?;
+    let inputs = start_inputs(
+        &config,
+        &buffer,
+        &router,
+        &transforms,
+        &committer,
+        &stop_inputs,
+    )
+    .await?;
     let stop = CancellationToken::new();
     let linger = Duration::from_millis(config.uplink.batch_linger_ms);
     let sealer = tokio::spawn(seal_loop(
@@ -125,6 +137,7 @@ async fn start_inputs(
     config: &Config,
     buffer: &Arc<Buffer>,
     router: &Arc<Router>,
+    transforms: &Arc<transform::Transforms>,
     committer: &Committer,
     stop: &CancellationToken,
 ) -> anyhow::Result<TaskTracker> {
@@ -167,6 +180,7 @@ async fn start_inputs(
         tracker.spawn(modbus::poll(
             device.clone(),
             committer.clone(),
+            transforms.clone(),
             stop.clone(),
         ));
     }
@@ -180,6 +194,7 @@ async fn start_inputs(
             socket,
             config.http.clone(),
             committer.clone(),
+            transforms.clone(),
             buffer.clone(),
             stop.clone(),
         ));

@@ -452,7 +452,12 @@ async fn connect(d: &ModbusDevice) -> Result<Context, ReadError> {
 }
 
 /// Polls `device` until `stop`, committing its samples and status events.
-pub async fn poll(device: ModbusDevice, committer: Committer, stop: CancellationToken) {
+pub async fn poll(
+    device: ModbusDevice,
+    committer: Committer,
+    transforms: std::sync::Arc<crate::transform::Transforms>,
+    stop: CancellationToken,
+) {
     let reads = plan(&device.points, device.max_gap);
     let mut ctx: Option<Context> = None;
     // Per point: the error it is failing with, if any.
@@ -465,7 +470,7 @@ pub async fn poll(device: ModbusDevice, committer: Committer, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut records = Vec::new();
+        let mut samples = Vec::new();
         let mut results: Vec<(usize, Result<f64, ReadError>)> = Vec::new();
         for r in &reads {
             let outcome = read_with_retries(&device, &mut ctx, r, &stop).await;
@@ -487,17 +492,18 @@ pub async fn poll(device: ModbusDevice, committer: Committer, stop: Cancellation
                         let value = raw * p.scale + p.offset;
                         results.push((i, Ok(value)));
                         if value.is_finite() {
-                            records.push(Record::Sample(Sample {
+                            samples.push(Sample {
                                 key: key(&device, p),
                                 ts: now,
                                 value,
-                            }));
+                            });
                         }
                     }
                 }
                 Err(e) => results.extend(r.points.iter().map(|i| (*i, Err(e.clone())))),
             }
         }
+        let mut records = transforms.apply(crate::transform::Input::Modbus, samples);
         for (i, result) in results {
             let p = &device.points[i];
             let change = match (&result, failing.get(&i)) {

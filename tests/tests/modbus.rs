@@ -62,6 +62,10 @@ struct Setup {
 }
 
 async fn start(dir: &Path, devices: Vec<ModbusDevice>) -> Setup {
+    start_with(dir, devices, "").await
+}
+
+async fn start_with(dir: &Path, devices: Vec<ModbusDevice>, more_toml: &str) -> Setup {
     let pg = TestPostgres::start().await;
     let (broker, http) = (free_port(), free_port());
     let mut aggregator = process::aggregator(dir, &pg.url, broker, http, &[]);
@@ -72,7 +76,7 @@ async fn start(dir: &Path, devices: Vec<ModbusDevice>) -> Setup {
         "gw-modbus",
         DeviceSource::Listen(free_port()),
         broker,
-        &modbus_toml(devices),
+        &format!("{}\n{more_toml}", modbus_toml(devices)),
     );
     agent.start();
     Setup {
@@ -146,16 +150,27 @@ async fn every_type_and_byte_and_word_order_reads_as_its_value_over_tcp() {
     let mut points: Vec<ModbusPoint> = fixtures.iter().map(|f| f.point.clone()).collect();
     points.push(counter());
     let plc = device("plc-1", format!("127.0.0.1:{port}"), String::new(), points);
-    let mut s = start(dir.path(), vec![plc]).await;
+    // A transform renames the counter's device and scales it: the wiring of transforms into the Modbus input.
+    let transform = r#"[[transform]]
+input = "modbus"
+metric = "uptime"
+device_map = { "plc-1" = "plc-one" }
+scale = 0.001
+"#;
+    let mut s = start_with(dir.path(), vec![plc], transform).await;
     check_fixtures(&s, "plc-1", &fixtures).await;
-    let uptime: (String, i64) = sqlx::query_as(
-        "SELECT s.tags->>'unit', count(DISTINCT x.value)::int8 FROM samples x JOIN series s ON s.id = x.series_id
-         WHERE s.metric = 'uptime' GROUP BY 1",
-    )
-    .fetch_one(&s.pg.pool)
-    .await
-    .unwrap();
-    assert_eq!(uptime.0, "s");
+    let uptime: (String, String, f64) = eventually(Duration::from_secs(30), "the transformed counter", || async {
+        sqlx::query_as(
+            "SELECT s.device, s.tags->>'unit', max(x.value) FROM samples x JOIN series s ON s.id = x.series_id
+             WHERE s.metric = 'uptime' GROUP BY 1, 2",
+        )
+        .fetch_optional(&s.pg.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!((uptime.0.as_str(), uptime.1.as_str()), ("plc-one", "s"));
+    assert!(uptime.2 < 65.536, "scaled by 0.001: {}", uptime.2);
     assert!(statuses(&s.pg, "plc-1").await.is_empty(), "no point failed");
     assert!(
         s.agent.terminate(Duration::from_secs(10)),

@@ -119,8 +119,8 @@ async fn connection(
             Packet::Connect(_) => anyhow::bail!("a second CONNECT is a protocol violation"),
             Packet::Publish(p) => {
                 let dup_qos2 = p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.pkid);
-                let ticket = match (dup_qos2, router.route(&p.topic, &p.payload)) {
-                    (false, Ok(samples)) => Some(committer.enqueue(samples).await?),
+                let ticket = match (dup_qos2, router.records(&p.topic, &p.payload)) {
+                    (false, Ok(samples)) => Some(committer.enqueue_records(samples, None).await?),
                     _ => None,
                 };
                 let ack = match p.qos {

@@ -38,6 +38,7 @@ pub enum RouteError {
 #[derive(Debug)]
 pub struct Router {
     mappings: Vec<Mapping>,
+    transforms: crate::transform::Transforms,
     accepted: AtomicU64,
     rejected: AtomicU64,
 }
@@ -46,9 +47,28 @@ impl Router {
     pub fn new(mappings: Vec<Mapping>) -> Self {
         Router {
             mappings,
+            transforms: Default::default(),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
+    }
+
+    /// Applies `[[transform]]` rules to what devices send.
+    pub fn with_transforms(mut self, transforms: crate::transform::Transforms) -> Self {
+        self.transforms = transforms;
+        self
+    }
+
+    /// Records for one message: [`Router::route`], then the transforms.
+    pub fn records(
+        &self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<Vec<crate::sample::Record>, RouteError> {
+        let samples = self.route(topic, payload)?;
+        Ok(self
+            .transforms
+            .apply(crate::transform::Input::Mqtt, samples))
     }
 
     /// MQTT filters covering every mapping.

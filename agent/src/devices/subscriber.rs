@@ -54,8 +54,8 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let ticket = match router.route(&p.topic, &p.payload) {
-                    Ok(samples) => Some(committer.enqueue(samples).await?),
+                let ticket = match router.records(&p.topic, &p.payload) {
+                    Ok(samples) => Some(committer.enqueue_records(samples, None).await?),
                     Err(_) => None, // counted and logged by the router; ack it, it can never succeed
                 };
                 if acks.send((ticket, p)).await.is_err() {

@@ -1,0 +1,452 @@
+//! Transformations applied to samples as inputs produce them, before they
+//! are buffered: `[[transform]]` rules, each for one input (`mqtt`,
+//! `modbus`, `http` or `*`) and the series its `device`/`metric` globs match.
+//! Every matching rule applies, in the order of the file:
+//!
+//! - `filter = "drop"` drops the sample; if an input has `filter = "keep"`
+//!   rules, its samples matching none of them are dropped;
+//! - `device_map` renames device ids (`{ "th-1" = "boiler-1" }`), then
+//!   `device_template` rewrites them (`"plant-2/{device}"`), then
+//!   `lowercase_device` lower-cases them;
+//! - `metric` renames the metric;
+//! - `scale` and `offset`: value * scale + offset;
+//! - `convert = { from = "degF", to = "degC" }` converts units (temperature
+//!   degC/degF/K, pressure Pa/kPa/bar/psi, energy Wh/kWh/MJ, power W/kW,
+//!   volume l/m3/gal, length mm/m/in/ft, speed m/s, km/h, mph) and sets the
+//!   tag `unit` to the target; pick the target per site (degF for a US plant);
+//! - `lookup = { "1" = "overheat", "2" = "jam" }` with `lookup_event =
+//!   "fault"`: a value found in the table also becomes an event of that kind
+//!   with the code and its message (device error codes); the sample is kept.
+
+use std::collections::BTreeMap;
+
+use dash_shared::{Event, SeriesKey};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::glob;
+use crate::sample::{Record, Sample};
+
+/// Which input a sample came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Mqtt,
+    Modbus,
+    Http,
+}
+
+impl Input {
+    fn name(self) -> &'static str {
+        match self {
+            Input::Mqtt => "mqtt",
+            Input::Modbus => "modbus",
+            Input::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    Keep,
+    Drop,
+}
+
+/// A unit conversion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Convert {
+    pub from: String,
+    pub to: String,
+}
+
+/// One `[[transform]]` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformRule {
+    /// `mqtt`, `modbus`, `http` or `*`.
+    #[serde(default = "any")]
+    pub input: String,
+    #[serde(default = "any")]
+    pub device: String,
+    #[serde(default = "any")]
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub device_map: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device_template: String,
+    #[serde(default)]
+    pub lowercase_device: bool,
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        rename = "rename_metric"
+    )]
+    pub rename_metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convert: Option<Convert>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lookup: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lookup_event: String,
+}
+
+fn any() -> String {
+    "*".into()
+}
+
+/// `(dimension, factor to the base unit, offset to the base unit)`:
+/// base = value * factor + offset.
+fn unit(name: &str) -> Option<(&'static str, f64, f64)> {
+    Some(match name {
+        "degC" => ("temperature", 1.0, 0.0),
+        "K" => ("temperature", 1.0, -273.15),
+        "degF" => ("temperature", 5.0 / 9.0, -32.0 * 5.0 / 9.0),
+        "Pa" => ("pressure", 1.0, 0.0),
+        "kPa" => ("pressure", 1e3, 0.0),
+        "bar" => ("pressure", 1e5, 0.0),
+        "psi" => ("pressure", 6_894.757_293_168, 0.0),
+        "Wh" => ("energy", 3_600.0, 0.0),
+        "kWh" => ("energy", 3_600_000.0, 0.0),
+        "MJ" => ("energy", 1e6, 0.0),
+        "W" => ("power", 1.0, 0.0),
+        "kW" => ("power", 1e3, 0.0),
+        "l" => ("volume", 1e-3, 0.0),
+        "m3" => ("volume", 1.0, 0.0),
+        "gal" => ("volume", 0.003_785_411_784, 0.0),
+        "mm" => ("length", 1e-3, 0.0),
+        "m" => ("length", 1.0, 0.0),
+        "in" => ("length", 0.0254, 0.0),
+        "ft" => ("length", 0.3048, 0.0),
+        "m/s" => ("speed", 1.0, 0.0),
+        "km/h" => ("speed", 1.0 / 3.6, 0.0),
+        "mph" => ("speed", 0.447_04, 0.0),
+        _ => return None,
+    })
+}
+
+/// Converts `v` between two units of one dimension.
+pub fn convert(v: f64, from: &str, to: &str) -> Option<f64> {
+    let (d1, f1, o1) = unit(from)?;
+    let (d2, f2, o2) = unit(to)?;
+    (d1 == d2).then(|| (v * f1 + o1 - o2) / f2)
+}
+
+impl TransformRule {
+    pub fn validate(&self, at: &str) -> anyhow::Result<()> {
+        if !["*", "mqtt", "modbus", "http"].contains(&self.input.as_str()) {
+            anyhow::bail!("{at}.input {:?}: use mqtt, modbus, http or *", self.input);
+        }
+        if let Some(c) = &self.convert {
+            match (unit(&c.from), unit(&c.to)) {
+                (Some((a, ..)), Some((b, ..))) if a == b => {}
+                (Some(_), Some(_)) => anyhow::bail!(
+                    "{at}.convert: {} and {} measure different things",
+                    c.from,
+                    c.to
+                ),
+                _ => anyhow::bail!(
+                    "{at}.convert: unknown unit in {:?} -> {:?} (known: degC degF K Pa kPa bar psi Wh kWh MJ W kW l m3 gal mm m in ft m/s km/h mph)",
+                    c.from,
+                    c.to
+                ),
+            }
+        }
+        if !self.device_template.is_empty() && !self.device_template.contains("{device}") {
+            anyhow::bail!("{at}.device_template must contain {{device}}");
+        }
+        if !self.lookup.is_empty() && self.lookup_event.is_empty() {
+            anyhow::bail!("{at}.lookup needs lookup_event (the event kind, e.g. \"fault\")");
+        }
+        for v in [self.scale, self.offset].into_iter().flatten() {
+            if !v.is_finite() {
+                anyhow::bail!("{at}: scale and offset must be finite");
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, input: Input, key: &SeriesKey) -> bool {
+        (self.input == "*" || self.input == input.name())
+            && glob(&self.device, &key.device)
+            && glob(&self.metric, &key.metric)
+    }
+}
+
+/// The rules of a config, ready to apply.
+#[derive(Debug, Clone, Default)]
+pub struct Transforms {
+    rules: Vec<TransformRule>,
+}
+
+impl Transforms {
+    pub fn new(rules: Vec<TransformRule>) -> Self {
+        Transforms { rules }
+    }
+
+    /// Applies the rules to `samples` from `input`: the records to buffer
+    /// (kept samples, and events from lookups). Samples whose transformed
+    /// key is invalid are dropped with a warning.
+    pub fn apply(&self, input: Input, samples: Vec<Sample>) -> Vec<Record> {
+        if self.rules.is_empty() {
+            return samples.into_iter().map(Record::Sample).collect();
+        }
+        let keeps = self
+            .rules
+            .iter()
+            .any(|r| r.filter == Some(Filter::Keep) && (r.input == "*" || r.input == input.name()));
+        let mut out = Vec::with_capacity(samples.len());
+        'samples: for mut s in samples {
+            let mut kept = !keeps;
+            for rule in &self.rules {
+                if !rule.matches(input, &s.key) {
+                    continue;
+                }
+                match rule.filter {
+                    Some(Filter::Drop) => continue 'samples,
+                    Some(Filter::Keep) => kept = true,
+                    None => {}
+                }
+                if let Some(to) = rule.device_map.get(&s.key.device) {
+                    s.key.device = to.clone();
+                }
+                if !rule.device_template.is_empty() {
+                    s.key.device = rule.device_template.replace("{device}", &s.key.device);
+                }
+                if rule.lowercase_device {
+                    s.key.device = s.key.device.to_lowercase();
+                }
+                if !rule.rename_metric.is_empty() {
+                    s.key.metric = rule.rename_metric.clone();
+                }
+                s.value = s.value * rule.scale.unwrap_or(1.0) + rule.offset.unwrap_or(0.0);
+                if let Some(c) = &rule.convert {
+                    s.value = convert(s.value, &c.from, &c.to).unwrap_or(s.value);
+                    let mut tags: Vec<(String, String)> = s
+                        .key
+                        .tags
+                        .into_iter()
+                        .filter(|(k, _)| k != "unit")
+                        .collect();
+                    tags.push(("unit".into(), c.to.clone()));
+                    s.key = SeriesKey::with_tags(s.key.device, s.key.metric, tags);
+                }
+                if !rule.lookup.is_empty() {
+                    let code = if s.value.fract() == 0.0 {
+                        format!("{}", s.value as i64)
+                    } else {
+                        s.value.to_string()
+                    };
+                    if let Some(message) = rule.lookup.get(&code) {
+                        let body = serde_json::json!({ "metric": s.key.metric, "code": s.value, "message": message });
+                        out.push(Record::Event(Event {
+                            source: s.key.device.clone(),
+                            time: s.ts,
+                            kind: rule.lookup_event.clone(),
+                            body: body.to_string(),
+                        }));
+                    }
+                }
+            }
+            if !kept {
+                continue;
+            }
+            match s.key.validate() {
+                Ok(()) if s.value.is_finite() => out.push(Record::Sample(s)),
+                Ok(()) => {
+                    tracing::warn!(device = %s.key.device, metric = %s.key.metric, "transformed value is not finite; dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %s.key.device, error = %e, "transformed series key is invalid; dropped")
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> Transforms {
+        #[derive(Deserialize)]
+        struct Wrap {
+            transform: Vec<TransformRule>,
+        }
+        let w: Wrap = toml::from_str(text).unwrap();
+        for (i, r) in w.transform.iter().enumerate() {
+            r.validate(&format!("transform[{i}]")).unwrap();
+        }
+        Transforms::new(w.transform)
+    }
+
+    fn sample(device: &str, metric: &str, value: f64) -> Sample {
+        Sample {
+            key: SeriesKey::new(device, metric),
+            ts: 1_764_000_000_000_000,
+            value,
+        }
+    }
+
+    fn samples(records: Vec<Record>) -> Vec<Sample> {
+        records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Sample(s) => Some(s),
+                Record::Event(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn units_convert_both_ways_and_only_within_a_dimension() {
+        assert!((convert(212.0, "degF", "degC").unwrap() - 100.0).abs() < 1e-9);
+        assert!((convert(100.0, "degC", "degF").unwrap() - 212.0).abs() < 1e-9);
+        assert!((convert(0.0, "degC", "K").unwrap() - 273.15).abs() < 1e-9);
+        assert!((convert(1.0, "bar", "psi").unwrap() - 14.503_773_8).abs() < 1e-6);
+        assert!((convert(1.0, "kWh", "MJ").unwrap() - 3.6).abs() < 1e-12);
+        assert!((convert(100.0, "km/h", "mph").unwrap() - 62.137_119).abs() < 1e-5);
+        assert_eq!(convert(1.0, "bar", "degC"), None);
+    }
+
+    #[test]
+    fn devices_are_renamed_and_values_scaled_and_converted_in_order() {
+        let t = rules(
+            r#"
+            [[transform]]
+            input = "mqtt"
+            device_map = { "TH-1" = "Boiler-1" }
+            device_template = "plant-2/{device}"
+            lowercase_device = true
+            [[transform]]
+            metric = "temp_f"
+            rename_metric = "temperature"
+            convert = { from = "degF", to = "degC" }
+            [[transform]]
+            input = "modbus"
+            metric = "flow"
+            scale = 0.1
+            offset = -1.0
+            "#,
+        );
+        let out = samples(t.apply(Input::Mqtt, vec![sample("TH-1", "temp_f", 212.0)]));
+        assert_eq!(out[0].key.device, "plant-2/boiler-1");
+        assert_eq!(out[0].key.metric, "temperature");
+        assert_eq!(
+            out[0].key.tags,
+            vec![("unit".to_owned(), "degC".to_owned())]
+        );
+        assert!((out[0].value - 100.0).abs() < 1e-9);
+        // The modbus rule does not touch MQTT samples, and vice versa.
+        let out = samples(t.apply(Input::Mqtt, vec![sample("x", "flow", 10.0)]));
+        assert_eq!(out[0].value, 10.0);
+        let out = samples(t.apply(Input::Modbus, vec![sample("x", "flow", 10.0)]));
+        assert_eq!(out[0].value, 0.0);
+        assert_eq!(out[0].key.device, "x");
+    }
+
+    #[test]
+    fn keep_and_drop_filters() {
+        let t = rules(
+            r#"
+            [[transform]]
+            input = "mqtt"
+            metric = "debug*"
+            filter = "drop"
+            [[transform]]
+            input = "modbus"
+            metric = "power*"
+            filter = "keep"
+            "#,
+        );
+        let mqtt = samples(t.apply(
+            Input::Mqtt,
+            vec![sample("a", "debug.x", 1.0), sample("a", "temp", 2.0)],
+        ));
+        assert_eq!(
+            mqtt.iter()
+                .map(|s| s.key.metric.as_str())
+                .collect::<Vec<_>>(),
+            ["temp"]
+        );
+        let modbus = samples(t.apply(
+            Input::Modbus,
+            vec![sample("a", "power.l1", 1.0), sample("a", "temp", 2.0)],
+        ));
+        assert_eq!(
+            modbus
+                .iter()
+                .map(|s| s.key.metric.as_str())
+                .collect::<Vec<_>>(),
+            ["power.l1"]
+        );
+    }
+
+    #[test]
+    fn error_codes_found_in_a_lookup_table_become_events() {
+        let t = rules(
+            r#"
+            [[transform]]
+            metric = "error_code"
+            lookup = { "0" = "ok", "17" = "motor overheat" }
+            lookup_event = "fault"
+            "#,
+        );
+        let out = t.apply(
+            Input::Modbus,
+            vec![
+                sample("press-1", "error_code", 17.0),
+                sample("press-1", "error_code", 5.0),
+            ],
+        );
+        let events: Vec<&Event> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e),
+                Record::Sample(_) => None,
+            })
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "fault");
+        assert_eq!(events[0].source, "press-1");
+        assert!(
+            events[0].body.contains("motor overheat"),
+            "{}",
+            events[0].body
+        );
+        assert_eq!(samples(out).len(), 2, "the codes stay samples too");
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_their_path() {
+        let bad = |text: &str, needle: &str| {
+            #[derive(Deserialize)]
+            struct Wrap {
+                transform: Vec<TransformRule>,
+            }
+            let w: Wrap = toml::from_str(text).unwrap();
+            let e = w.transform[0]
+                .validate("transform[0]")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        bad(
+            "[[transform]]\nconvert = { from = \"bar\", to = \"degC\" }",
+            "different things",
+        );
+        bad(
+            "[[transform]]\nconvert = { from = \"furlong\", to = \"m\" }",
+            "unknown unit",
+        );
+        bad("[[transform]]\ninput = \"serial\"", "transform[0].input");
+        bad("[[transform]]\ndevice_template = \"x\"", "{device}");
+        bad("[[transform]]\nlookup = { \"1\" = \"x\" }", "lookup_event");
+    }
+}
