@@ -174,63 +174,110 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot; errors name the field.
+    /// Checks what types alone cannot; the error lists every problem, each
+    /// naming its field.
     pub fn validate(&self) -> anyhow::Result<()> {
-        TenantId::new(self.tenant.clone()).context("tenant")?;
-        AgentId::new(self.agent_id.clone()).context("agent_id")?;
-        parse_broker_url(&self.uplink.url).context("uplink.url")?;
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!("{}", problems.join("\n"))
+    }
+
+    /// Every problem types alone cannot catch, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |r: anyhow::Result<()>| {
+            if let Err(e) = r {
+                out.push(format!("{e:#}"));
+            }
+        };
+        let problem = |cond: bool, msg: &str| -> anyhow::Result<()> {
+            if cond {
+                bail!("{msg}")
+            }
+            Ok(())
+        };
+        check(
+            TenantId::new(self.tenant.clone())
+                .map(|_| ())
+                .context("tenant"),
+        );
+        check(
+            AgentId::new(self.agent_id.clone())
+                .map(|_| ())
+                .context("agent_id"),
+        );
+        check(
+            parse_broker_url(&self.uplink.url)
+                .map(|_| ())
+                .context("uplink.url"),
+        );
         let u = &self.uplink;
-        if !(1..=100_000).contains(&u.batch_max_samples) {
-            bail!("uplink.batch_max_samples must be between 1 and 100000");
-        }
-        if u.max_inflight_batches == 0 || u.max_inflight_batches > 64 {
-            bail!("uplink.max_inflight_batches must be between 1 and 64");
-        }
-        if u.ack_timeout_secs == 0 {
-            bail!("uplink.ack_timeout_secs must be at least 1");
-        }
-        if u.reconnect_max_ms < 100 {
-            bail!("uplink.reconnect_max_ms must be at least 100");
-        }
-        if self.buffer.commit_max_samples == 0 {
-            bail!("buffer.commit_max_samples must be at least 1");
-        }
+        check(problem(
+            !(1..=100_000).contains(&u.batch_max_samples),
+            "uplink.batch_max_samples must be between 1 and 100000",
+        ));
+        check(problem(
+            u.max_inflight_batches == 0 || u.max_inflight_batches > 64,
+            "uplink.max_inflight_batches must be between 1 and 64",
+        ));
+        check(problem(
+            u.ack_timeout_secs == 0,
+            "uplink.ack_timeout_secs must be at least 1",
+        ));
+        check(problem(
+            u.reconnect_max_ms < 100,
+            "uplink.reconnect_max_ms must be at least 100",
+        ));
+        check(problem(
+            self.buffer.commit_max_samples == 0,
+            "buffer.commit_max_samples must be at least 1",
+        ));
         let d = &self.devices;
-        if !d.listen.is_empty() && !d.broker_url.is_empty() {
-            bail!(
-                "set at most one of devices.listen (embedded listener) and devices.broker_url (existing broker)"
-            );
-        }
-        if d.listen.is_empty()
-            && d.broker_url.is_empty()
-            && self.http.listen.is_empty()
-            && self.modbus.devices.is_empty()
-        {
-            bail!(
-                "no input: set devices.listen, devices.broker_url, http.listen (with http.sources) or modbus.devices"
-            );
-        }
-        crate::http::validate(&self.http)?;
+        check(problem(
+            !d.listen.is_empty() && !d.broker_url.is_empty(),
+            "set at most one of devices.listen (embedded listener) and devices.broker_url (existing broker)",
+        ));
+        check(problem(
+            d.listen.is_empty()
+                && d.broker_url.is_empty()
+                && self.http.listen.is_empty()
+                && self.modbus.devices.is_empty(),
+            "no input: set devices.listen, devices.broker_url, http.listen (with http.sources) or modbus.devices",
+        ));
+        check(crate::http::validate(&self.http));
         for (i, device) in self.modbus.devices.iter().enumerate() {
-            device.validate(&format!("modbus.devices[{i}]"))?;
+            check(device.validate(&format!("modbus.devices[{i}]")));
         }
         for (i, rule) in self.aggregate.iter().enumerate() {
-            rule.validate(&format!("aggregate[{i}]"))?;
+            check(rule.validate(&format!("aggregate[{i}]")));
         }
         for (i, rule) in self.transform.iter().enumerate() {
-            rule.validate(&format!("transform[{i}]"))?;
+            check(rule.validate(&format!("transform[{i}]")));
         }
         if !d.listen.is_empty() {
-            d.listen.parse::<SocketAddr>().context("devices.listen")?;
+            check(
+                d.listen
+                    .parse::<SocketAddr>()
+                    .map(|_| ())
+                    .context("devices.listen"),
+            );
         }
         if !d.broker_url.is_empty() {
-            parse_broker_url(&d.broker_url).context("devices.broker_url")?;
+            check(
+                parse_broker_url(&d.broker_url)
+                    .map(|_| ())
+                    .context("devices.broker_url"),
+            );
         }
         for (i, m) in d.mappings.iter().enumerate() {
-            m.validate()
-                .with_context(|| format!("devices.mappings[{i}]"))?;
+            check(
+                m.validate()
+                    .with_context(|| format!("devices.mappings[{i}]")),
+            );
         }
-        Ok(())
+        out
     }
 
     pub fn tenant(&self) -> TenantId {
@@ -261,22 +308,46 @@ pub fn default_toml() -> String {
     )
 }
 
-/// A commented `[[http.sources]]` example: a POS posting sales.
+/// Commented examples of every input and rule that is off by default.
 fn http_example() -> String {
     #[derive(Serialize)]
-    struct Wrap {
+    struct Examples {
+        http: HttpExample,
+        modbus: crate::modbus::ModbusConfig,
+        aggregate: Vec<crate::aggregate::AggregateRule>,
+        transform: Vec<crate::transform::TransformRule>,
+    }
+    #[derive(Serialize)]
+    struct HttpExample {
         sources: Vec<crate::http::HttpSource>,
     }
-    let text = toml::to_string_pretty(&Wrap {
-        sources: vec![crate::http::HttpSource::example()],
+    let text = toml::to_string_pretty(&Examples {
+        http: HttpExample {
+            sources: vec![crate::http::HttpSource::example()],
+        },
+        modbus: crate::modbus::ModbusConfig {
+            devices: vec![crate::modbus::ModbusDevice::example()],
+        },
+        aggregate: vec![crate::aggregate::AggregateRule {
+            device: "*".into(),
+            metric: "power*".into(),
+            window_secs: 60,
+            keep_raw: false,
+            late_secs: 2,
+        }],
+        transform: vec![crate::transform::TransformRule::example()],
     })
-    .expect("example serializes")
-    .replace("[[sources", "[[http.sources");
+    .expect("examples serialize");
     let lines: String = text.lines().map(|l| format!("# {l}\n")).collect();
     format!(
-        "# HTTP input for POS systems and webhooks: set http.listen (e.g. \"0.0.0.0:8080\")\n\
-         # and add sources. POST /ingest/pos with Authorization: Bearer <token> and an\n\
-         # optional Idempotency-Key; the example's token is \"change-me\".\n{lines}"
+        "# Examples, commented out. HTTP input for POS systems and webhooks: set\n\
+         # http.listen (e.g. \"0.0.0.0:8080\") and add sources; POST /ingest/pos with\n\
+         # Authorization: Bearer <token> (here \"change-me\") and an optional Idempotency-Key.\n\
+         # Modbus: address = \"host:port\" for TCP, or serial = \"/dev/ttyUSB0\" with baud,\n\
+         # parity, stop_bits for RTU; point kinds coil, discrete, holding, input; types bool,\n\
+         # u16, i16, u32, i32, f32, u64, i64, f64; byte_order and word_order big or little.\n\
+         # [[aggregate]] sends matching series as windows; [[transform]] renames, converts\n\
+         # units, looks up codes and filters.\n{lines}"
     )
 }
 
@@ -292,10 +363,44 @@ mod tests {
     }
 
     #[test]
-    fn the_commented_http_example_is_a_valid_config_once_uncommented() {
+    fn every_problem_is_listed_with_its_field() {
+        let text = r#"
+            tenant = "Bad Tenant"
+            [uplink]
+            max_inflight_batches = 0
+            [devices]
+            listen = "not-an-address"
+            [[aggregate]]
+            window_secs = 7
+            [[transform]]
+            convert = { from = "bar", to = "degC" }
+            [[modbus.devices]]
+            name = "plc"
+            points = []
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let problems = config.problems();
+        for field in [
+            "tenant",
+            "uplink.max_inflight_batches",
+            "devices.listen",
+            "aggregate[0].window_secs",
+            "transform[0].convert",
+            "modbus.devices[0]",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(field)),
+                "{field} missing from {problems:#?}"
+            );
+        }
+        assert!(config.validate().unwrap_err().to_string().lines().count() >= 6);
+    }
+
+    #[test]
+    fn the_commented_examples_are_a_valid_config_once_uncommented() {
         let full = default_toml();
-        let (head, example) = full.split_once("# [[http.sources]]").unwrap();
-        let example: String = example
+        let (head, examples) = full.split_once("# [[http.sources]]").unwrap();
+        let examples: String = examples
             .lines()
             .map(|l| {
                 format!(
@@ -304,14 +409,18 @@ mod tests {
                 )
             })
             .collect();
-        let head = head.replace(
-            "listen = \"\"\nmax_body",
-            "listen = \"127.0.0.1:8080\"\nmax_body",
-        );
-        let text = format!("{head}[[http.sources]]{example}");
-        let back: Config = toml::from_str(&text).unwrap();
+        let head = head
+            .replace(
+                "listen = \"\"\nmax_body",
+                "listen = \"127.0.0.1:8080\"\nmax_body",
+            )
+            .replace("\n[modbus]\n", "\n");
+        let text = format!("{head}[[http.sources]]{examples}");
+        let back: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         back.validate().unwrap();
         assert_eq!(back.http.sources, vec![crate::http::HttpSource::example()]);
+        assert_eq!(back.modbus.devices.len(), 1);
+        assert_eq!((back.aggregate.len(), back.transform.len()), (1, 1));
     }
 
     #[test]

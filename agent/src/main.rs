@@ -36,11 +36,19 @@ fn main() -> anyhow::Result<()> {
             print!("{}", dash_agent::config::default_toml());
             Ok(())
         }
-        Command::CheckConfig { file } => {
-            dash_agent::Config::load(&file)?;
-            println!("{}: ok", file.display());
-            Ok(())
-        }
+        Command::CheckConfig { file } => match dash_agent::Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{}: not valid:", file.display());
+                for line in format!("{e:#}").lines() {
+                    eprintln!("  - {line}");
+                }
+                std::process::exit(1);
+            }
+        },
         Command::Run { config } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into());

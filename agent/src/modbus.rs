@@ -190,6 +190,40 @@ fn defaults_type() -> DataType {
 }
 
 impl ModbusDevice {
+    /// A PLC over Modbus TCP with a temperature and a pump state.
+    pub fn example() -> ModbusDevice {
+        let p = |metric: &str, kind, address, data_type, unit: &str| ModbusPoint {
+            metric: metric.into(),
+            kind,
+            address,
+            data_type,
+            byte_order: Order::Big,
+            word_order: Order::Big,
+            scale: 1.0,
+            offset: 0.0,
+            unit: unit.into(),
+        };
+        ModbusDevice {
+            name: "plc-1".into(),
+            address: "192.168.1.10:502".into(),
+            serial: String::new(),
+            baud: defaults::baud(),
+            parity: defaults::parity(),
+            stop_bits: defaults::stop_bits(),
+            data_bits: defaults::data_bits(),
+            unit_id: 1,
+            poll_interval_ms: 1_000,
+            timeout_ms: 1_000,
+            retries: 2,
+            backoff_ms: 100,
+            max_gap: 0,
+            points: vec![
+                p("temperature", Kind::Holding, 100, DataType::F32, "degC"),
+                p("pump.running", Kind::Coil, 0, DataType::Bool, ""),
+            ],
+        }
+    }
+
     /// Checks what types cannot; errors name the field under `at`.
     pub fn validate(&self, at: &str) -> anyhow::Result<()> {
         if self.name.is_empty() {

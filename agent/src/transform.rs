@@ -138,6 +138,28 @@ pub fn convert(v: f64, from: &str, to: &str) -> Option<f64> {
 }
 
 impl TransformRule {
+    /// Fahrenheit readings from MQTT devices stored as Celsius.
+    pub fn example() -> TransformRule {
+        TransformRule {
+            input: "mqtt".into(),
+            device: "*".into(),
+            metric: "temp_f".into(),
+            filter: None,
+            device_map: BTreeMap::new(),
+            device_template: String::new(),
+            lowercase_device: false,
+            rename_metric: "temperature".into(),
+            scale: None,
+            offset: None,
+            convert: Some(Convert {
+                from: "degF".into(),
+                to: "degC".into(),
+            }),
+            lookup: BTreeMap::new(),
+            lookup_event: String::new(),
+        }
+    }
+
     pub fn validate(&self, at: &str) -> anyhow::Result<()> {
         if !["*", "mqtt", "modbus", "http"].contains(&self.input.as_str()) {
             anyhow::bail!("{at}.input {:?}: use mqtt, modbus, http or *", self.input);
