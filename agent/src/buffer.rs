@@ -39,6 +39,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use crate::aggregate::{self, AggregateRule};
 use crate::sample::{Record, Sample};
 
+/// sled's page cache: enough for the hot tail of the buffer.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Name of the one stream this agent sends today.
 pub const TELEMETRY: &str = "telemetry";
 
@@ -95,6 +98,8 @@ impl Buffer {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(1000))
+            // sled caches up to 1 GB of pages by default; a gateway has far less to spare.
+            .cache_capacity(CACHE_BYTES)
             .open()?;
         let samples = db.open_tree("samples")?;
         let outbox = db.open_tree("outbox")?;

@@ -34,6 +34,20 @@ pub async fn publish(
     stop: Arc<AtomicBool>,
     deadline: Duration,
 ) -> Report {
+    publish_fields(addr, device, metric, values, stop, deadline, 0).await
+}
+
+/// [`publish`], but with `fields > 0` each message is a JSON object of that
+/// many numeric fields (`{"f0": v, "f1": v, ...}`): one reading per field.
+pub async fn publish_fields(
+    addr: SocketAddr,
+    device: &str,
+    metric: &str,
+    values: impl IntoIterator<Item = i64>,
+    stop: Arc<AtomicBool>,
+    deadline: Duration,
+    fields: usize,
+) -> Report {
     let end = Instant::now() + deadline;
     let topic = format!("sensors/{device}/{metric}");
     let mut pending: VecDeque<i64> = values.into_iter().collect();
@@ -50,6 +64,7 @@ pub async fn publish(
             &mut socket,
             device,
             &topic,
+            fields,
             &mut pending,
             &mut inflight,
             &mut report,
@@ -70,6 +85,7 @@ async fn session(
     socket: &mut TcpStream,
     device: &str,
     topic: &str,
+    fields: usize,
     pending: &mut VecDeque<i64>,
     inflight: &mut BTreeMap<u16, i64>,
     report: &mut Report,
@@ -92,7 +108,13 @@ async fn session(
         while inflight.len() < 32 && !stop.load(Ordering::Relaxed) {
             let Some(v) = pending.pop_front() else { break };
             pkid = pkid % u16::MAX + 1;
-            let mut p = Publish::new(topic, QoS::AtLeastOnce, v.to_string());
+            let payload = if fields == 0 {
+                v.to_string()
+            } else {
+                let body: Vec<String> = (0..fields).map(|f| format!("\"f{f}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            };
+            let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
             p.pkid = pkid;
             Packet::Publish(p).write(&mut out, usize::MAX)?;
             inflight.insert(pkid, v);
