@@ -3,12 +3,16 @@
 //! # Layout
 //!
 //! ```text
-//! samples: u64 BE id  -> postcard(Record)      unsealed samples and events, oldest first
+//! samples: u64 BE id  -> chunk                 unsealed samples and events, oldest first:
+//!                                              one chunk per group commit, `u32 BE count`
+//!                                              then postcard(Vec<Record>); the key is the
+//!                                              id of its first record
 //! outbox:  u64 BE seq -> encoded wire::Batch   sealed, sent or not, not yet acked
 //! meta:    "incarnation" -> u64 BE             drawn once, when the buffer is created
 //!          "next_seq"    -> u64 BE             the seq the next sealed batch gets
-//!          "format"      -> u64 BE             2: records (a buffer of version 1 held
-//!                                              bare samples; it is converted on open)
+//!          "format"      -> u64 BE             2: chunks of records (a buffer of version 1
+//!                                              held one bare sample per key; it is converted
+//!                                              on open)
 //! idempotency: source 0x00 key -> u64 BE µs    idempotency keys of HTTP requests stored,
 //!                                              written in one transaction with their records
 //! pending: u64 BE window end ++ u64 BE id     samples of pre-aggregated series
@@ -118,11 +122,21 @@ impl Buffer {
                 fresh
             }
         };
-        let next_id = match samples.last()? {
-            Some((k, _)) => read_u64(&k)? + 1,
+        // Ids stay unique: past every chunk's records and every pending sample.
+        let mut next_id = match samples.last()? {
+            Some((k, v)) => read_u64(&k)? + u64::from(chunk_len(&v)),
             None => 0,
         };
-        let unsealed = samples.len() as u64;
+        for key in pending.iter().keys() {
+            let key = key?;
+            if key.len() == 16 {
+                next_id = next_id.max(read_u64(&key[8..])? + 1);
+            }
+        }
+        let mut unsealed = 0u64;
+        for value in samples.iter().values() {
+            unsealed += u64::from(chunk_len(&value?));
+        }
         // Everything recovered from disk is durable.
         let durable_seq = match outbox.last()? {
             Some((k, _)) => read_u64(&k)?,
@@ -196,18 +210,17 @@ impl Buffer {
             }
         }
         let stored = plain.len() as u64;
+        let chunk = (!plain.is_empty()).then(|| (be(plain[0].0), chunk_bytes(&plain)));
         if keys.is_empty() && windowed.is_empty() {
-            let mut batch = sled::Batch::default();
-            for (id, bytes) in plain {
-                batch.insert(&be(id), bytes);
+            if let Some((key, bytes)) = chunk {
+                self.samples.insert(key, bytes)?;
             }
-            self.samples.apply_batch(batch)?;
         } else {
             let now = be(dash_shared::now_micros().max(0) as u64);
             let result =
                 (&self.samples, &self.idempotency, &self.pending).transaction(|(s, k, p)| {
-                    for (id, bytes) in &plain {
-                        s.insert(&be(*id), bytes.as_slice())?;
+                    if let Some((key, bytes)) = &chunk {
+                        s.insert(key, bytes.as_slice())?;
                     }
                     for key in keys {
                         k.insert(key.as_slice(), &now)?;
@@ -273,13 +286,14 @@ impl Buffer {
         let mut take = max;
         loop {
             let closed = self.closed_windows(take)?;
-            let (ids, records) = self.oldest(take.saturating_sub(closed.0.len()))?;
-            if ids.is_empty() && closed.0.is_empty() {
+            let taken = self.oldest(take.saturating_sub(closed.0.len()))?;
+            if taken.records.is_empty() && taken.remove.is_empty() && closed.0.is_empty() {
                 return Ok(None);
             }
-            match self.try_seal(&ids, records, &closed) {
+            let n = taken.records.len() as u64;
+            match self.try_seal(&taken, &closed) {
                 Ok(seq) => {
-                    self.unsealed.fetch_sub(ids.len() as u64, Ordering::SeqCst);
+                    self.unsealed.fetch_sub(n, Ordering::SeqCst);
                     self.flush().await?;
                     // Only now may the batch go out: a seq on the wire must
                     // name these bytes even after a crash.
@@ -326,26 +340,37 @@ impl Buffer {
         Ok((keys, samples))
     }
 
-    fn oldest(&self, max: usize) -> Result<(Vec<sled::IVec>, Vec<Record>), BufferError> {
-        let mut ids = Vec::new();
-        let mut records = Vec::new();
-        for item in self.samples.iter().take(max) {
-            let (k, v) = item?;
-            match postcard::from_bytes::<Record>(&v) {
-                Ok(r) => records.push(r),
-                Err(e) => tracing::error!(id = ?k, error = %e, "unreadable buffer record dropped"),
+    /// The oldest records, at most `max`: whole chunks, and the head of
+    /// the chunk that does not fit (its tail is written back under the id
+    /// of its first remaining record).
+    fn oldest(&self, max: usize) -> Result<Taken, BufferError> {
+        let mut taken = Taken::default();
+        for item in self.samples.iter() {
+            if taken.records.len() >= max {
+                break;
             }
-            ids.push(k);
+            let (k, v) = item?;
+            let mut records = match read_chunk(&v) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(id = ?k, error = %e, "unreadable buffer chunk dropped");
+                    taken.remove.push(k);
+                    continue;
+                }
+            };
+            let room = max - taken.records.len();
+            if records.len() > room {
+                let tail = records.split_off(room);
+                let first = read_u64(&k)? + room as u64;
+                taken.rewrite = Some((be(first), chunk_of(&tail)?));
+            }
+            taken.remove.push(k);
+            taken.records.extend(records);
         }
-        Ok((ids, records))
+        Ok(taken)
     }
 
-    fn try_seal(
-        &self,
-        ids: &[sled::IVec],
-        samples: Vec<Record>,
-        closed: &ClosedWindows,
-    ) -> Result<u64, BufferError> {
+    fn try_seal(&self, taken: &Taken, closed: &ClosedWindows) -> Result<u64, BufferError> {
         let windows = aggregate::windows(&closed.1);
         // Read outside the transaction: the lowest unacked seq only grows, so a
         // value read a moment early is still a valid floor.
@@ -361,15 +386,18 @@ impl Buffer {
                 None => 1,
             };
             let floor = lowest.unwrap_or(seq);
-            let mut batch = build_batch(self.stream.clone(), seq, floor, samples.clone());
+            let mut batch = build_batch(self.stream.clone(), seq, floor, taken.records.clone());
             batch.windows = windows.clone();
             for key in &closed.0 {
                 p.remove(key)?;
             }
             let bytes = wire::encode(&Message::Batch(batch), &self.limits)
                 .map_err(|e| ConflictableTransactionError::Abort(BufferError::Encode(e)))?;
-            for id in ids {
+            for id in &taken.remove {
                 s.remove(id)?;
+            }
+            if let Some((key, bytes)) = &taken.rewrite {
+                s.insert(key, bytes.as_slice())?;
             }
             o.insert(&be(seq), bytes)?;
             m.insert("next_seq", &be(seq + 1))?;
@@ -412,7 +440,58 @@ impl Buffer {
 /// Keys and `(width, sample)`s of pending samples whose windows closed.
 type ClosedWindows = (Vec<sled::IVec>, Vec<(u32, Sample)>);
 
-/// Converts a buffer of format 1 (bare samples) to records, once.
+/// What a seal takes from the samples tree.
+#[derive(Default)]
+struct Taken {
+    /// Chunks to remove.
+    remove: Vec<sled::IVec>,
+    /// The rest of a chunk taken in part: its new key and bytes.
+    rewrite: Option<([u8; 8], Vec<u8>)>,
+    records: Vec<Record>,
+}
+
+/// A chunk from already encoded records.
+fn chunk_bytes(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    // postcard encodes a Vec as a varint length, then its items.
+    let mut out = (records.len() as u32).to_be_bytes().to_vec();
+    let mut len = [0u8; 10];
+    let varint = postcard::to_slice(&records.len(), &mut len).expect("a usize fits 10 bytes");
+    out.extend_from_slice(varint);
+    for (_, bytes) in records {
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+fn chunk_of(records: &[Record]) -> Result<Vec<u8>, BufferError> {
+    let mut out = (records.len() as u32).to_be_bytes().to_vec();
+    out.extend(encode(&records)?);
+    Ok(out)
+}
+
+/// Records in a chunk, from its count prefix (0 when unreadable).
+fn chunk_len(bytes: &[u8]) -> u32 {
+    bytes
+        .get(..4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn read_chunk(bytes: &[u8]) -> Result<Vec<Record>, BufferError> {
+    let records: Vec<Record> = bytes
+        .get(4..)
+        .ok_or_else(|| BufferError::Corrupt("chunk shorter than its count".into()))
+        .and_then(|b| postcard::from_bytes(b).map_err(|e| BufferError::Corrupt(e.to_string())))?;
+    if records.len() != chunk_len(bytes) as usize {
+        return Err(BufferError::Corrupt(format!(
+            "chunk says {} records and holds {}",
+            chunk_len(bytes),
+            records.len()
+        )));
+    }
+    Ok(records)
+}
+
+/// Converts a buffer of format 1 (one bare sample per key) to chunks, once.
 fn upgrade(db: &sled::Db, samples: &sled::Tree, meta: &sled::Tree) -> Result<(), BufferError> {
     if meta.get("format")?.is_some() {
         return Ok(());
@@ -428,9 +507,7 @@ fn upgrade(db: &sled::Db, samples: &sled::Tree, meta: &sled::Tree) -> Result<(),
                 continue;
             }
         };
-        let bytes =
-            postcard::to_allocvec(&record).map_err(|e| BufferError::Corrupt(e.to_string()))?;
-        samples.insert(k, bytes)?;
+        samples.insert(k, chunk_of(&[record])?)?;
         n += 1;
     }
     meta.insert("format", &be(2))?;
