@@ -130,6 +130,38 @@ fn unit(name: &str) -> Option<(&'static str, f64, f64)> {
     })
 }
 
+/// The unit a region uses for a dimension: `to = "metric"` or `to = "us"`
+/// picks it per series, so one rule serves every site of a region.
+fn regional(to: &str, dimension: &str) -> Option<&'static str> {
+    Some(match (to, dimension) {
+        ("metric", "temperature") => "degC",
+        ("us", "temperature") => "degF",
+        ("metric", "pressure") => "bar",
+        ("us", "pressure") => "psi",
+        ("metric" | "us", "energy") => "kWh",
+        ("metric" | "us", "power") => "kW",
+        ("metric", "volume") => "l",
+        ("us", "volume") => "gal",
+        ("metric", "length") => "m",
+        ("us", "length") => "ft",
+        ("metric", "speed") => "km/h",
+        ("us", "speed") => "mph",
+        _ => return None,
+    })
+}
+
+/// The unit `to` names for values in `from`: itself, or the region's unit
+/// (`metric`, `us`) for `from`'s dimension.
+pub fn target_unit(from: &str, to: &str) -> Option<String> {
+    let (dimension, ..) = unit(from)?;
+    match to {
+        "metric" | "us" => regional(to, dimension).map(str::to_owned),
+        other => unit(other)
+            .filter(|(d, ..)| *d == dimension)
+            .map(|_| other.to_owned()),
+    }
+}
+
 /// Converts `v` between two units of one dimension.
 pub fn convert(v: f64, from: &str, to: &str) -> Option<f64> {
     let (d1, f1, o1) = unit(from)?;
@@ -165,18 +197,20 @@ impl TransformRule {
             anyhow::bail!("{at}.input {:?}: use mqtt, modbus, http or *", self.input);
         }
         if let Some(c) = &self.convert {
-            match (unit(&c.from), unit(&c.to)) {
-                (Some((a, ..)), Some((b, ..))) if a == b => {}
-                (Some(_), Some(_)) => anyhow::bail!(
+            let known = |u: &str| unit(u).is_some() || ["metric", "us"].contains(&u);
+            if !known(&c.from) || !known(&c.to) || ["metric", "us"].contains(&c.from.as_str()) {
+                anyhow::bail!(
+                    "{at}.convert: unknown unit in {:?} -> {:?} (known: degC degF K Pa kPa bar psi Wh kWh MJ W kW l m3 gal mm m in ft m/s km/h mph; to may also be metric or us)",
+                    c.from,
+                    c.to
+                );
+            }
+            if target_unit(&c.from, &c.to).is_none() {
+                anyhow::bail!(
                     "{at}.convert: {} and {} measure different things",
                     c.from,
                     c.to
-                ),
-                _ => anyhow::bail!(
-                    "{at}.convert: unknown unit in {:?} -> {:?} (known: degC degF K Pa kPa bar psi Wh kWh MJ W kW l m3 gal mm m in ft m/s km/h mph)",
-                    c.from,
-                    c.to
-                ),
+                );
             }
         }
         if !self.device_template.is_empty() && !self.device_template.contains("{device}") {
@@ -247,15 +281,19 @@ impl Transforms {
                     s.key.metric = rule.rename_metric.clone();
                 }
                 s.value = s.value * rule.scale.unwrap_or(1.0) + rule.offset.unwrap_or(0.0);
-                if let Some(c) = &rule.convert {
-                    s.value = convert(s.value, &c.from, &c.to).unwrap_or(s.value);
+                if let Some((c, to)) = rule
+                    .convert
+                    .as_ref()
+                    .and_then(|c| Some((c, target_unit(&c.from, &c.to)?)))
+                {
+                    s.value = convert(s.value, &c.from, &to).unwrap_or(s.value);
                     let mut tags: Vec<(String, String)> = s
                         .key
                         .tags
                         .into_iter()
                         .filter(|(k, _)| k != "unit")
                         .collect();
-                    tags.push(("unit".into(), c.to.clone()));
+                    tags.push(("unit".into(), to));
                     s.key = SeriesKey::with_tags(s.key.device, s.key.metric, tags);
                 }
                 if !rule.lookup.is_empty() {
@@ -371,6 +409,31 @@ mod tests {
         let out = samples(t.apply(Input::Modbus, vec![sample("x", "flow", 10.0)]));
         assert_eq!(out[0].value, 0.0);
         assert_eq!(out[0].key.device, "x");
+    }
+
+    #[test]
+    fn a_region_picks_the_target_unit_per_dimension() {
+        let t = rules(
+            r#"
+            [[transform]]
+            metric = "temp"
+            convert = { from = "degC", to = "us" }
+            [[transform]]
+            metric = "pressure"
+            convert = { from = "psi", to = "metric" }
+            "#,
+        );
+        let out = samples(t.apply(
+            Input::Mqtt,
+            vec![
+                sample("a", "temp", 100.0),
+                sample("a", "pressure", 14.503_773_8),
+            ],
+        ));
+        assert!((out[0].value - 212.0).abs() < 1e-9);
+        assert_eq!(out[0].key.tags[0].1, "degF");
+        assert!((out[1].value - 1.0).abs() < 1e-6);
+        assert_eq!(out[1].key.tags[0].1, "bar");
     }
 
     #[test]

@@ -97,17 +97,8 @@ target/release/dash-agent run --config "$STATE/agent.toml" >"$STATE/agent.log" 2
 pids+=($!)
 sleep 3
 
-simulate() {  # device id, starting temperature
-  local dev=$1 t=$2 h=45
-  while true; do
-    t=$(awk -v t="$t" -v r="$RANDOM" 'BEGIN { printf "%.2f", t + (r % 21 - 10) / 100 }')
-    h=$(awk -v h="$h" -v r="$RANDOM" 'BEGIN { printf "%.1f", h + (r % 11 - 5) / 10 }')
-    mosquitto_pub -h 127.0.0.1 -p 1884 -q 1 -t "sensors/$dev/temperature" -m "$t" || true
-    mosquitto_pub -h 127.0.0.1 -p 1884 -q 1 -t "sensors/$dev/humidity" -m "$h" || true
-    sleep 1
-  done
-}
-for i in 1 2 3 4 5; do simulate "th-0$i" "2$i.50" & pids+=($!); done
+target/release/dash-sim mqtt --broker 127.0.0.1:1884 --devices 5 >"$STATE/sim-mqtt.log" 2>&1 &
+pids+=($!)
 target/release/dash-sim pos --agent 127.0.0.1:8081 --token "$POS_TOKEN" --rate 0.5 >"$STATE/sim-pos.log" 2>&1 &
 pids+=($!)
 

@@ -7,6 +7,7 @@
 //!   or above address 5000 get an *illegal data address* exception; unit
 //!   id 99 never answers (a dead device behind a gateway).
 //! - A POS posting sales to the agent's HTTP input ([`pos`]).
+//! - MQTT devices publishing temperature and humidity ([`mqtt_devices`]).
 
 #![forbid(unsafe_code)]
 
@@ -297,6 +298,56 @@ pub async fn pos(
         sent += 1;
     }
     Ok(sent)
+}
+
+/// `devices` sensors (`th-01`, ...) publishing `temperature` and `humidity`
+/// as plain numbers at QoS 1 on `sensors/{device}/{metric}` to the broker at
+/// `addr` every `every`, until the process ends. Values drift slowly.
+pub async fn mqtt_devices(addr: SocketAddr, devices: usize, every: Duration) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for d in 1..=devices {
+        let name = format!("th-{d:02}");
+        let mut options = rumqttc::MqttOptions::new(
+            format!("dash-sim-{name}"),
+            addr.ip().to_string(),
+            addr.port(),
+        );
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Err(e) = events.poll().await {
+                    tracing::warn!(error = %e, "MQTT device disconnected; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let t = started.elapsed().as_secs_f64() / 60.0 + d as f64;
+                let temperature = 20.0 + d as f64 + 2.0 * t.sin();
+                let humidity = 45.0 + 10.0 * (t / 3.0).cos();
+                for (metric, value) in [("temperature", temperature), ("humidity", humidity)] {
+                    let topic = format!("sensors/{name}/{metric}");
+                    let payload = format!("{value:.2}");
+                    if client
+                        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

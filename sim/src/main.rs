@@ -31,6 +31,17 @@ enum Command {
         #[arg(long, default_value_t = 9600)]
         baud: u32,
     },
+    /// MQTT sensors publishing temperature and humidity to an agent's device listener.
+    Mqtt {
+        /// The broker (the agent's devices.listen).
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        broker: SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        devices: usize,
+        /// Milliseconds between readings.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+    },
     /// Post sales to an agent's HTTP input, each with an Idempotency-Key.
     Pos {
         /// The agent's HTTP input.
@@ -70,6 +81,17 @@ async fn main() -> anyhow::Result<()> {
         Command::ModbusRtu { serial, baud } => {
             tracing::info!(%serial, baud, "Modbus RTU simulator serving");
             dash_sim::serve_rtu(&serial, baud, stop).await?;
+        }
+        Command::Mqtt {
+            broker,
+            devices,
+            every_ms,
+        } => {
+            tracing::info!(%broker, devices, "MQTT devices publishing");
+            tokio::select! {
+                r = dash_sim::mqtt_devices(broker, devices, std::time::Duration::from_millis(every_ms)) => r?,
+                _ = stop => {}
+            }
         }
         Command::Pos {
             agent,
