@@ -87,17 +87,7 @@ pub async fn get_json(port: u16, path: &str, token: Option<&str>) -> (u16, serde
         .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    response(&out)
 }
 
 /// `POST path` with a JSON body, a bearer token and an optional
@@ -123,7 +113,12 @@ pub async fn post_json(
     let _ = s.write_all(body).await;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
+    response(&out)
+}
+
+/// The status and the JSON body (`Null` when not JSON) of a raw HTTP response.
+fn response(raw: &[u8]) -> (u16, serde_json::Value) {
+    let text = String::from_utf8_lossy(raw);
     let status = text
         .split(' ')
         .nth(1)
