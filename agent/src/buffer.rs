@@ -4,9 +4,13 @@
 //!
 //! ```text
 //! samples: u64 BE id  -> chunk                 unsealed samples and events, oldest first:
-//!                                              one chunk per group commit, `u32 BE count`
-//!                                              then postcard(Vec<Record>); the key is the
-//!                                              id of its first record
+//!                                              one chunk per group commit, `u32 BE count`,
+//!                                              `u32 BE crc32` of the rest, then
+//!                                              postcard(Vec<Record>); the key is the id of
+//!                                              its first record
+//! quarantine: u64 BE id -> chunk               chunks that failed their checksum or did not
+//!                                              decode, moved aside (never sent, kept for
+//!                                              inspection)
 //! outbox:  u64 BE seq -> encoded wire::Batch   sealed, sent or not, not yet acked
 //! meta:    "incarnation" -> u64 BE             drawn once, when the buffer is created
 //!          "next_seq"    -> u64 BE             the seq the next sealed batch gets
@@ -72,6 +76,8 @@ pub struct Buffer {
     meta: sled::Tree,
     idempotency: sled::Tree,
     pending: sled::Tree,
+    quarantine: sled::Tree,
+    corrupt: AtomicU64,
     rules: Vec<AggregateRule>,
     stream: StreamId,
     limits: Limits,
@@ -110,6 +116,7 @@ impl Buffer {
         let meta = db.open_tree("meta")?;
         let idempotency = db.open_tree("idempotency")?;
         let pending = db.open_tree("pending")?;
+        let quarantine = db.open_tree("quarantine")?;
         upgrade(&db, &samples, &meta)?;
         let incarnation = match meta.get("incarnation")? {
             Some(v) => read_u64(&v)?,
@@ -151,6 +158,8 @@ impl Buffer {
             meta,
             idempotency,
             pending,
+            quarantine,
+            corrupt: AtomicU64::new(0),
             rules: Vec::new(),
             stream: StreamId {
                 name: TELEMETRY.into(),
@@ -293,7 +302,11 @@ impl Buffer {
             let n = taken.records.len() as u64;
             match self.try_seal(&taken, &closed) {
                 Ok(seq) => {
-                    self.unsealed.fetch_sub(n, Ordering::SeqCst);
+                    let _ = self
+                        .unsealed
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                            Some(u.saturating_sub(n))
+                        });
                     self.flush().await?;
                     // Only now may the batch go out: a seq on the wire must
                     // name these bytes even after a crash.
@@ -353,8 +366,7 @@ impl Buffer {
             let mut records = match read_chunk(&v) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(id = ?k, error = %e, "unreadable buffer chunk dropped");
-                    taken.remove.push(k);
+                    self.quarantine_chunk(&k, &v, &e)?;
                     continue;
                 }
             };
@@ -368,6 +380,44 @@ impl Buffer {
             taken.records.extend(records);
         }
         Ok(taken)
+    }
+
+    /// Moves a chunk that fails its checksum or does not decode aside, so
+    /// the buffer keeps going without it; counts it.
+    fn quarantine_chunk(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        e: &BufferError,
+    ) -> Result<(), BufferError> {
+        let result = (&self.samples, &self.quarantine).transaction(|(s, q)| {
+            s.remove(key)?;
+            q.insert(key, bytes)?;
+            Ok::<_, ConflictableTransactionError<BufferError>>(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => BufferError::Sled(e),
+        })?;
+        let records = u64::from(chunk_len(bytes));
+        let _ = self
+            .unsealed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(records))
+            });
+        self.corrupt.fetch_add(1, Ordering::SeqCst);
+        tracing::error!(
+            id = read_u64(key).unwrap_or_default(),
+            error = %e,
+            records,
+            "corrupt buffer chunk moved aside to the quarantine tree; the buffer goes on without it"
+        );
+        Ok(())
+    }
+
+    /// Chunks moved aside as corrupt since the buffer was opened.
+    pub fn corrupt_chunks(&self) -> u64 {
+        self.corrupt.load(Ordering::SeqCst)
     }
 
     fn try_seal(&self, taken: &Taken, closed: &ClosedWindows) -> Result<u64, BufferError> {
@@ -453,20 +503,27 @@ struct Taken {
 /// A chunk from already encoded records.
 fn chunk_bytes(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
     // postcard encodes a Vec as a varint length, then its items.
-    let mut out = (records.len() as u32).to_be_bytes().to_vec();
+    let mut payload = Vec::with_capacity(10 + records.iter().map(|r| r.1.len()).sum::<usize>());
     let mut len = [0u8; 10];
     let varint = postcard::to_slice(&records.len(), &mut len).expect("a usize fits 10 bytes");
-    out.extend_from_slice(varint);
+    payload.extend_from_slice(varint);
     for (_, bytes) in records {
-        out.extend_from_slice(bytes);
+        payload.extend_from_slice(bytes);
     }
-    out
+    framed(records.len(), &payload)
 }
 
 fn chunk_of(records: &[Record]) -> Result<Vec<u8>, BufferError> {
-    let mut out = (records.len() as u32).to_be_bytes().to_vec();
-    out.extend(encode(&records)?);
-    Ok(out)
+    Ok(framed(records.len(), &encode(&records)?))
+}
+
+/// `count`, the payload's CRC-32, the payload.
+fn framed(count: usize, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&(count as u32).to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Records in a chunk, from its count prefix (0 when unreadable).
@@ -477,10 +534,19 @@ fn chunk_len(bytes: &[u8]) -> u32 {
 }
 
 fn read_chunk(bytes: &[u8]) -> Result<Vec<Record>, BufferError> {
-    let records: Vec<Record> = bytes
-        .get(4..)
-        .ok_or_else(|| BufferError::Corrupt("chunk shorter than its count".into()))
-        .and_then(|b| postcard::from_bytes(b).map_err(|e| BufferError::Corrupt(e.to_string())))?;
+    if bytes.len() < 8 {
+        return Err(BufferError::Corrupt(format!(
+            "chunk of {} bytes has no header",
+            bytes.len()
+        )));
+    }
+    let (head, payload) = bytes.split_at(8);
+    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if crc32fast::hash(payload) != crc {
+        return Err(BufferError::Corrupt("chunk fails its checksum".into()));
+    }
+    let records: Vec<Record> =
+        postcard::from_bytes(payload).map_err(|e| BufferError::Corrupt(e.to_string()))?;
     if records.len() != chunk_len(bytes) as usize {
         return Err(BufferError::Corrupt(format!(
             "chunk says {} records and holds {}",
@@ -739,5 +805,28 @@ mod tests {
         // Sealed windows are gone from the buffer; the open one waits.
         assert_eq!(buf.seal(1_000).await.unwrap(), None);
         assert_eq!(buf.pending.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_chunk_is_moved_aside_and_the_rest_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open(dir.path()).unwrap();
+        for i in 0..3 {
+            buf.append(&(i * 10..i * 10 + 10).map(sample).collect::<Vec<_>>())
+                .unwrap();
+        }
+        // Flip a byte in the middle chunk, as a bad sector would.
+        let (key, value) = buf.samples.iter().nth(1).unwrap().unwrap();
+        let mut bad = value.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x55;
+        buf.samples.insert(&key, bad).unwrap();
+        let seq = buf.seal(1_000).await.unwrap().unwrap();
+        let batch = decode(&buf.batch_bytes(seq).unwrap().unwrap());
+        assert_eq!(batch.sample_count(), 20, "the two good chunks are sent");
+        assert_eq!(buf.corrupt_chunks(), 1);
+        assert_eq!(buf.quarantine.len(), 1);
+        assert_eq!(buf.unsealed(), 0);
+        assert_eq!(buf.seal(1_000).await.unwrap(), None);
     }
 }
