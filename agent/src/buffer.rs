@@ -172,6 +172,36 @@ impl Buffer {
         })
     }
 
+    /// Opens the buffer in `dir`; if it is corrupt beyond opening, moves it
+    /// aside (to `dir` + `.corrupt-` + Unix seconds, kept for inspection)
+    /// with an ERROR log and starts a fresh one, so a damaged disk never
+    /// keeps the agent in a crash loop. Returns where the old one went.
+    /// Other errors (a lock held by another running agent, permissions) are
+    /// returned as they are.
+    pub fn open_or_recover(
+        dir: &Path,
+    ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
+        match Buffer::open(dir) {
+            Ok(b) => Ok((b, None)),
+            Err(
+                e @ (BufferError::Corrupt(_) | BufferError::Sled(sled::Error::Corruption { .. })),
+            ) => {
+                let secs = dash_shared::now_micros() / 1_000_000;
+                let mut aside = dir.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{secs}"));
+                let aside = std::path::PathBuf::from(aside);
+                std::fs::rename(dir, &aside)?;
+                tracing::error!(
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "the buffer could not be opened and was moved aside; starting a fresh one (records in it were not sent)"
+                );
+                Ok((Buffer::open(dir)?, Some(aside)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Pre-aggregates the series these rules match (see [`crate::aggregate`]).
     pub fn with_aggregation(mut self, rules: Vec<AggregateRule>) -> Self {
         self.rules = rules;
@@ -828,5 +858,36 @@ mod tests {
         assert_eq!(buf.quarantine.len(), 1);
         assert_eq!(buf.unsealed(), 0);
         assert_eq!(buf.seal(1_000).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_that_cannot_be_opened_is_moved_aside_and_a_fresh_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buffer");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("conf"), b"garbage garbage garbage").unwrap();
+        std::fs::write(path.join("db"), vec![0x5a; 100_000]).unwrap();
+        let (buf, moved) = Buffer::open_or_recover(&path).unwrap();
+        let moved = moved.expect("the broken buffer was moved aside");
+        assert!(
+            moved.join("db").exists(),
+            "its files are kept for inspection"
+        );
+        assert_eq!(buf.unsealed(), 0);
+        buf.append(&[sample(1)]).unwrap();
+        assert_eq!(buf.seal(10).await.unwrap(), Some(1));
+        // A healthy buffer is opened as it is.
+        drop(buf);
+        let mut again = Buffer::open_or_recover(&path);
+        for _ in 0..100 {
+            if again.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            again = Buffer::open_or_recover(&path);
+        }
+        let (buf, moved) = again.unwrap();
+        assert!(moved.is_none());
+        assert_eq!(buf.unacked(), 1);
     }
 }

@@ -55,11 +55,9 @@ use crate::uplink::UplinkSettings;
 /// Runs the agent until `shutdown` resolves, then drains within the grace period.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = config.data_dir.join("buffer");
-    let buffer = Arc::new(
-        Buffer::open(&dir)
-            .with_context(|| format!("opening the buffer in {}", dir.display()))?
-            .with_aggregation(config.aggregate.clone()),
-    );
+    let (buffer, _moved_aside) = Buffer::open_or_recover(&dir)
+        .with_context(|| format!("opening the buffer in {}", dir.display()))?;
+    let buffer = Arc::new(buffer.with_aggregation(config.aggregate.clone()));
     tracing::info!(
         unsealed = buffer.unsealed(),
         unacked = buffer.unacked(),

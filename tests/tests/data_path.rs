@@ -303,3 +303,38 @@ async fn the_same_path_through_mosquitto_survives_an_aggregator_restart() {
     let report = device.await.unwrap();
     assert_delivered(&pg, &[("th-m", &report)]).await;
 }
+
+#[tokio::test]
+async fn an_agent_whose_buffer_is_corrupt_moves_it_aside_and_delivers_new_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await;
+    let p = ports();
+    let buffer = dir.path().join("gw-1").join("buffer");
+    std::fs::create_dir_all(&buffer).unwrap();
+    std::fs::write(buffer.join("conf"), b"not sled's").unwrap();
+    std::fs::write(buffer.join("db"), vec![0x5a; 100_000]).unwrap();
+    let (mut aggregator, mut agent) = start_both(dir.path(), &pg, &p);
+    let report = device::publish(
+        device_addr(&p),
+        "th-1",
+        "temp",
+        0..500,
+        Arc::new(AtomicBool::new(false)),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.acked.len(), 500, "{}", agent.log());
+    assert_delivered(&pg, &[("th-1", &report)]).await;
+    assert!(agent.log().contains("moved aside"), "{}", agent.log());
+    let aside = std::fs::read_dir(dir.path().join("gw-1"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("buffer.corrupt-")
+        });
+    assert!(aside, "the broken buffer is kept beside the new one");
+    assert!(agent.terminate(Duration::from_secs(10)));
+    assert!(aggregator.terminate(Duration::from_secs(15)));
+}
