@@ -595,6 +595,10 @@ fn upgrade(db: &sled::Db, samples: &sled::Tree, meta: &sled::Tree) -> Result<(),
     let mut n = 0;
     for item in samples.iter() {
         let (k, v) = item?;
+        // Converted by a run that crashed before it could mark the format.
+        if read_chunk(&v).is_ok() {
+            continue;
+        }
         let record = match postcard::from_bytes::<Sample>(&v) {
             Ok(s) => Record::Sample(s),
             Err(e) => {
@@ -661,6 +665,18 @@ mod tests {
         }
     }
 
+    /// Opens the buffer again; sled's flusher thread may hold the previous
+    /// instance's lock for a moment after it is dropped.
+    async fn reopen(dir: &Path) -> Buffer {
+        for _ in 0..100 {
+            if let Ok(b) = Buffer::open(dir) {
+                return b;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Buffer::open(dir).unwrap()
+    }
+
     fn decode(bytes: &[u8]) -> Batch {
         match wire::decode(bytes, &Limits::default()).unwrap() {
             Message::Batch(b) => b,
@@ -679,7 +695,7 @@ mod tests {
             assert_eq!(buf.seal(4).await.unwrap(), Some(1));
             (buf.stream().clone(), buf.batch_bytes(1).unwrap().unwrap())
         };
-        let buf = Buffer::open(dir.path()).unwrap();
+        let buf = reopen(dir.path()).await;
         assert_eq!(buf.stream(), &stream);
         assert_eq!(buf.batch_bytes(1).unwrap().unwrap(), bytes);
         assert_eq!(buf.unsealed(), 6);
@@ -744,7 +760,7 @@ mod tests {
             meta.insert("next_seq", &be(1)).unwrap();
             db.flush().unwrap();
         }
-        let buf = Buffer::open(dir.path()).unwrap();
+        let buf = reopen(dir.path()).await;
         assert_eq!(buf.stream().incarnation, 42);
         assert_eq!(buf.unsealed(), 5);
         let seq = buf.seal(100).await.unwrap().unwrap();
@@ -809,16 +825,7 @@ mod tests {
             buf.append(std::slice::from_ref(&open)).unwrap();
             buf.flush().await.unwrap();
         } // a restart before anything was sealed
-        // sled's flusher thread may hold the old instance for a moment.
-        let mut reopened = Buffer::open(dir.path());
-        for _ in 0..100 {
-            if reopened.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            reopened = Buffer::open(dir.path());
-        }
-        let buf = reopened.unwrap().with_aggregation(rules);
+        let buf = reopen(dir.path()).await.with_aggregation(rules);
         let seq = buf.seal(1_000).await.unwrap().unwrap();
         let batch = decode(&buf.batch_bytes(seq).unwrap().unwrap());
         assert_eq!(batch.windows.len(), 1);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::buffer::Buffer;
-use crate::sample::{Record, Sample};
+use crate::sample::Record;
 
 struct Pending {
     records: Vec<Record>,
@@ -47,6 +47,9 @@ pub enum CommitError {
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Pending>,
+    /// Records dropped because the protocol would refuse them (a clock
+    /// from 1970, a key made too long by a transform).
+    invalid: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Committer {
@@ -61,20 +64,18 @@ impl Committer {
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
         let task = tokio::spawn(run(buffer, rx, max_delay, max_samples, seal_at, full));
-        (Committer { queue }, task)
+        (
+            Committer {
+                queue,
+                invalid: Arc::default(),
+            },
+            task,
+        )
     }
 
-    /// Returns once `samples` are flushed to disk.
-    pub async fn commit(&self, samples: Vec<Sample>) -> Result<(), CommitError> {
-        self.enqueue(samples).await?.wait().await.map(|_| ())
-    }
-
-    /// Queues `samples` (waiting only if the queue is full) and returns a
-    /// ticket that resolves once they are flushed, so an input can keep
-    /// reading while earlier samples are being committed.
-    pub async fn enqueue(&self, samples: Vec<Sample>) -> Result<Ticket, CommitError> {
-        self.enqueue_records(samples.into_iter().map(Record::Sample).collect(), None)
-            .await
+    /// Records dropped so far because the protocol would refuse them.
+    pub fn invalid(&self) -> u64 {
+        self.invalid.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues records with an optional idempotency key (unique per input:
@@ -85,6 +86,16 @@ impl Committer {
         records: Vec<Record>,
         key: Option<Vec<u8>>,
     ) -> Result<Ticket, CommitError> {
+        let limits = dash_shared::Limits::default();
+        let mut records = records;
+        records.retain(|r| match r.validate(&limits) {
+            Ok(()) => true,
+            Err(e) => {
+                self.invalid.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, record = ?r, "record the protocol would refuse dropped before buffering");
+                false
+            }
+        });
         let (done, wait) = oneshot::channel();
         self.queue
             .send(Pending { records, key, done })
@@ -175,4 +186,43 @@ async fn store(buffer: &Buffer, group: &[Pending]) -> Result<Vec<Stored>, String
         .map_err(|e| e.to_string())?;
     buffer.flush().await.map_err(|e| e.to_string())?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Sample;
+    use dash_shared::SeriesKey;
+
+    #[tokio::test]
+    async fn records_the_protocol_would_refuse_are_dropped_before_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = Arc::new(Buffer::open(dir.path()).unwrap());
+        let (committer, task) = Committer::spawn(
+            buffer.clone(),
+            Duration::from_millis(1),
+            100,
+            1_000,
+            Arc::new(Notify::new()),
+        );
+        let reading = |ts| {
+            Record::Sample(Sample {
+                key: SeriesKey::new("d", "m"),
+                ts,
+                value: 1.0,
+            })
+        };
+        // A gateway whose clock has not been set yet stamps 1970.
+        let ticket = committer
+            .enqueue_records(vec![reading(1_000), reading(1_764_000_000_000_000)], None)
+            .await
+            .unwrap();
+        assert_eq!(ticket.wait().await.unwrap(), Stored::New);
+        assert_eq!(committer.invalid(), 1);
+        assert_eq!(buffer.unsealed(), 1);
+        // The buffer still seals: nothing in it stops a batch.
+        assert_eq!(buffer.seal(10).await.unwrap(), Some(1));
+        drop(committer);
+        task.await.unwrap();
+    }
 }

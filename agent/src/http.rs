@@ -26,7 +26,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use dash_shared::events::EventMetric;
+use dash_shared::events::{EventMetric, lookup};
 use dash_shared::wire::{MAX_EVENT_BODY, MAX_EVENT_NAME};
 use dash_shared::{Event, MAX_TIMESTAMP, MIN_TIMESTAMP, Micros};
 use serde::{Deserialize, Serialize};
@@ -320,10 +320,6 @@ async fn ingest(
             json!({ "events": 0, "samples": 0, "duplicate": true }),
         )),
     }
-}
-
-fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
 /// The body's records as events of `source`.

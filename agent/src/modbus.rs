@@ -401,33 +401,17 @@ enum Values {
 }
 
 async fn read_once(ctx: &mut Context, r: &Read) -> Result<Values, ReadError> {
-    let exception = |e: ExceptionCode| ReadError::Exception(format!("{e:?}"));
-    let transport = |e: tokio_modbus::Error| ReadError::Transport(e.to_string());
+    // tokio-modbus answers Result<Result<T, exception>, transport error>.
+    fn flat<T>(r: tokio_modbus::Result<T>) -> Result<T, ReadError> {
+        r.map_err(|e| ReadError::Transport(e.to_string()))?
+            .map_err(|e: ExceptionCode| ReadError::Exception(format!("{e:?}")))
+    }
+    let (start, count) = (r.start, r.count);
     let values = match r.kind {
-        Kind::Coil => Values::Bits(
-            ctx.read_coils(r.start, r.count)
-                .await
-                .map_err(transport)?
-                .map_err(exception)?,
-        ),
-        Kind::Discrete => Values::Bits(
-            ctx.read_discrete_inputs(r.start, r.count)
-                .await
-                .map_err(transport)?
-                .map_err(exception)?,
-        ),
-        Kind::Holding => Values::Words(
-            ctx.read_holding_registers(r.start, r.count)
-                .await
-                .map_err(transport)?
-                .map_err(exception)?,
-        ),
-        Kind::Input => Values::Words(
-            ctx.read_input_registers(r.start, r.count)
-                .await
-                .map_err(transport)?
-                .map_err(exception)?,
-        ),
+        Kind::Coil => Values::Bits(flat(ctx.read_coils(start, count).await)?),
+        Kind::Discrete => Values::Bits(flat(ctx.read_discrete_inputs(start, count).await)?),
+        Kind::Holding => Values::Words(flat(ctx.read_holding_registers(start, count).await)?),
+        Kind::Input => Values::Words(flat(ctx.read_input_registers(start, count).await)?),
     };
     let got = match &values {
         Values::Bits(b) => b.len(),

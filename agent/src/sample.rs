@@ -17,8 +17,13 @@ pub enum Record {
     Event(Event),
 }
 
-impl From<Sample> for Record {
-    fn from(s: Sample) -> Record {
-        Record::Sample(s)
+impl Record {
+    /// Whether the protocol accepts the record: one that it refuses would
+    /// stop every batch it is sealed into.
+    pub fn validate(&self, limits: &dash_shared::Limits) -> Result<(), dash_shared::wire::Invalid> {
+        match self {
+            Record::Sample(s) => dash_shared::wire::validate_reading(&s.key, s.ts, s.value, limits),
+            Record::Event(e) => dash_shared::wire::validate_event(e, limits),
+        }
     }
 }

@@ -237,7 +237,11 @@ fn parse_step(v: &str) -> Result<Step, ApiError> {
         "m" => secs(60),
         "h" => secs(3_600),
         "d" => u32::try_from(n).map(Step::Days).map_err(|_| err()),
-        "w" => u32::try_from(n * 7).map(Step::Days).map_err(|_| err()),
+        "w" => n
+            .checked_mul(7)
+            .and_then(|d| u32::try_from(d).ok())
+            .map(Step::Days)
+            .ok_or_else(err),
         _ => Err(err()),
     }
 }

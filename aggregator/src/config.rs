@@ -233,14 +233,16 @@ impl Config {
         if r.every_secs == 0 {
             bail!("retention.every_secs must be at least 1");
         }
-        if r.raw_days != 0 && r.hourly_days != 0 && r.hourly_days < r.raw_days {
+        // 0 keeps forever: a coarser tier must keep at least as long as a finer one.
+        let shorter = |a: u32, b: u32| a != 0 && (b == 0 || a < b);
+        if shorter(r.hourly_days, r.raw_days) {
             bail!(
                 "retention.hourly_days ({}) must not be shorter than retention.raw_days ({}): queries fall back from raw to hourly data",
                 r.hourly_days,
                 r.raw_days
             );
         }
-        if r.hourly_days != 0 && r.daily_days != 0 && r.daily_days < r.hourly_days {
+        if shorter(r.daily_days, r.hourly_days) {
             bail!(
                 "retention.daily_days ({}) must not be shorter than retention.hourly_days ({})",
                 r.daily_days,
@@ -285,6 +287,30 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         back.validate().unwrap();
         assert_eq!(back.broker.listen.port(), 1883);
+    }
+
+    #[test]
+    fn a_coarser_tier_keeps_at_least_as_long_as_a_finer_one_and_0_is_forever() {
+        let with = |raw_days, hourly_days, daily_days| Config {
+            retention: RetentionConfig {
+                raw_days,
+                hourly_days,
+                daily_days,
+                ..RetentionConfig::default()
+            },
+            ..Config::default()
+        };
+        with(7, 90, 0).validate().unwrap();
+        with(0, 0, 0).validate().unwrap();
+        assert!(
+            with(0, 90, 0).validate().is_err(),
+            "raw kept forever, hourly not"
+        );
+        assert!(with(7, 90, 30).validate().is_err());
+        assert!(
+            with(7, 0, 365).validate().is_err(),
+            "hourly kept forever, daily not"
+        );
     }
 
     #[test]

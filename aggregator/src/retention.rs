@@ -11,8 +11,10 @@
 //! - the writer ignores data that is already older than the retention when it
 //!   arrives (counted as expired), so a late batch never revives a dropped
 //!   partition; the coarser tiers still take it while they keep its bucket;
-//! - natively, partitions are created ahead (today, tomorrow and the next
-//!   week) by [`run`] and on demand by the writer for late or early data.
+//! - natively, partitions are created ahead by [`run`] (raw blocks for today
+//!   and the next two days, windows for today and tomorrow, hourly rollups
+//!   for this week and the next) and on demand by the writer for late or
+//!   early data.
 //!
 //! `rollup_daily` and `events` are plain tables, kept forever by default;
 //! with a retention set, old rows are deleted.
@@ -125,6 +127,11 @@ pub async fn create_ahead(pool: &PgPool, now: Micros) -> sqlx::Result<()> {
 /// next pass does.
 pub async fn run(pool: &PgPool, config: &RetentionConfig, now: Micros) -> sqlx::Result<Report> {
     let layout = layout(pool).await?;
+    // First, so that a drop waiting out its lock timeout never leaves the
+    // writer to create today's partitions inside ingest transactions.
+    if layout == Layout::Native {
+        create_ahead(pool, now).await?;
+    }
     let h = Horizons::at(config, now);
     let mut report = Report::default();
     for (table, horizon, out) in [
@@ -173,9 +180,6 @@ pub async fn run(pool: &PgPool, config: &RetentionConfig, now: Micros) -> sqlx::
     if layout == Layout::Hypertables && config.compress_raw_after_days > 0 {
         report.compressed =
             compress(pool, now - i64::from(config.compress_raw_after_days) * DAY).await?;
-    }
-    if layout == Layout::Native {
-        create_ahead(pool, now).await?;
     }
     Ok(report)
 }

@@ -28,7 +28,8 @@ pub struct EventMetric {
     pub tags: Vec<String>,
 }
 
-fn lookup<'a>(body: &'a Value, path: &str) -> Option<&'a Value> {
+/// The value at a dotted path (`totals.amount`) in a JSON value.
+pub fn lookup<'a>(body: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(body, |v, k| v.get(k))
 }
 

@@ -474,6 +474,9 @@ fn check_event(index: usize, e: &Event, limits: &Limits) -> Result<(), Invalid> 
     if !(limits.min_timestamp..limits.max_timestamp).contains(&e.time) {
         return fail(format!("time {} µs is outside the accepted years", e.time));
     }
+    if e.body.contains("\\u0000") {
+        return fail("body holds \\u0000, which PostgreSQL's jsonb cannot store".into());
+    }
     if e.body.len() > MAX_EVENT_BODY {
         return fail(format!(
             "body is {} bytes, more than {MAX_EVENT_BODY}",
@@ -485,6 +488,34 @@ fn check_event(index: usize, e: &Event, limits: &Limits) -> Result<(), Invalid> 
         Ok(_) => fail("body is not a JSON object".into()),
         Err(err) => fail(format!("body is not JSON: {err}")),
     }
+}
+
+/// Checks one event as a batch carrying it will be checked.
+pub fn validate_event(e: &Event, limits: &Limits) -> Result<(), Invalid> {
+    check_event(0, e, limits)
+}
+
+/// Checks one reading as a batch carrying it will be checked.
+pub fn validate_reading(
+    key: &SeriesKey,
+    ts: Micros,
+    value: f64,
+    limits: &Limits,
+) -> Result<(), Invalid> {
+    key.validate()
+        .map_err(|source| Invalid::SeriesKey { index: 0, source })?;
+    if !(limits.min_timestamp..limits.max_timestamp).contains(&ts) {
+        return Err(Invalid::TimestampOutOfRange {
+            index: 0,
+            ts,
+            min: limits.min_timestamp,
+            max: limits.max_timestamp,
+        });
+    }
+    if !value.is_finite() {
+        return Err(Invalid::NonFiniteValue { index: 0 });
+    }
+    Ok(())
 }
 
 /// Checks a message against the protocol's rules and `limits`.

@@ -295,6 +295,7 @@ async fn where_raw_data_has_expired_the_hourly_tier_answers() {
     let expected = recompute(&fx.pg, id, from, to, "date_trunc('hour', ts)").await;
     let got = points(&body, 0);
     assert_eq!(got.len(), 4);
+    assert_eq!(expected.len(), 4);
     for ((t, v), (et, e)) in got.iter().zip(&expected) {
         assert_eq!(t, et);
         assert!(close(*v, e.1), "{v} != {}", e.1);

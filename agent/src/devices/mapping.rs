@@ -262,13 +262,9 @@ impl Mapping {
 const MAX_AHEAD: Micros = 10 * 60 * 1_000_000;
 
 fn number_at(json: &Value, path: &str) -> Result<f64, PayloadError> {
-    let mut v = json;
-    for key in path.split('.') {
-        v = v
-            .get(key)
-            .ok_or_else(|| PayloadError::MissingField(path.to_owned()))?;
-    }
-    v.as_f64()
+    dash_shared::events::lookup(json, path)
+        .ok_or_else(|| PayloadError::MissingField(path.to_owned()))?
+        .as_f64()
         .ok_or_else(|| PayloadError::NotNumeric(path.to_owned()))
 }
 

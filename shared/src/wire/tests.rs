@@ -430,6 +430,10 @@ fn bad_windows_and_events_are_refused_with_the_reason() {
     };
     assert!(with(60, window, vec![event("{\"amount\": 12.5}")]).is_ok());
     refused(with(60, window, vec![event("[1, 2]")]), "not a JSON object");
+    refused(
+        with(60, window, vec![event("{\"note\": \"a\\u0000b\"}")]),
+        "jsonb",
+    );
     refused(with(60, window, vec![event("{\"amount\": ")]), "not JSON");
     refused(
         with(
