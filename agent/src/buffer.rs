@@ -3,20 +3,24 @@
 //! # Layout
 //!
 //! ```text
-//! samples: u64 BE id  -> chunk                 unsealed samples and events, oldest first:
+//! samples: u64 BE id  -> chunk                 unsealed telemetry records, oldest first:
 //!                                              one chunk per group commit, `u32 BE count`,
 //!                                              `u32 BE crc32` of the rest, then
 //!                                              postcard(Vec<Record>); the key is the id of
 //!                                              its first record
+//! transactions: u64 BE id -> chunk             the same for transactions (the HTTP input)
 //! quarantine: u64 BE id -> chunk               chunks that failed their checksum or did not
-//!                                              decode, moved aside (never sent, kept for
-//!                                              inspection)
+//!             "batch" ++ u64 BE seq -> batch   decode, and batches that failed theirs, moved
+//!                                              aside (never sent, kept for inspection)
 //! outbox:  u64 BE seq -> encoded wire::Batch   sealed, sent or not, not yet acked
+//! batches: u64 BE seq -> postcard(BatchInfo)   per outbox batch: class, records, bytes,
+//!                                              oldest timestamp, CRC-32 of the batch
 //! meta:    "incarnation" -> u64 BE             drawn once, when the buffer is created
 //!          "next_seq"    -> u64 BE             the seq the next sealed batch gets
-//!          "format"      -> u64 BE             2: chunks of records (a buffer of version 1
-//!                                              held one bare sample per key; it is converted
-//!                                              on open)
+//!          "counts"      -> postcard(Counts)   dropped, rejected and corrupt records, ever
+//!          "clock_floor" -> u64 BE µs          the last server time seen (see crate::clock)
+//!          "format"      -> u64 BE             3 (2: no batch info; 1: one bare sample per
+//!                                              key; both are converted on open)
 //! idempotency: source 0x00 key -> u64 BE µs    idempotency keys of HTTP requests stored,
 //!                                              written in one transaction with their records
 //! pending: u64 BE window end ++ u64 BE id     samples of pre-aggregated series
@@ -27,28 +31,49 @@
 //!
 //! - An input is acknowledged only after [`Buffer::flush`] returned for a
 //!   write that holds its samples (see [`crate::commit`] for group commit).
-//! - Sealing moves the oldest samples into one encoded batch in a single
-//!   transaction (samples removed, batch added, `next_seq` bumped) and is
-//!   flushed before the batch may be sent. So a seq, once on the wire, always
-//!   names the same bytes, even across crashes: the aggregator's dedupe by seq
-//!   can never swallow different samples.
+//! - Sealing moves the oldest records of one class into one encoded batch in
+//!   a single transaction (records removed, batch added, `next_seq` bumped)
+//!   and is flushed before the batch may be sent. So a seq, once on the wire,
+//!   always names the same bytes, even across crashes: the aggregator's
+//!   dedupe by seq can never swallow different samples.
 //! - A batch leaves the outbox only when the aggregator acks it (committed,
-//!   duplicate or rejected). Deleting needs no flush: a deletion lost in a
-//!   crash only causes a resend, which the aggregator acks as a duplicate.
+//!   duplicate or rejected), or when the disk budget drops it (see below).
+//!   Deleting needs no flush: a deletion lost in a crash only causes a
+//!   resend, which the aggregator acks as a duplicate.
+//!
+//! # Disk budget
+//!
+//! `max_bytes` bounds the bytes of keys and values the buffer holds (chunks,
+//! pending samples and batches). sled's files are larger than that: it is a
+//! log-structured store that reclaims space as it goes (see the README for
+//! the measured ratio). When a write would cross the budget, each class
+//! follows its [`WhenFull`] policy: `DropOldest` deletes its own oldest
+//! batches, then its oldest unsealed chunks, and counts every record
+//! deleted; `Reject` refuses the write, so the input does not acknowledge
+//! it, and counts the records refused. A class never deletes another's
+//! records. The counts are kept in `meta` and survive restarts; a drop is
+//! counted in the same transaction that deletes.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dash_shared::wire::{self, EncodeError, Invalid, Limits};
-use dash_shared::{Batch, Message, Micros, SeriesBlock, SeriesKey, StreamId};
+use dash_shared::{
+    Batch, BufferStatus, ClassCounts, Message, Micros, SeriesBlock, SeriesKey, StreamId,
+};
+use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::aggregate::{self, AggregateRule};
-use crate::sample::{Record, Sample};
+use crate::sample::{Class, Record, Sample};
 
 /// sled's page cache: enough for the hot tail of the buffer.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The buffer format this build writes.
+const FORMAT: u64 = 3;
 
 /// Name of the one stream this agent sends today.
 pub const TELEMETRY: &str = "telemetry";
@@ -66,25 +91,102 @@ pub enum BufferError {
     Io(#[from] std::io::Error),
 }
 
+/// What a class does when the buffer is at its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the class's oldest records (acknowledged, so counted as dropped).
+    DropOldest,
+    /// Refuse new records of the class; inputs do not acknowledge them.
+    Reject,
+}
+
+/// The disk budget and what each class does at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of keys and values held, at most; 0: no budget.
+    pub max_bytes: u64,
+    pub telemetry: WhenFull,
+    pub transactions: WhenFull,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_bytes: 0,
+            telemetry: WhenFull::DropOldest,
+            transactions: WhenFull::Reject,
+        }
+    }
+}
+
+impl Budget {
+    fn policy(&self, class: Class) -> WhenFull {
+        match class {
+            Class::Telemetry => self.telemetry,
+            Class::Transactions => self.transactions,
+        }
+    }
+}
+
+/// Records dropped, rejected and lost to corruption since the buffer was
+/// created, per class (indexed by [`Class::index`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub dropped: [u64; 2],
+    pub rejected: [u64; 2],
+    pub corrupt: u64,
+}
+
+/// What the buffer keeps about each batch in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchInfo {
+    pub class: Class,
+    /// Records on the wire: samples, windows and events.
+    pub records: u64,
+    /// Key and value bytes in the outbox.
+    pub bytes: u64,
+    /// The oldest timestamp in it.
+    pub oldest: Micros,
+    /// CRC-32 of the encoded batch.
+    pub crc: u32,
+}
+
 /// The buffer. Cheap to share behind an `Arc`.
 pub struct Buffer {
     db: sled::Db,
     /// sled's log file, fsynced after each flush (see [`Buffer::flush`]).
     log: std::fs::File,
     samples: sled::Tree,
+    transactions: sled::Tree,
     outbox: sled::Tree,
+    batches: sled::Tree,
     meta: sled::Tree,
     idempotency: sled::Tree,
     pending: sled::Tree,
     quarantine: sled::Tree,
-    corrupt: AtomicU64,
     rules: Vec<AggregateRule>,
+    budget: Budget,
     stream: StreamId,
     limits: Limits,
     next_id: AtomicU64,
+    /// Records in chunks (both classes).
     unsealed: AtomicU64,
+    /// Samples in `pending`.
+    pending_count: AtomicU64,
+    /// Key and value bytes held (what the budget bounds).
+    bytes: AtomicU64,
+    /// Persisted in `meta`; the lock also orders every change to it.
+    counts: Mutex<Counts>,
+    /// Seal, settle, evict and quarantine take this, so a record is never
+    /// both sealed and dropped, nor a batch both settled and dropped.
+    writer: Mutex<()>,
     /// The highest seq whose seal is on disk. Only batches up to it may be sent.
     durable_seq: AtomicU64,
+    /// Set when the buffer was moved aside at start (see [`Buffer::open_or_recover`]).
+    recreated: AtomicBool,
+    /// The last write or flush error, cleared by the next success.
+    fault: Mutex<Option<String>>,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BufferError> {
@@ -102,6 +204,21 @@ fn read_u64(bytes: &[u8]) -> Result<u64, BufferError> {
     Ok(u64::from_be_bytes(arr))
 }
 
+fn tx_error(e: TransactionError<BufferError>) -> BufferError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => BufferError::Sled(e),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
 impl Buffer {
     /// Opens (or creates) the buffer in `dir`.
     pub fn open(dir: &Path) -> Result<Buffer, BufferError> {
@@ -112,12 +229,14 @@ impl Buffer {
             .cache_capacity(CACHE_BYTES)
             .open()?;
         let samples = db.open_tree("samples")?;
+        let transactions = db.open_tree("transactions")?;
         let outbox = db.open_tree("outbox")?;
+        let batches = db.open_tree("batches")?;
         let meta = db.open_tree("meta")?;
         let idempotency = db.open_tree("idempotency")?;
         let pending = db.open_tree("pending")?;
         let quarantine = db.open_tree("quarantine")?;
-        upgrade(&db, &samples, &meta)?;
+        upgrade(&db, &samples, &outbox, &batches, &meta)?;
         let incarnation = match meta.get("incarnation")? {
             Some(v) => read_u64(&v)?,
             None => {
@@ -129,20 +248,34 @@ impl Buffer {
                 fresh
             }
         };
-        // Ids stay unique: past every chunk's records and every pending sample.
-        let mut next_id = match samples.last()? {
-            Some((k, v)) => read_u64(&k)? + u64::from(chunk_len(&v)),
-            None => 0,
+        let counts = match meta.get("counts")? {
+            Some(v) => postcard::from_bytes(&v)
+                .map_err(|e| BufferError::Corrupt(format!("counts: {e}")))?,
+            None => Counts::default(),
         };
-        for key in pending.iter().keys() {
-            let key = key?;
-            if key.len() == 16 {
-                next_id = next_id.max(read_u64(&key[8..])? + 1);
+        // Ids stay unique: past every chunk's records and every pending sample.
+        let (mut next_id, mut unsealed, mut bytes) = (0u64, 0u64, 0u64);
+        for tree in [&samples, &transactions] {
+            if let Some((k, v)) = tree.last()? {
+                next_id = next_id.max(read_u64(&k)? + u64::from(chunk_len(&v)));
+            }
+            for item in tree.iter() {
+                let (k, v) = item?;
+                unsealed += u64::from(chunk_len(&v));
+                bytes += entry_bytes(&k, &v);
             }
         }
-        let mut unsealed = 0u64;
-        for value in samples.iter().values() {
-            unsealed += u64::from(chunk_len(&value?));
+        let mut pending_count = 0u64;
+        for item in pending.iter() {
+            let (k, v) = item?;
+            if k.len() == 16 {
+                next_id = next_id.max(read_u64(&k[8..])? + 1);
+            }
+            pending_count += 1;
+            bytes += entry_bytes(&k, &v);
+        }
+        for item in batches.iter().values() {
+            bytes += batch_info(&item?)?.bytes;
         }
         // Everything recovered from disk is durable.
         let durable_seq = match outbox.last()? {
@@ -154,13 +287,15 @@ impl Buffer {
             db,
             log,
             samples,
+            transactions,
             outbox,
+            batches,
             meta,
             idempotency,
             pending,
             quarantine,
-            corrupt: AtomicU64::new(0),
             rules: Vec::new(),
+            budget: Budget::default(),
             stream: StreamId {
                 name: TELEMETRY.into(),
                 incarnation,
@@ -168,7 +303,13 @@ impl Buffer {
             limits: Limits::default(),
             next_id: AtomicU64::new(next_id),
             unsealed: AtomicU64::new(unsealed),
+            pending_count: AtomicU64::new(pending_count),
+            bytes: AtomicU64::new(bytes),
+            counts: Mutex::new(counts),
+            writer: Mutex::new(()),
             durable_seq: AtomicU64::new(durable_seq),
+            recreated: AtomicBool::new(false),
+            fault: Mutex::new(None),
         })
     }
 
@@ -184,22 +325,44 @@ impl Buffer {
         match Buffer::open(dir) {
             Ok(b) => Ok((b, None)),
             Err(
-                e @ (BufferError::Corrupt(_) | BufferError::Sled(sled::Error::Corruption { .. })),
-            ) => {
-                let secs = dash_shared::now_micros() / 1_000_000;
-                let mut aside = dir.as_os_str().to_owned();
-                aside.push(format!(".corrupt-{secs}"));
-                let aside = std::path::PathBuf::from(aside);
-                std::fs::rename(dir, &aside)?;
-                tracing::error!(
-                    error = %e,
-                    moved_to = %aside.display(),
-                    "the buffer could not be opened and was moved aside; starting a fresh one (records in it were not sent)"
-                );
-                Ok((Buffer::open(dir)?, Some(aside)))
+                e @ (BufferError::Corrupt(_)
+                | BufferError::Sled(sled::Error::Corruption { .. })
+                | BufferError::Sled(sled::Error::Unsupported(_))
+                | BufferError::Sled(sled::Error::ReportableBug(_))),
+            ) => Self::move_aside(dir, &e),
+            // A missing or truncated file of sled's own surfaces as an IO
+            // error of kind NotFound or UnexpectedEof.
+            Err(BufferError::Io(e) | BufferError::Sled(sled::Error::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::InvalidData
+                ) && dir.exists() =>
+            {
+                Self::move_aside(dir, &BufferError::Io(e))
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn move_aside(
+        dir: &Path,
+        e: &BufferError,
+    ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
+        let secs = dash_shared::now_micros() / 1_000_000;
+        let mut aside = dir.as_os_str().to_owned();
+        aside.push(format!(".corrupt-{secs}"));
+        let aside = std::path::PathBuf::from(aside);
+        std::fs::rename(dir, &aside)?;
+        tracing::error!(
+            error = %e,
+            moved_to = %aside.display(),
+            "the buffer could not be opened and was moved aside; starting a fresh one (records in it were not sent)"
+        );
+        let fresh = Buffer::open(dir)?;
+        fresh.recreated.store(true, Ordering::SeqCst);
+        Ok((fresh, Some(aside)))
     }
 
     /// Pre-aggregates the series these rules match (see [`crate::aggregate`]).
@@ -208,25 +371,36 @@ impl Buffer {
         self
     }
 
+    /// Bounds the buffer (see the module docs).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
     pub fn stream(&self) -> &StreamId {
         &self.stream
     }
 
-    /// Adds samples; they are durable only after the next [`Buffer::flush`].
-    /// Called by one writer (the committer), so ids stay contiguous.
-    pub fn append(&self, samples: &[Sample]) -> Result<(), BufferError> {
+    /// Adds telemetry samples; they are durable only after the next
+    /// [`Buffer::flush`]. Returns whether the budget let them in.
+    pub fn append(&self, samples: &[Sample]) -> Result<bool, BufferError> {
         let records: Vec<Record> = samples.iter().cloned().map(Record::Sample).collect();
-        self.append_records(&records, &[])
+        self.append_records(Class::Telemetry, &records, &[])
     }
 
-    /// Adds records and, in the same transaction, the idempotency keys of
-    /// the requests they came from (see [`Buffer::seen`]). Durable after the
-    /// next [`Buffer::flush`].
-    pub fn append_records(&self, records: &[Record], keys: &[Vec<u8>]) -> Result<(), BufferError> {
-        let first = self
-            .next_id
-            .fetch_add(records.len() as u64, Ordering::SeqCst);
-        // (id, bytes) for the samples tree; (key, bytes) for pending windows.
+    /// Adds records of one class and, in the same transaction, the
+    /// idempotency keys of the requests they came from (see
+    /// [`Buffer::seen`]). Durable after the next [`Buffer::flush`]. Returns
+    /// false, writing nothing, when the class's policy refuses them at the
+    /// budget. Called by one writer (the committer), so ids stay contiguous.
+    pub fn append_records(
+        &self,
+        class: Class,
+        records: &[Record],
+        keys: &[Vec<u8>],
+    ) -> Result<bool, BufferError> {
+        let first = self.next_id.load(Ordering::SeqCst);
+        // (id, bytes) for the class's tree; (key, bytes) for pending windows.
         let mut plain = Vec::with_capacity(records.len());
         let mut windowed = Vec::new();
         for (i, r) in records.iter().enumerate() {
@@ -248,16 +422,24 @@ impl Buffer {
                 _ => plain.push((id, encode(r)?)),
             }
         }
-        let stored = plain.len() as u64;
         let chunk = (!plain.is_empty()).then(|| (be(plain[0].0), chunk_bytes(&plain)));
+        let size = chunk.as_ref().map_or(0, |(k, v)| entry_bytes(k, v))
+            + windowed.iter().map(|(k, v)| entry_bytes(k, v)).sum::<u64>();
+        if !self.make_room(class, size)? {
+            self.count_rejected(class, records.len() as u64)?;
+            return Ok(false);
+        }
+        self.next_id
+            .fetch_add(records.len() as u64, Ordering::SeqCst);
+        let tree = self.tree(class);
         if keys.is_empty() && windowed.is_empty() {
-            if let Some((key, bytes)) = chunk {
-                self.samples.insert(key, bytes)?;
+            if let Some((key, bytes)) = &chunk {
+                tree.insert(key, bytes.as_slice())?;
             }
         } else {
             let now = be(dash_shared::now_micros().max(0) as u64);
-            let result =
-                (&self.samples, &self.idempotency, &self.pending).transaction(|(s, k, p)| {
+            (tree, &self.idempotency, &self.pending)
+                .transaction(|(s, k, p)| {
                     if let Some((key, bytes)) = &chunk {
                         s.insert(key, bytes.as_slice())?;
                     }
@@ -268,14 +450,130 @@ impl Buffer {
                         p.insert(key.as_slice(), bytes.as_slice())?;
                     }
                     Ok::<_, ConflictableTransactionError<BufferError>>(())
-                });
-            result.map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => BufferError::Sled(e),
-            })?;
+                })
+                .map_err(tx_error)?;
         }
-        self.unsealed.fetch_add(stored, Ordering::SeqCst);
+        self.unsealed
+            .fetch_add(plain.len() as u64, Ordering::SeqCst);
+        self.pending_count
+            .fetch_add(windowed.len() as u64, Ordering::SeqCst);
+        self.bytes.fetch_add(size, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    fn tree(&self, class: Class) -> &sled::Tree {
+        match class {
+            Class::Telemetry => &self.samples,
+            Class::Transactions => &self.transactions,
+        }
+    }
+
+    /// Whether `size` more bytes of `class` fit the budget, after dropping
+    /// the class's oldest records if its policy says so.
+    fn make_room(&self, class: Class, size: u64) -> Result<bool, BufferError> {
+        let max = self.budget.max_bytes;
+        if max == 0 {
+            return Ok(true);
+        }
+        let fits = |b: &Buffer| b.bytes.load(Ordering::SeqCst).saturating_add(size) <= max;
+        if fits(self) {
+            return Ok(true);
+        }
+        if self.budget.policy(class) == WhenFull::DropOldest {
+            while !fits(self) {
+                if !self.drop_oldest(class)? {
+                    break;
+                }
+            }
+        }
+        Ok(fits(self))
+    }
+
+    /// Drops the oldest unit of `class`: its oldest batch, or when none is
+    /// left, its oldest unsealed chunk. Returns false when there was nothing.
+    fn drop_oldest(&self, class: Class) -> Result<bool, BufferError> {
+        let _writer = lock(&self.writer);
+        for item in self.batches.iter() {
+            let (k, v) = item?;
+            let info = batch_info(&v)?;
+            if info.class != class {
+                continue;
+            }
+            let mut counts = lock(&self.counts);
+            let mut next = *counts;
+            next.dropped[class.index()] += info.records;
+            let encoded = encode(&next)?;
+            (&self.outbox, &self.batches, &self.meta)
+                .transaction(|(o, b, m)| {
+                    o.remove(&k)?;
+                    b.remove(&k)?;
+                    m.insert("counts", encoded.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<BufferError>>(())
+                })
+                .map_err(tx_error)?;
+            *counts = next;
+            self.sub_bytes(info.bytes);
+            tracing::warn!(
+                seq = read_u64(&k)?,
+                records = info.records,
+                class = class.name(),
+                "buffer full: oldest batch dropped"
+            );
+            return Ok(true);
+        }
+        let tree = self.tree(class);
+        let Some((k, v)) = tree.first()? else {
+            return Ok(false);
+        };
+        let records = u64::from(chunk_len(&v));
+        let mut counts = lock(&self.counts);
+        let mut next = *counts;
+        next.dropped[class.index()] += records;
+        let encoded = encode(&next)?;
+        (tree, &self.meta)
+            .transaction(|(t, m)| {
+                t.remove(&k)?;
+                m.insert("counts", encoded.as_slice())?;
+                Ok::<_, ConflictableTransactionError<BufferError>>(())
+            })
+            .map_err(tx_error)?;
+        *counts = next;
+        self.sub_unsealed(records);
+        self.sub_bytes(entry_bytes(&k, &v));
+        tracing::warn!(
+            records,
+            class = class.name(),
+            "buffer full: oldest unsealed records dropped"
+        );
+        Ok(true)
+    }
+
+    fn count_rejected(&self, class: Class, n: u64) -> Result<(), BufferError> {
+        let mut counts = lock(&self.counts);
+        counts.rejected[class.index()] += n;
+        self.meta.insert("counts", encode(&*counts)?)?;
+        tracing::warn!(
+            records = n,
+            class = class.name(),
+            "buffer full: records refused (not acknowledged)"
+        );
         Ok(())
+    }
+
+    fn sub_bytes(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+
+    fn sub_unsealed(&self, n: u64) {
+        let _ = self
+            .unsealed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 
     /// Whether a request with this idempotency key was stored already.
@@ -301,6 +599,12 @@ impl Buffer {
     /// (it flushes neither the drive's cache nor metadata), so the log file is
     /// fsynced as well: a Pi loses power more often than it crashes.
     pub async fn flush(&self) -> Result<(), BufferError> {
+        let result = self.try_flush().await;
+        self.note(&result);
+        result
+    }
+
+    async fn try_flush(&self) -> Result<(), BufferError> {
         self.db.flush_async().await?;
         let log = self.log.try_clone()?;
         tokio::task::spawn_blocking(move || log.sync_data())
@@ -309,7 +613,49 @@ impl Buffer {
         Ok(())
     }
 
-    /// Samples not yet sealed into a batch.
+    /// Remembers a write's failure as the buffer's fault, or clears it.
+    pub fn note<T>(&self, result: &Result<T, BufferError>) {
+        let mut fault = lock(&self.fault);
+        match result {
+            Ok(_) => {
+                if fault.take().is_some() {
+                    tracing::info!("the buffer writes again");
+                }
+            }
+            Err(e) => {
+                if fault.is_none() {
+                    tracing::error!(error = %e, "the buffer cannot write; inputs are not acknowledged, buffered batches are still sent");
+                }
+                *fault = Some(format!("buffer cannot write: {e}"));
+            }
+        }
+    }
+
+    /// The current write fault, if any.
+    pub fn fault(&self) -> Option<String> {
+        lock(&self.fault).clone()
+    }
+
+    /// Remembers a server time (from an ack) as a floor for the clock at
+    /// the next start (see [`crate::clock`]); written at most once a minute.
+    pub fn remember_time(&self, server_time: Micros) {
+        let last = self.clock_floor();
+        if server_time > last.saturating_add(60_000_000) {
+            if let Err(e) = self.meta.insert("clock_floor", &be(server_time as u64)) {
+                tracing::debug!(error = %e, "could not remember the server time");
+            }
+        }
+    }
+
+    /// The last server time remembered; 0 when none.
+    pub fn clock_floor(&self) -> Micros {
+        match self.meta.get("clock_floor") {
+            Ok(Some(v)) => read_u64(&v).map_or(0, |t| t as Micros),
+            _ => 0,
+        }
+    }
+
+    /// Records not yet sealed into a batch.
     pub fn unsealed(&self) -> u64 {
         self.unsealed.load(Ordering::SeqCst)
     }
@@ -319,28 +665,110 @@ impl Buffer {
         self.outbox.len() as u64
     }
 
-    /// Seals up to `max` of the oldest samples into the next batch and flushes.
+    /// Key and value bytes held (what the budget bounds).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Dropped, rejected and corrupt records since the buffer was created.
+    pub fn counts(&self) -> Counts {
+        *lock(&self.counts)
+    }
+
+    /// The buffer's part of the agent's status.
+    pub fn status(&self) -> Result<BufferStatus, BufferError> {
+        let (mut records, mut unacked) = (
+            self.unsealed() + self.pending_count.load(Ordering::SeqCst),
+            0,
+        );
+        let mut oldest = Micros::MAX;
+        for item in self.batches.iter().values() {
+            let info = batch_info(&item?)?;
+            records += info.records;
+            unacked += 1;
+            oldest = oldest.min(info.oldest);
+        }
+        for tree in [&self.samples, &self.transactions] {
+            if let Some((_, v)) = tree.first()? {
+                if let Ok(chunk) = read_chunk(&v) {
+                    oldest = oldest.min(records_oldest(&chunk));
+                }
+            }
+        }
+        if let Some((_, v)) = self.pending.first()? {
+            if let Ok((_, s)) = postcard::from_bytes::<(u32, Sample)>(&v) {
+                oldest = oldest.min(s.ts);
+            }
+        }
+        let counts = self.counts();
+        let class = |c: Class| ClassCounts {
+            dropped: counts.dropped[c.index()],
+            rejected: counts.rejected[c.index()],
+        };
+        Ok(BufferStatus {
+            records,
+            bytes: self.bytes(),
+            budget_bytes: self.budget.max_bytes,
+            oldest: if oldest == Micros::MAX { 0 } else { oldest },
+            unacked_batches: unacked,
+            telemetry: class(Class::Telemetry),
+            transactions: class(Class::Transactions),
+            invalid_records: 0,
+            corrupt_records: counts.corrupt,
+            recreated: self.recreated.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Seals up to `max` of the oldest records of one class (the class whose
+    /// oldest unsealed record is older) into the next batch and flushes.
     /// Returns the new seq, or `None` when there was nothing to seal.
     pub async fn seal(&self, max: usize) -> Result<Option<u64>, BufferError> {
+        let seq = {
+            let _writer = lock(&self.writer);
+            match self.seal_locked(max) {
+                Ok(Some(seq)) => seq,
+                other => return other,
+            }
+        };
+        self.flush().await?;
+        // Only now may the batch go out: a seq on the wire must name these
+        // bytes even after a crash.
+        self.durable_seq.fetch_max(seq, Ordering::SeqCst);
+        Ok(Some(seq))
+    }
+
+    fn seal_locked(&self, max: usize) -> Result<Option<u64>, BufferError> {
+        let first_id = |t: &sled::Tree| -> Result<Option<u64>, BufferError> {
+            t.first()?.map(|(k, _)| read_u64(&k)).transpose()
+        };
+        let class = match (first_id(&self.samples)?, first_id(&self.transactions)?) {
+            (Some(t), Some(x)) if x < t => Class::Transactions,
+            (None, Some(_)) => Class::Transactions,
+            _ => Class::Telemetry,
+        };
         let mut take = max;
         loop {
-            let closed = self.closed_windows(take)?;
-            let taken = self.oldest(take.saturating_sub(closed.0.len()))?;
-            if taken.records.is_empty() && taken.remove.is_empty() && closed.0.is_empty() {
+            let closed = match class {
+                Class::Telemetry => self.closed_windows(take)?,
+                Class::Transactions => ClosedWindows::default(),
+            };
+            let taken = self.oldest(class, take.saturating_sub(closed.keys.len()))?;
+            if taken.records.is_empty() && taken.remove.is_empty() && closed.keys.is_empty() {
                 return Ok(None);
             }
-            let n = taken.records.len() as u64;
-            match self.try_seal(&taken, &closed) {
-                Ok(seq) => {
-                    let _ = self
-                        .unsealed
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                            Some(u.saturating_sub(n))
-                        });
-                    self.flush().await?;
-                    // Only now may the batch go out: a seq on the wire must
-                    // name these bytes even after a crash.
-                    self.durable_seq.fetch_max(seq, Ordering::SeqCst);
+            match self.try_seal(class, &taken, &closed) {
+                Ok((seq, info)) => {
+                    self.sub_unsealed(taken.records.len() as u64);
+                    let _ =
+                        self.pending_count
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                Some(n.saturating_sub(closed.keys.len() as u64))
+                            });
+                    self.sub_bytes(taken.bytes + closed.bytes);
+                    self.bytes.fetch_add(
+                        info.bytes + taken.rewrite.as_ref().map_or(0, |(k, v)| entry_bytes(k, v)),
+                        Ordering::SeqCst,
+                    );
                     return Ok(Some(seq));
                 }
                 // Many series or long keys can make a batch too big: take fewer.
@@ -358,9 +786,9 @@ impl Buffer {
     /// Up to `max` pending samples whose window (plus its lateness) has
     /// closed: their keys, and the samples with their window widths.
     fn closed_windows(&self, max: usize) -> Result<ClosedWindows, BufferError> {
-        let (mut keys, mut samples) = (Vec::new(), Vec::new());
+        let mut closed = ClosedWindows::default();
         if self.rules.is_empty() {
-            return Ok((keys, samples));
+            return Ok(closed);
         }
         let late = self
             .rules
@@ -373,22 +801,24 @@ impl Buffer {
         for item in self.pending.range(..be(cutoff)).take(max) {
             let (k, v) = item?;
             match postcard::from_bytes::<(u32, Sample)>(&v) {
-                Ok(s) => samples.push(s),
+                Ok(s) => closed.samples.push(s),
                 Err(e) => {
                     tracing::error!(key = ?k, error = %e, "unreadable pending sample dropped")
                 }
             }
-            keys.push(k);
+            closed.bytes += entry_bytes(&k, &v);
+            closed.keys.push(k);
         }
-        Ok((keys, samples))
+        Ok(closed)
     }
 
-    /// The oldest records, at most `max`: whole chunks, and the head of
-    /// the chunk that does not fit (its tail is written back under the id
-    /// of its first remaining record).
-    fn oldest(&self, max: usize) -> Result<Taken, BufferError> {
+    /// The oldest records of `class`, at most `max`: whole chunks, and the
+    /// head of the chunk that does not fit (its tail is written back under
+    /// the id of its first remaining record).
+    fn oldest(&self, class: Class, max: usize) -> Result<Taken, BufferError> {
         let mut taken = Taken::default();
-        for item in self.samples.iter() {
+        let tree = self.tree(class);
+        for item in tree.iter() {
             if taken.records.len() >= max {
                 break;
             }
@@ -396,7 +826,7 @@ impl Buffer {
             let mut records = match read_chunk(&v) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.quarantine_chunk(&k, &v, &e)?;
+                    self.quarantine_chunk(tree, &k, &v, &e)?;
                     continue;
                 }
             };
@@ -406,6 +836,7 @@ impl Buffer {
                 let first = read_u64(&k)? + room as u64;
                 taken.rewrite = Some((be(first), chunk_of(&tail)?));
             }
+            taken.bytes += entry_bytes(&k, &v);
             taken.remove.push(k);
             taken.records.extend(records);
         }
@@ -413,29 +844,30 @@ impl Buffer {
     }
 
     /// Moves a chunk that fails its checksum or does not decode aside, so
-    /// the buffer keeps going without it; counts it.
+    /// the buffer keeps going without it; counts its records.
     fn quarantine_chunk(
         &self,
+        tree: &sled::Tree,
         key: &[u8],
         bytes: &[u8],
         e: &BufferError,
     ) -> Result<(), BufferError> {
-        let result = (&self.samples, &self.quarantine).transaction(|(s, q)| {
-            s.remove(key)?;
-            q.insert(key, bytes)?;
-            Ok::<_, ConflictableTransactionError<BufferError>>(())
-        });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => BufferError::Sled(e),
-        })?;
         let records = u64::from(chunk_len(bytes));
-        let _ = self
-            .unsealed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub(records))
-            });
-        self.corrupt.fetch_add(1, Ordering::SeqCst);
+        let mut counts = lock(&self.counts);
+        let mut next = *counts;
+        next.corrupt += records;
+        let encoded = encode(&next)?;
+        (tree, &self.quarantine, &self.meta)
+            .transaction(|(s, q, m)| {
+                s.remove(key)?;
+                q.insert(key, bytes)?;
+                m.insert("counts", encoded.as_slice())?;
+                Ok::<_, ConflictableTransactionError<BufferError>>(())
+            })
+            .map_err(tx_error)?;
+        *counts = next;
+        self.sub_unsealed(records);
+        self.sub_bytes(entry_bytes(key, bytes));
         tracing::error!(
             id = read_u64(key).unwrap_or_default(),
             error = %e,
@@ -445,13 +877,18 @@ impl Buffer {
         Ok(())
     }
 
-    /// Chunks moved aside as corrupt since the buffer was opened.
-    pub fn corrupt_chunks(&self) -> u64 {
-        self.corrupt.load(Ordering::SeqCst)
+    /// Records lost to corruption since the buffer was created.
+    pub fn corrupt_records(&self) -> u64 {
+        self.counts().corrupt
     }
 
-    fn try_seal(&self, taken: &Taken, closed: &ClosedWindows) -> Result<u64, BufferError> {
-        let windows = aggregate::windows(&closed.1);
+    fn try_seal(
+        &self,
+        class: Class,
+        taken: &Taken,
+        closed: &ClosedWindows,
+    ) -> Result<(u64, BatchInfo), BufferError> {
+        let windows = aggregate::windows(&closed.samples);
         // Read outside the transaction: the lowest unacked seq only grows, so a
         // value read a moment early is still a valid floor.
         let lowest = self
@@ -459,34 +896,58 @@ impl Buffer {
             .first()?
             .map(|(k, _)| read_u64(&k))
             .transpose()?;
-        let trees = (&self.samples, &self.outbox, &self.meta, &self.pending);
-        let result = trees.transaction(|(s, o, m, p)| {
-            let seq = match m.get("next_seq")? {
-                Some(v) => read_u64(&v).map_err(ConflictableTransactionError::Abort)?,
-                None => 1,
-            };
-            let floor = lowest.unwrap_or(seq);
-            let mut batch = build_batch(self.stream.clone(), seq, floor, taken.records.clone());
-            batch.windows = windows.clone();
-            for key in &closed.0 {
-                p.remove(key)?;
-            }
-            let bytes = wire::encode(&Message::Batch(batch), &self.limits)
-                .map_err(|e| ConflictableTransactionError::Abort(BufferError::Encode(e)))?;
-            for id in &taken.remove {
-                s.remove(id)?;
-            }
-            if let Some((key, bytes)) = &taken.rewrite {
-                s.insert(key, bytes.as_slice())?;
-            }
-            o.insert(&be(seq), bytes)?;
-            m.insert("next_seq", &be(seq + 1))?;
-            Ok(seq)
-        });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => BufferError::Sled(e),
-        })
+        let mut oldest = records_oldest(&taken.records);
+        for w in &windows {
+            oldest = oldest.min(
+                w.windows
+                    .iter()
+                    .map(|w| w.start)
+                    .min()
+                    .unwrap_or(Micros::MAX),
+            );
+        }
+        let trees = (
+            self.tree(class),
+            &self.outbox,
+            &self.batches,
+            &self.meta,
+            &self.pending,
+        );
+        trees
+            .transaction(|(s, o, b, m, p)| {
+                let seq = match m.get("next_seq")? {
+                    Some(v) => read_u64(&v).map_err(ConflictableTransactionError::Abort)?,
+                    None => 1,
+                };
+                let floor = lowest.unwrap_or(seq);
+                let mut batch = build_batch(self.stream.clone(), seq, floor, taken.records.clone());
+                batch.windows = windows.clone();
+                let records = batch.record_count() as u64;
+                for key in &closed.keys {
+                    p.remove(key)?;
+                }
+                let bytes = wire::encode(&Message::Batch(batch), &self.limits)
+                    .map_err(|e| ConflictableTransactionError::Abort(BufferError::Encode(e)))?;
+                for id in &taken.remove {
+                    s.remove(id)?;
+                }
+                if let Some((key, bytes)) = &taken.rewrite {
+                    s.insert(key, bytes.as_slice())?;
+                }
+                let info = BatchInfo {
+                    class,
+                    records,
+                    bytes: entry_bytes(&be(seq), &bytes),
+                    oldest: if oldest == Micros::MAX { 0 } else { oldest },
+                    crc: crc32fast::hash(&bytes),
+                };
+                let encoded = encode(&info).map_err(ConflictableTransactionError::Abort)?;
+                o.insert(&be(seq), bytes)?;
+                b.insert(&be(seq), encoded)?;
+                m.insert("next_seq", &be(seq + 1))?;
+                Ok((seq, info))
+            })
+            .map_err(tx_error)
     }
 
     /// The oldest `limit` sealed and flushed batches in seq order, for (re)sending.
@@ -496,35 +957,119 @@ impl Buffer {
         keys.take(limit).map(|k| read_u64(&k?)).collect()
     }
 
+    /// Sealed and flushed batches above `after`, oldest first, at most `limit`.
+    pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<u64>, BufferError> {
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        if after >= durable {
+            return Ok(Vec::new());
+        }
+        let keys = self.outbox.range(be(after + 1)..=be(durable)).keys();
+        keys.take(limit).map(|k| read_u64(&k?)).collect()
+    }
+
     /// The highest seq sealed durably; acks claiming more are not ours.
     pub fn durable_seq(&self) -> u64 {
         self.durable_seq.load(Ordering::SeqCst)
     }
 
-    /// The encoded batch `seq`, if still unacked.
+    /// What the buffer knows about batch `seq`, if still unacked.
+    pub fn batch_info(&self, seq: u64) -> Result<Option<BatchInfo>, BufferError> {
+        self.batches
+            .get(be(seq))?
+            .map(|v| batch_info(&v))
+            .transpose()
+    }
+
+    /// The encoded batch `seq`, if still unacked. A batch that fails its
+    /// checksum is moved to the quarantine tree, counted, and not returned.
     pub fn batch_bytes(&self, seq: u64) -> Result<Option<sled::IVec>, BufferError> {
-        Ok(self.outbox.get(be(seq))?)
+        let Some(bytes) = self.outbox.get(be(seq))? else {
+            return Ok(None);
+        };
+        let Some(info) = self.batch_info(seq)? else {
+            return Ok(Some(bytes));
+        };
+        if crc32fast::hash(&bytes) == info.crc {
+            return Ok(Some(bytes));
+        }
+        let _writer = lock(&self.writer);
+        let mut counts = lock(&self.counts);
+        let mut next = *counts;
+        next.corrupt += info.records;
+        let encoded = encode(&next)?;
+        let aside = [b"batch".as_slice(), &be(seq)].concat();
+        (&self.outbox, &self.batches, &self.quarantine, &self.meta)
+            .transaction(|(o, b, q, m)| {
+                o.remove(&be(seq))?;
+                b.remove(&be(seq))?;
+                q.insert(aside.as_slice(), bytes.clone())?;
+                m.insert("counts", encoded.as_slice())?;
+                Ok::<_, ConflictableTransactionError<BufferError>>(())
+            })
+            .map_err(tx_error)?;
+        *counts = next;
+        self.sub_bytes(info.bytes);
+        tracing::error!(
+            seq,
+            records = info.records,
+            "corrupt batch moved aside to the quarantine tree; it is not sent"
+        );
+        Ok(None)
     }
 
     /// Drops `seq` and everything up to `through` from the outbox: the
     /// aggregator has settled them. Returns how many batches were dropped.
     pub fn settle(&self, seq: u64, through: u64) -> Result<usize, BufferError> {
-        let mut n = usize::from(self.outbox.remove(be(seq))?.is_some());
+        let _writer = lock(&self.writer);
+        let mut keys = vec![sled::IVec::from(&be(seq))];
         for key in self.outbox.range(..=be(through)).keys() {
-            n += usize::from(self.outbox.remove(key?)?.is_some());
+            keys.push(key?);
+        }
+        let mut n = 0;
+        for key in keys {
+            let info = self.batches.remove(&key)?;
+            if self.outbox.remove(&key)?.is_some() {
+                n += 1;
+                if let Some(info) = info {
+                    self.sub_bytes(batch_info(&info)?.bytes);
+                }
+            }
         }
         Ok(n)
     }
 }
 
-/// Keys and `(width, sample)`s of pending samples whose windows closed.
-type ClosedWindows = (Vec<sled::IVec>, Vec<(u32, Sample)>);
+fn batch_info(bytes: &[u8]) -> Result<BatchInfo, BufferError> {
+    postcard::from_bytes(bytes).map_err(|e| BufferError::Corrupt(format!("batch info: {e}")))
+}
 
-/// What a seal takes from the samples tree.
+/// The oldest timestamp among `records`; `Micros::MAX` when none.
+fn records_oldest(records: &[Record]) -> Micros {
+    records
+        .iter()
+        .map(|r| match r {
+            Record::Sample(s) => s.ts,
+            Record::Event(e) => e.time,
+        })
+        .min()
+        .unwrap_or(Micros::MAX)
+}
+
+/// Pending samples whose windows closed.
+#[derive(Default)]
+struct ClosedWindows {
+    keys: Vec<sled::IVec>,
+    samples: Vec<(u32, Sample)>,
+    bytes: u64,
+}
+
+/// What a seal takes from a class's tree.
 #[derive(Default)]
 struct Taken {
     /// Chunks to remove.
     remove: Vec<sled::IVec>,
+    /// Their key and value bytes.
+    bytes: u64,
     /// The rest of a chunk taken in part: its new key and bytes.
     rewrite: Option<([u8; 8], Vec<u8>)>,
     records: Vec<Record>,
@@ -587,34 +1132,91 @@ fn read_chunk(bytes: &[u8]) -> Result<Vec<Record>, BufferError> {
     Ok(records)
 }
 
-/// Converts a buffer of format 1 (one bare sample per key) to chunks, once.
-fn upgrade(db: &sled::Db, samples: &sled::Tree, meta: &sled::Tree) -> Result<(), BufferError> {
-    if meta.get("format")?.is_some() {
+/// Converts a buffer of an older format, once: format 1 held one bare
+/// sample per key (turned into chunks), format 2 had no batch info (it is
+/// computed from each batch, whose bytes are trusted as they are).
+fn upgrade(
+    db: &sled::Db,
+    samples: &sled::Tree,
+    outbox: &sled::Tree,
+    batches: &sled::Tree,
+    meta: &sled::Tree,
+) -> Result<(), BufferError> {
+    let format = match meta.get("format")? {
+        Some(v) => read_u64(&v)?,
+        None if meta.get("incarnation")?.is_none() => FORMAT,
+        None => 1,
+    };
+    if format >= FORMAT {
+        if meta.get("format")?.is_none() {
+            meta.insert("format", &be(FORMAT))?;
+        }
         return Ok(());
     }
     let mut n = 0;
-    for item in samples.iter() {
-        let (k, v) = item?;
-        // Converted by a run that crashed before it could mark the format.
-        if read_chunk(&v).is_ok() {
-            continue;
-        }
-        let record = match postcard::from_bytes::<Sample>(&v) {
-            Ok(s) => Record::Sample(s),
-            Err(e) => {
-                tracing::error!(id = ?k, error = %e, "unreadable sample dropped while converting the buffer");
-                samples.remove(k)?;
+    if format < 2 {
+        for item in samples.iter() {
+            let (k, v) = item?;
+            // Converted by a run that crashed before it could mark the format.
+            if read_chunk(&v).is_ok() {
                 continue;
             }
+            let record = match postcard::from_bytes::<Sample>(&v) {
+                Ok(s) => Record::Sample(s),
+                Err(e) => {
+                    tracing::error!(id = ?k, error = %e, "unreadable sample dropped while converting the buffer");
+                    samples.remove(k)?;
+                    continue;
+                }
+            };
+            samples.insert(k, chunk_of(&[record])?)?;
+            n += 1;
+        }
+    }
+    let mut infos = 0;
+    for item in outbox.iter() {
+        let (k, v) = item?;
+        let (class, records, oldest) = match wire::decode(&v, &Limits::default()) {
+            Ok(Message::Batch(b)) => {
+                let records: Vec<Micros> = b
+                    .series
+                    .iter()
+                    .flat_map(|s| s.timestamps.iter().copied())
+                    .chain(b.events.iter().map(|e| e.time))
+                    .collect();
+                // Before format 3 events came only from the HTTP input.
+                let class = if b.events.is_empty() {
+                    Class::Telemetry
+                } else {
+                    Class::Transactions
+                };
+                (
+                    class,
+                    b.record_count() as u64,
+                    records.into_iter().min().unwrap_or(0),
+                )
+            }
+            // Sent as it is; the aggregator rejects and keeps it.
+            _ => (Class::Telemetry, 0, 0),
         };
-        samples.insert(k, chunk_of(&[record])?)?;
-        n += 1;
+        let info = BatchInfo {
+            class,
+            records,
+            bytes: entry_bytes(&k, &v),
+            oldest,
+            crc: crc32fast::hash(&v),
+        };
+        batches.insert(&k, encode(&info)?)?;
+        infos += 1;
     }
-    meta.insert("format", &be(2))?;
+    meta.insert("format", &be(FORMAT))?;
     db.flush()?;
-    if n > 0 {
-        tracing::info!(samples = n, "buffer converted to format 2");
-    }
+    tracing::info!(
+        from = format,
+        samples = n,
+        batches = infos,
+        "buffer converted to format {FORMAT}"
+    );
     Ok(())
 }
 
@@ -781,7 +1383,7 @@ mod tests {
             body: "{\"amount\":3.5}".into(),
         };
         let records = vec![Record::Event(event.clone()), Record::Sample(sample(1))];
-        buf.append_records(&records, &[b"pos\0k1".to_vec()])
+        buf.append_records(Class::Transactions, &records, &[b"pos\0k1".to_vec()])
             .unwrap();
         buf.flush().await.unwrap();
         assert!(buf.seen(b"pos\0k1").unwrap());
@@ -861,7 +1463,7 @@ mod tests {
         let seq = buf.seal(1_000).await.unwrap().unwrap();
         let batch = decode(&buf.batch_bytes(seq).unwrap().unwrap());
         assert_eq!(batch.sample_count(), 20, "the two good chunks are sent");
-        assert_eq!(buf.corrupt_chunks(), 1);
+        assert_eq!(buf.corrupt_records(), 10);
         assert_eq!(buf.quarantine.len(), 1);
         assert_eq!(buf.unsealed(), 0);
         assert_eq!(buf.seal(1_000).await.unwrap(), None);
@@ -896,5 +1498,241 @@ mod tests {
         let (buf, moved) = again.unwrap();
         assert!(moved.is_none());
         assert_eq!(buf.unacked(), 1);
+    }
+
+    /// Every record the buffer holds, sealed or not, by value.
+    fn held(buf: &Buffer) -> Vec<(Class, f64)> {
+        let mut out = Vec::new();
+        for class in Class::ALL {
+            for item in buf.tree(class).iter() {
+                let (_, v) = item.unwrap();
+                for r in read_chunk(&v).unwrap() {
+                    if let Record::Sample(s) = r {
+                        out.push((class, s.value));
+                    }
+                }
+            }
+        }
+        for item in buf.outbox.iter() {
+            let (k, v) = item.unwrap();
+            let class = buf
+                .batch_info(read_u64(&k).unwrap())
+                .unwrap()
+                .unwrap()
+                .class;
+            for block in decode(&v).series {
+                out.extend(block.values.iter().map(|v| (class, *v)));
+            }
+        }
+        out
+    }
+
+    impl Buffer {
+        /// The bytes [`Buffer::bytes`] should say, counted from the trees.
+        fn recount_bytes(&self) -> u64 {
+            let mut n = 0;
+            for tree in [
+                &self.samples,
+                &self.transactions,
+                &self.pending,
+                &self.outbox,
+            ] {
+                for item in tree.iter() {
+                    let (k, v) = item.unwrap();
+                    n += entry_bytes(&k, &v);
+                }
+            }
+            n
+        }
+    }
+
+    fn records(class: Class, values: std::ops::Range<i64>) -> Vec<Record> {
+        values
+            .map(|i| {
+                let mut s = sample(i);
+                if class == Class::Transactions {
+                    s.key = SeriesKey::new("till", "sales.amount");
+                }
+                Record::Sample(s)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn at_the_budget_telemetry_drops_its_oldest_and_transactions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget {
+            max_bytes: 6_000,
+            ..Budget::default()
+        };
+        let buf = Buffer::open(dir.path()).unwrap().with_budget(budget);
+        assert!(
+            buf.append_records(
+                Class::Transactions,
+                &records(Class::Transactions, 0..20),
+                &[]
+            )
+            .unwrap()
+        );
+        let mut next = 1_000;
+        while buf.counts().dropped[0] == 0 {
+            assert!(
+                buf.append_records(
+                    Class::Telemetry,
+                    &records(Class::Telemetry, next..next + 20),
+                    &[]
+                )
+                .unwrap()
+            );
+            next += 20;
+            buf.seal(30).await.unwrap();
+            assert!(buf.bytes() <= budget.max_bytes, "{} bytes", buf.bytes());
+        }
+        // Fill the last bytes with single readings, unsealed.
+        while buf.bytes() < budget.max_bytes - 100 {
+            assert!(buf.append(&[sample(next)]).unwrap());
+            next += 1;
+        }
+        // Telemetry made room by dropping its own oldest; transactions stay.
+        let held = held(&buf);
+        let telemetry = held.iter().filter(|(c, _)| *c == Class::Telemetry).count() as u64;
+        assert_eq!(telemetry + buf.counts().dropped[0], (next - 1_000) as u64);
+        assert_eq!(
+            held.iter()
+                .filter(|(c, _)| *c == Class::Transactions)
+                .count(),
+            20
+        );
+        assert!(
+            held.iter().any(|(_, v)| *v == (next - 1) as f64 / 10.0),
+            "the newest is kept"
+        );
+        // Transactions are refused, counted, and their idempotency key not stored.
+        let key = b"pos\0k9".to_vec();
+        assert!(
+            !buf.append_records(
+                Class::Transactions,
+                &records(Class::Transactions, 50..60),
+                &[key.clone()]
+            )
+            .unwrap()
+        );
+        assert_eq!(buf.counts().rejected[1], 10);
+        assert!(!buf.seen(&key).unwrap());
+        assert_eq!(buf.counts().dropped[1], 0);
+        // The counts survive a restart, and the bytes are counted the same way.
+        let (counts, bytes) = (buf.counts(), buf.bytes());
+        buf.flush().await.unwrap();
+        drop(buf);
+        let buf = reopen(dir.path()).await;
+        assert_eq!((buf.counts(), buf.bytes()), (counts, bytes));
+        let status = buf.status().unwrap();
+        assert_eq!(status.telemetry.dropped, counts.dropped[0]);
+        assert_eq!(status.transactions.rejected, 10);
+        assert_eq!(status.records, held.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_its_checksum_is_moved_aside_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open(dir.path()).unwrap();
+        buf.append(&(0..10).map(sample).collect::<Vec<_>>())
+            .unwrap();
+        let seq = buf.seal(100).await.unwrap().unwrap();
+        let mut bytes = buf.outbox.get(be(seq)).unwrap().unwrap().to_vec();
+        // A flipped bit in a value still decodes: only the checksum sees it.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        buf.outbox.insert(be(seq), bytes).unwrap();
+        assert!(buf.batch_bytes(seq).unwrap().is_none());
+        assert_eq!(buf.corrupt_records(), 10);
+        assert_eq!(buf.unacked(), 0);
+        assert_eq!(buf.bytes(), 0);
+        assert_eq!(buf.quarantine.len(), 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(Class, u8),
+        Seal(u8),
+        Ack(u8),
+        Crash,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (prop_oneof![Just(Class::Telemetry), Just(Class::Transactions)], 1u8..40)
+                .prop_map(|(c, n)| Op::Append(c, n)),
+            2 => (1u8..60).prop_map(Op::Seal),
+            2 => (1u8..4).prop_map(Op::Ack),
+            1 => Just(Op::Crash),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+        /// The buffer against a reference of sets: every record acknowledged
+        /// (appended and flushed) is delivered (its batch acked), held, or
+        /// counted as dropped, exactly; transactions are never dropped; the
+        /// budget holds; a refused append leaves nothing and is counted.
+        #[test]
+        fn the_buffer_keeps_or_counts_every_acknowledged_record(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let budget = Budget { max_bytes: 8_000, ..Budget::default() };
+                let mut buf = Buffer::open(dir.path()).unwrap().with_budget(budget);
+                let mut acked: std::collections::BTreeMap<i64, Class> = Default::default();
+                let mut delivered = std::collections::BTreeSet::new();
+                let mut rejected = [0u64; 2];
+                let mut next = 0i64;
+                for op in ops {
+                    match op {
+                        Op::Append(class, n) => {
+                            let n = i64::from(n);
+                            let stored = buf.append_records(class, &records(class, next..next + n), &[]).unwrap();
+                            buf.flush().await.unwrap();
+                            if stored {
+                                acked.extend((next..next + n).map(|v| (v, class)));
+                            } else {
+                                rejected[class.index()] += n as u64;
+                            }
+                            next += n;
+                            assert!(buf.bytes() <= budget.max_bytes);
+                        }
+                        Op::Seal(max) => {
+                            buf.seal(usize::from(max)).await.unwrap();
+                        }
+                        Op::Ack(k) => {
+                            for seq in buf.outbox_seqs(usize::from(k)).unwrap() {
+                                let batch = decode(&buf.batch_bytes(seq).unwrap().unwrap());
+                                for block in batch.series {
+                                    delivered.extend(block.values.iter().map(|v| (v * 10.0).round() as i64));
+                                }
+                                buf.settle(seq, 0).unwrap();
+                            }
+                        }
+                        Op::Crash => {
+                            drop(buf);
+                            buf = reopen(dir.path()).await.with_budget(budget);
+                        }
+                    }
+                    let held: std::collections::BTreeSet<i64> =
+                        held(&buf).iter().map(|(_, v)| (v * 10.0).round() as i64).collect();
+                    let counts = buf.counts();
+                    for class in Class::ALL {
+                        let lost = acked
+                            .iter()
+                            .filter(|(v, c)| **c == class && !held.contains(v) && !delivered.contains(v))
+                            .count() as u64;
+                        assert_eq!(lost, counts.dropped[class.index()], "{class:?}");
+                        assert_eq!(rejected[class.index()], counts.rejected[class.index()]);
+                    }
+                    assert_eq!(counts.dropped[Class::Transactions.index()], 0);
+                    assert_eq!(buf.bytes(), buf.recount_bytes(), "bytes kept in memory match the trees");
+                }
+            });
+        }
     }
 }

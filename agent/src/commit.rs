@@ -15,13 +15,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::buffer::Buffer;
-use crate::sample::Record;
+use crate::sample::{Class, Record};
 
 struct Pending {
+    class: Class,
     records: Vec<Record>,
     /// An idempotency key: the records are stored only if it was not seen.
     key: Option<Vec<u8>>,
-    done: oneshot::Sender<Result<Stored, String>>,
+    done: oneshot::Sender<Result<Stored, CommitError>>,
 }
 
 /// What a commit did.
@@ -35,10 +36,12 @@ pub enum Stored {
 }
 
 /// Why a commit failed. The input must not acknowledge.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     #[error("the buffer could not store the samples: {0}")]
     Buffer(String),
+    #[error("the buffer is full and {} are refused when full; retry later", .0.name())]
+    Full(Class),
     #[error("the agent is shutting down")]
     Closed,
 }
@@ -73,16 +76,23 @@ impl Committer {
         )
     }
 
+    /// The counter behind [`Committer::invalid`], for the status; holding it
+    /// does not keep the commit task alive.
+    pub fn invalid_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.invalid.clone()
+    }
+
     /// Records dropped so far because the protocol would refuse them.
     pub fn invalid(&self) -> u64 {
         self.invalid.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Queues records with an optional idempotency key (unique per input:
-    /// prefix it with the source); the ticket says whether they were stored
-    /// or the key was seen before.
+    /// Queues records of one class with an optional idempotency key (unique
+    /// per input: prefix it with the source); the ticket says whether they
+    /// were stored or the key was seen before.
     pub async fn enqueue_records(
         &self,
+        class: Class,
         records: Vec<Record>,
         key: Option<Vec<u8>>,
     ) -> Result<Ticket, CommitError> {
@@ -98,7 +108,12 @@ impl Committer {
         });
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending { records, key, done })
+            .send(Pending {
+                class,
+                records,
+                key,
+                done,
+            })
             .await
             .map_err(|_| CommitError::Closed)?;
         Ok(Ticket(wait))
@@ -106,14 +121,11 @@ impl Committer {
 }
 
 /// Resolves when the records it was issued for are durable.
-pub struct Ticket(oneshot::Receiver<Result<Stored, String>>);
+pub struct Ticket(oneshot::Receiver<Result<Stored, CommitError>>);
 
 impl Ticket {
     pub async fn wait(self) -> Result<Stored, CommitError> {
-        self.0
-            .await
-            .map_err(|_| CommitError::Closed)?
-            .map_err(CommitError::Buffer)
+        self.0.await.map_err(|_| CommitError::Closed)?
     }
 }
 
@@ -148,13 +160,13 @@ async fn run(
         match result {
             Ok(outcomes) => {
                 for (p, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = p.done.send(Ok(outcome));
+                    let _ = p.done.send(outcome);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, records = count, "group commit failed; inputs will not be acknowledged");
                 for p in group {
-                    let _ = p.done.send(Err(e.clone()));
+                    let _ = p.done.send(Err(CommitError::Buffer(e.clone())));
                 }
             }
         }
@@ -164,27 +176,47 @@ async fn run(
     }
 }
 
-/// Appends the group's records (skipping requests whose idempotency key was
-/// stored before, or comes twice in the group) and flushes once.
-async fn store(buffer: &Buffer, group: &[Pending]) -> Result<Vec<Stored>, String> {
-    let mut outcomes = Vec::with_capacity(group.len());
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    let mut all: Vec<Record> = Vec::new();
+/// Appends the group's records, one write per class (skipping requests
+/// whose idempotency key was stored before, or comes twice in the group),
+/// and flushes once. A class the buffer's budget refuses fails its requests
+/// with [`CommitError::Full`]; the rest are stored.
+async fn store(
+    buffer: &Buffer,
+    group: &[Pending],
+) -> Result<Vec<Result<Stored, CommitError>>, String> {
+    let mut outcomes: Vec<Result<Stored, CommitError>> = Vec::with_capacity(group.len());
+    let mut keys: [Vec<Vec<u8>>; 2] = Default::default();
+    let mut all: [Vec<Record>; 2] = Default::default();
     for p in group {
+        let c = p.class.index();
         if let Some(key) = &p.key {
-            if keys.contains(key) || buffer.seen(key).map_err(|e| e.to_string())? {
-                outcomes.push(Stored::Duplicate);
+            if keys.iter().any(|k| k.contains(key))
+                || buffer.seen(key).map_err(|e| e.to_string())?
+            {
+                outcomes.push(Ok(Stored::Duplicate));
                 continue;
             }
-            keys.push(key.clone());
+            keys[c].push(key.clone());
         }
-        all.extend(p.records.iter().cloned());
-        outcomes.push(Stored::New);
+        all[c].extend(p.records.iter().cloned());
+        outcomes.push(Ok(Stored::New));
     }
-    buffer
-        .append_records(&all, &keys)
-        .map_err(|e| e.to_string())?;
+    let mut refused = [false; 2];
+    for class in Class::ALL {
+        let c = class.index();
+        if all[c].is_empty() && keys[c].is_empty() {
+            continue;
+        }
+        let result = buffer.append_records(class, &all[c], &keys[c]);
+        buffer.note(&result);
+        refused[c] = !result.map_err(|e| e.to_string())?;
+    }
     buffer.flush().await.map_err(|e| e.to_string())?;
+    for (p, outcome) in group.iter().zip(outcomes.iter_mut()) {
+        if refused[p.class.index()] && matches!(outcome, Ok(Stored::New)) {
+            *outcome = Err(CommitError::Full(p.class));
+        }
+    }
     Ok(outcomes)
 }
 
@@ -214,7 +246,11 @@ mod tests {
         };
         // A gateway whose clock has not been set yet stamps 1970.
         let ticket = committer
-            .enqueue_records(vec![reading(1_000), reading(1_764_000_000_000_000)], None)
+            .enqueue_records(
+                Class::Telemetry,
+                vec![reading(1_000), reading(1_764_000_000_000_000)],
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(ticket.wait().await.unwrap(), Stored::New);

@@ -12,7 +12,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::buffer::WhenFull;
 use crate::devices::mapping::Mapping;
+
+/// The smallest disk budget: room for a few batches.
+pub const MIN_BUFFER_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +51,15 @@ pub struct BufferConfig {
     pub commit_max_delay_ms: u64,
     /// Group commit: at most this many samples per flush.
     pub commit_max_samples: usize,
+    /// Disk budget: bytes of records and batches held, at most (sled's
+    /// files take more; see the README). 0: no budget.
+    pub max_bytes: u64,
+    /// At the budget, telemetry (MQTT devices, Modbus): `drop_oldest`
+    /// deletes its oldest records, counted; `reject` stops acknowledging.
+    pub telemetry_when_full: WhenFull,
+    /// At the budget, transactions (the HTTP input): `reject` answers 503
+    /// with Retry-After; `drop_oldest` deletes the oldest, counted.
+    pub transactions_when_full: WhenFull,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +81,11 @@ pub struct UplinkConfig {
     pub ack_timeout_secs: u64,
     /// Longest wait between reconnect attempts (exponential backoff with jitter up to this).
     pub reconnect_max_ms: u64,
+    /// After a reconnect, batches sealed before it (the backlog) are sent at
+    /// most this many records a second, beside live data; 0: unlimited.
+    pub backlog_records_per_sec: u64,
+    /// Seconds between status messages (retained, with a last will).
+    pub status_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +126,9 @@ impl Default for BufferConfig {
         BufferConfig {
             commit_max_delay_ms: 5,
             commit_max_samples: 20_000,
+            max_bytes: 512 * 1024 * 1024,
+            telemetry_when_full: WhenFull::DropOldest,
+            transactions_when_full: WhenFull::Reject,
         }
     }
 }
@@ -124,6 +145,8 @@ impl Default for UplinkConfig {
             max_inflight_batches: 16,
             ack_timeout_secs: 30,
             reconnect_max_ms: 15_000,
+            backlog_records_per_sec: 20_000,
+            status_interval_secs: 30,
         }
     }
 }
@@ -233,6 +256,14 @@ impl Config {
         check(problem(
             self.buffer.commit_max_samples == 0,
             "buffer.commit_max_samples must be at least 1",
+        ));
+        check(problem(
+            self.buffer.max_bytes != 0 && self.buffer.max_bytes < MIN_BUFFER_BYTES,
+            "buffer.max_bytes must be 0 (no budget) or at least 1048576 (1 MiB)",
+        ));
+        check(problem(
+            u.status_interval_secs == 0,
+            "uplink.status_interval_secs must be at least 1",
         ));
         let d = &self.devices;
         check(problem(

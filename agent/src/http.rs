@@ -311,7 +311,7 @@ async fn ingest(
     };
     let ticket = input
         .committer
-        .enqueue_records(records, key)
+        .enqueue_records(crate::sample::Class::Transactions, records, key)
         .await
         .map_err(unavailable)?;
     match ticket.wait().await.map_err(unavailable)? {
@@ -335,7 +335,7 @@ fn events(source: &HttpSource, body: &[u8]) -> Result<Vec<Event>, Refused> {
             ));
         }
     };
-    let now = dash_shared::now_micros();
+    let now = crate::clock::now();
     items
         .iter()
         .enumerate()

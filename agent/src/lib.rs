@@ -26,6 +26,7 @@
 
 pub mod aggregate;
 pub mod buffer;
+pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod devices;
@@ -57,7 +58,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let dir = config.data_dir.join("buffer");
     let (buffer, _moved_aside) = Buffer::open_or_recover(&dir)
         .with_context(|| format!("opening the buffer in {}", dir.display()))?;
-    let buffer = Arc::new(buffer.with_aggregation(config.aggregate.clone()));
+    let budget = buffer::Budget {
+        max_bytes: config.buffer.max_bytes,
+        telemetry: config.buffer.telemetry_when_full,
+        transactions: config.buffer.transactions_when_full,
+    };
+    let buffer = Arc::new(
+        buffer
+            .with_aggregation(config.aggregate.clone())
+            .with_budget(budget),
+    );
+    clock::init(buffer.clock_floor());
     tracing::info!(
         unsealed = buffer.unsealed(),
         unacked = buffer.unacked(),
@@ -96,10 +107,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sealed.clone(),
         stop.clone(),
     ));
+    let status = status_fn(&buffer, &router, &committer);
     let uplink = tokio::spawn(uplink::run(
         uplink_settings(&config)?,
         buffer.clone(),
-        router.clone(),
+        status,
         sealed,
         stop.clone(),
     ));
@@ -219,6 +231,49 @@ fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
         window: u.max_inflight_batches,
         ack_timeout: Duration::from_secs(u.ack_timeout_secs),
         reconnect_max: Duration::from_millis(u.reconnect_max_ms),
+        status_interval: Duration::from_secs(u.status_interval_secs),
+        backlog_rate: u.backlog_records_per_sec,
+    })
+}
+
+/// The agent's status, from the buffer, the inputs' counters and the clock.
+fn status_fn(
+    buffer: &Arc<Buffer>,
+    router: &Arc<Router>,
+    committer: &Committer,
+) -> uplink::StatusFn {
+    let (buffer, router, invalid) = (buffer.clone(), router.clone(), committer.invalid_counter());
+    Arc::new(move |online| {
+        let mut faults = Vec::new();
+        let mut state = match buffer.status() {
+            Ok(s) => s,
+            Err(e) => {
+                faults.push(format!("buffer status unreadable: {e}"));
+                dash_shared::BufferStatus::default()
+            }
+        };
+        state.invalid_records =
+            router.rejected() + invalid.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(fault) = buffer.fault() {
+            faults.push(fault);
+        }
+        if state.recreated {
+            faults.push("the buffer could not be opened at start and was moved aside; a fresh one is in use".into());
+        }
+        if state.budget_bytes > 0 && state.bytes >= state.budget_bytes / 100 * 95 {
+            faults.push(format!(
+                "the buffer is at {} of its {} byte budget",
+                state.bytes, state.budget_bytes
+            ));
+        }
+        dash_shared::AgentStatus {
+            online,
+            version: env!("CARGO_PKG_VERSION").into(),
+            time: dash_shared::now_micros(),
+            buffer: state,
+            clock: clock::status(),
+            faults,
+        }
     })
 }
 

@@ -492,7 +492,7 @@ pub async fn poll(
         let mut results: Vec<(usize, Result<f64, ReadError>)> = Vec::new();
         for r in &reads {
             let outcome = read_with_retries(&device, &mut ctx, r, &stop).await;
-            let now = dash_shared::now_micros();
+            let now = crate::clock::now();
             match outcome {
                 Ok(values) => {
                     for &i in &r.points {
@@ -546,7 +546,7 @@ pub async fn poll(
                 });
                 records.push(Record::Event(Event {
                     source: device.name.clone(),
-                    time: dash_shared::now_micros(),
+                    time: crate::clock::now(),
                     kind: "modbus.status".into(),
                     body: body.to_string(),
                 }));
@@ -555,7 +555,10 @@ pub async fn poll(
         if records.is_empty() {
             continue;
         }
-        match committer.enqueue_records(records, None).await {
+        match committer
+            .enqueue_records(crate::sample::Class::Telemetry, records, None)
+            .await
+        {
             Ok(ticket) => {
                 if let Err(e) = ticket.wait().await {
                     tracing::error!(device = %device.name, error = %e, "Modbus readings not stored");

@@ -27,3 +27,32 @@ impl Record {
         }
     }
 }
+
+/// A class of data, with its own policy when the buffer is full and its
+/// own batches (a batch never mixes classes, so dropping telemetry never
+/// takes a transaction with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Class {
+    /// Readings from MQTT devices and Modbus (and pre-aggregated windows).
+    Telemetry,
+    /// Records from the HTTP input: sales and other transactions.
+    Transactions,
+}
+
+impl Class {
+    pub const ALL: [Class; 2] = [Class::Telemetry, Class::Transactions];
+
+    pub fn index(self) -> usize {
+        match self {
+            Class::Telemetry => 0,
+            Class::Transactions => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Telemetry => "telemetry",
+            Class::Transactions => "transactions",
+        }
+    }
+}

@@ -7,6 +7,17 @@
 //! connection forgets everything in flight: all of it is resent, because a
 //! broker without persistence (rumqttd) may have lost it.
 //!
+//! # Catching up after an outage
+//!
+//! What was sealed before the connection came up is the backlog; what is
+//! sealed after is live. Live batches go first, in order. The backlog goes
+//! oldest first, at most `backlog_records_per_sec` records a second and in
+//! at most half the window, so a region of gateways coming back does not
+//! stampede the broker and live data stays fresh while the backlog drains.
+//! The aggregator therefore receives a stream's batches out of order after
+//! an outage; it stores each seq once in any order (its ledger keeps the
+//! settled seqs above a gap, bounded by the backlog still in flight).
+//!
 //! # IO ([`run`])
 //!
 //! One task owns the rumqttc event loop and is never cancelled mid-poll; it
@@ -15,6 +26,10 @@
 //! MQTT session. Batches go out at QoS 1 on `dash/v1/{tenant}/{agent}/batch`;
 //! acks come back on `.../ack`. Only an application ack deletes a batch, never
 //! a PUBACK: the broker holding a batch is not the database holding it.
+//!
+//! The status (retained, QoS 1) goes out on connect, every `status_interval`
+//! and on shutdown; the broker publishes the last will (`online: false`)
+//! when the agent vanishes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +37,7 @@ use std::time::Duration;
 
 use dash_shared::topic::{self, TopicKind};
 use dash_shared::wire::{self, Limits};
-use dash_shared::{AckOutcome, AgentId, AgentStatus, Message, TenantId, now_micros};
+use dash_shared::{AckOutcome, AgentId, AgentStatus, Message, TenantId};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
 };
@@ -31,7 +46,44 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Buffer;
-use crate::devices::Router;
+
+/// Spends a budget of records per second on backlog batches.
+#[derive(Debug)]
+pub struct Pacer {
+    rate: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Pacer {
+    /// `rate` records a second; 0: unlimited.
+    pub fn new(rate: u64) -> Self {
+        Pacer {
+            rate: rate as f64,
+            tokens: rate as f64,
+            at: None,
+        }
+    }
+
+    /// Whether a batch of `records` may go now; spends them if so. A batch
+    /// larger than a second's budget goes when the budget is full, and the
+    /// debt is paid before the next.
+    pub fn take(&mut self, records: u64, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        if let Some(at) = self.at {
+            let refill = now.duration_since(at).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.rate);
+        }
+        self.at = Some(now);
+        if self.tokens <= 0.0 || (self.tokens < records as f64 && self.tokens < self.rate) {
+            return false;
+        }
+        self.tokens -= records as f64;
+        true
+    }
+}
 
 /// Batches sent and not yet acked, with when they were sent.
 #[derive(Debug)]
@@ -39,35 +91,69 @@ pub struct Inflight {
     window: usize,
     ack_timeout: Duration,
     sent: BTreeMap<u64, Instant>,
+    /// Seqs up to this one were sealed before the connection came up.
+    backlog_through: u64,
+    pacer: Pacer,
 }
 
 impl Inflight {
-    pub fn new(window: usize, ack_timeout: Duration) -> Self {
+    pub fn new(window: usize, ack_timeout: Duration, backlog_rate: u64) -> Self {
         Inflight {
-            window,
+            window: window.max(1),
             ack_timeout,
             sent: BTreeMap::new(),
+            backlog_through: 0,
+            pacer: Pacer::new(backlog_rate),
         }
     }
 
-    /// A new connection: whatever was in flight must be sent again.
-    pub fn reset(&mut self) {
+    /// A new connection: whatever was in flight must be sent again, and
+    /// everything sealed up to `durable` is backlog.
+    pub fn reset(&mut self, durable: u64) {
         self.sent.clear();
+        self.backlog_through = durable;
     }
 
-    /// Which of `outbox` (the oldest unacked seqs, ascending) to send now;
-    /// marks them sent at `now`.
-    pub fn due(&mut self, outbox: &[u64], now: Instant) -> Vec<u64> {
+    pub fn backlog_through(&self) -> u64 {
+        self.backlog_through
+    }
+
+    /// Which batches to send now; marks them sent at `now`. `live` are the
+    /// oldest unacked seqs above the backlog, `backlog` the oldest up to it
+    /// with their record counts; both ascending.
+    pub fn due(&mut self, live: &[u64], backlog: &[(u64, u64)], now: Instant) -> Vec<u64> {
         let mut out = Vec::new();
-        for seq in outbox {
-            let overdue = match self.sent.get(seq) {
-                Some(at) => now.duration_since(*at) >= self.ack_timeout,
-                None => self.sent.len() < self.window,
-            };
-            if overdue {
+        let overdue = |at: &Instant| now.duration_since(*at) >= self.ack_timeout;
+        // Resends first, whatever their kind: they were paid for.
+        for seq in live.iter().chain(backlog.iter().map(|(s, _)| s)) {
+            if self.sent.get(seq).is_some_and(overdue) {
                 self.sent.insert(*seq, now);
                 out.push(*seq);
             }
+        }
+        for seq in live {
+            if self.sent.len() >= self.window {
+                break;
+            }
+            if !self.sent.contains_key(seq) {
+                self.sent.insert(*seq, now);
+                out.push(*seq);
+            }
+        }
+        let backlog_cap = (self.window / 2).max(1);
+        for (seq, records) in backlog {
+            let in_flight = self.sent.range(..=self.backlog_through).count();
+            if self.sent.len() >= self.window || in_flight >= backlog_cap {
+                break;
+            }
+            if self.sent.contains_key(seq) {
+                continue;
+            }
+            if !self.pacer.take(*records, now) {
+                break;
+            }
+            self.sent.insert(*seq, now);
+            out.push(*seq);
         }
         out
     }
@@ -105,17 +191,26 @@ pub struct UplinkSettings {
     pub window: usize,
     pub ack_timeout: Duration,
     pub reconnect_max: Duration,
+    pub status_interval: Duration,
+    /// Backlog records a second after a reconnect; 0: unlimited.
+    pub backlog_rate: u64,
 }
 
-fn status(online: bool, buffer: &Buffer, router: &Router) -> Vec<u8> {
-    let s = AgentStatus {
-        online,
-        version: env!("CARGO_PKG_VERSION").into(),
-        time: now_micros(),
-        buffered_samples: buffer.unsealed(),
-        unacked_batches: buffer.unacked(),
-        rejected_samples: router.rejected(),
-    };
+/// Builds the agent's status; `online` is false for the last will and the goodbye.
+pub type StatusFn = Arc<dyn Fn(bool) -> AgentStatus + Send + Sync>;
+
+fn status_bytes(status: &StatusFn, online: bool) -> Vec<u8> {
+    let mut s = status(online);
+    s.faults.truncate(dash_shared::wire::MAX_FAULTS);
+    for f in &mut s.faults {
+        if f.len() > dash_shared::wire::MAX_TEXT_LEN {
+            let mut end = dash_shared::wire::MAX_TEXT_LEN;
+            while !f.is_char_boundary(end) {
+                end -= 1;
+            }
+            f.truncate(end);
+        }
+    }
     wire::encode(&Message::Status(s), &Limits::default()).expect("status always encodes")
 }
 
@@ -123,7 +218,7 @@ fn status(online: bool, buffer: &Buffer, router: &Router) -> Vec<u8> {
 pub async fn run(
     settings: UplinkSettings,
     buffer: Arc<Buffer>,
-    router: Arc<Router>,
+    status: StatusFn,
     sealed: Arc<Notify>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -137,7 +232,7 @@ pub async fn run(
     opts.set_max_packet_size(max, max);
     opts.set_last_will(LastWill::new(
         &status_topic,
-        status(false, &buffer, &router),
+        status_bytes(&status, false),
         QoS::AtLeastOnce,
         true,
     ));
@@ -147,23 +242,37 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (events, mut incoming) = mpsc::channel(256);
     let mut poller = tokio::spawn(poll(eventloop, events, settings.reconnect_max));
-    let mut inflight = Inflight::new(settings.window, settings.ack_timeout);
+    let mut inflight = Inflight::new(settings.window, settings.ack_timeout, settings.backlog_rate);
     let mut connected = false;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut report = tokio::time::interval(settings.status_interval.max(Duration::from_secs(1)));
     loop {
         tokio::select! {
             // Shutting down: leave the loop, then say goodbye below.
             _ = stop.cancelled() => break,
             // New batches were sealed.
             _ = sealed.notified() => {}
-            // Overdue acks.
+            // Overdue acks, and the backlog's pace.
             _ = tick.tick() => {}
+            _ = report.tick() => {
+                if connected {
+                    let now = status_bytes(&status, true);
+                    if client.try_publish(&status_topic, QoS::AtLeastOnce, true, now).is_err() {
+                        tracing::debug!("status skipped: the uplink request queue is full");
+                    }
+                }
+            }
             event = incoming.recv() => match event {
                 Some(Link::Connected) => {
                     connected = true;
-                    inflight.reset();
-                    tracing::info!(host = %settings.host, port = settings.port, "uplink connected");
-                    let online = status(true, &buffer, &router);
+                    inflight.reset(buffer.durable_seq());
+                    tracing::info!(
+                        host = %settings.host,
+                        port = settings.port,
+                        backlog_batches = buffer.unacked(),
+                        "uplink connected"
+                    );
+                    let online = status_bytes(&status, true);
                     if client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err()
                         || client.try_publish(&status_topic, QoS::AtLeastOnce, true, online).is_err()
                     {
@@ -187,7 +296,7 @@ pub async fn run(
             &status_topic,
             QoS::AtLeastOnce,
             true,
-            status(false, &buffer, &router),
+            status_bytes(&status, false),
         );
         let _ = client.try_disconnect();
     }
@@ -254,9 +363,19 @@ fn send_due(
     inflight: &mut Inflight,
     topic: &str,
 ) -> anyhow::Result<()> {
-    // Everything in flight is among the oldest unacked batches.
-    let outbox = buffer.outbox_seqs(2 * inflight.window)?;
-    for seq in inflight.due(&outbox, Instant::now()) {
+    // Everything in flight is among the oldest unacked batches of its kind.
+    let limit = 2 * inflight.window;
+    let through = inflight.backlog_through();
+    let mut backlog = Vec::new();
+    for seq in buffer.outbox_seqs(limit)? {
+        if seq > through {
+            break;
+        }
+        let records = buffer.batch_info(seq)?.map_or(0, |i| i.records);
+        backlog.push((seq, records));
+    }
+    let live = buffer.outbox_after(through, limit)?;
+    for seq in inflight.due(&live, &backlog, Instant::now()) {
         let Some(bytes) = buffer.batch_bytes(seq)? else {
             inflight.unsent(seq);
             continue;
@@ -268,7 +387,7 @@ fn send_due(
             inflight.unsent(seq);
             break;
         }
-        tracing::debug!(seq, "batch sent");
+        tracing::debug!(seq, backlog = seq <= through, "batch sent");
     }
     Ok(())
 }
@@ -279,6 +398,11 @@ fn on_ack(payload: &[u8], buffer: &Buffer, inflight: &mut Inflight) {
         Ok(_) => return tracing::warn!("non-ack message on the ack topic ignored"),
         Err(e) => return tracing::warn!(error = %e, "unreadable ack ignored"),
     };
+    crate::clock::observe(ack.server_time);
+    buffer.remember_time(ack.server_time);
+    if ack.seq == 0 {
+        return; // the answer to a status: only the time
+    }
     if ack.stream != *buffer.stream() {
         return tracing::debug!(seq = ack.seq, "ack for another buffer incarnation ignored");
     }
@@ -312,33 +436,36 @@ mod tests {
 
     #[test]
     fn sends_up_to_the_window_then_waits_for_acks() {
-        let mut f = Inflight::new(2, Duration::from_secs(30));
+        let mut f = Inflight::new(2, Duration::from_secs(30), 0);
         let t0 = Instant::now();
-        assert_eq!(f.due(&[1, 2, 3], t0), vec![1, 2]);
-        assert_eq!(f.due(&[1, 2, 3], t0), Vec::<u64>::new());
+        assert_eq!(f.due(&[1, 2, 3], &[], t0), vec![1, 2]);
+        assert_eq!(f.due(&[1, 2, 3], &[], t0), Vec::<u64>::new());
         f.acked(1, 0);
-        assert_eq!(f.due(&[2, 3], t0), vec![3]);
+        assert_eq!(f.due(&[2, 3], &[], t0), vec![3]);
     }
 
     #[test]
     fn overdue_batches_are_resent() {
-        let mut f = Inflight::new(4, Duration::from_secs(30));
+        let mut f = Inflight::new(4, Duration::from_secs(30), 0);
         let t0 = Instant::now();
-        assert_eq!(f.due(&[1, 2], t0), vec![1, 2]);
+        assert_eq!(f.due(&[1, 2], &[], t0), vec![1, 2]);
         assert_eq!(
-            f.due(&[1, 2], t0 + Duration::from_secs(29)),
+            f.due(&[1, 2], &[], t0 + Duration::from_secs(29)),
             Vec::<u64>::new()
         );
-        assert_eq!(f.due(&[1, 2], t0 + Duration::from_secs(30)), vec![1, 2]);
+        assert_eq!(
+            f.due(&[1, 2], &[], t0 + Duration::from_secs(30)),
+            vec![1, 2]
+        );
     }
 
     #[test]
     fn a_reconnect_resends_everything_in_flight() {
-        let mut f = Inflight::new(4, Duration::from_secs(30));
+        let mut f = Inflight::new(4, Duration::from_secs(30), 0);
         let t0 = Instant::now();
-        f.due(&[5, 6], t0);
-        f.reset();
-        assert_eq!(f.due(&[5, 6], t0), vec![5, 6]);
+        f.due(&[5, 6], &[], t0);
+        f.reset(0);
+        assert_eq!(f.due(&[5, 6], &[], t0), vec![5, 6]);
     }
 
     #[tokio::test]
@@ -354,7 +481,7 @@ mod tests {
         buffer.append(&[sample.clone(), sample]).unwrap();
         buffer.seal(1).await.unwrap();
         buffer.seal(1).await.unwrap();
-        let mut inflight = Inflight::new(4, Duration::from_secs(30));
+        let mut inflight = Inflight::new(4, Duration::from_secs(30), 0);
         let ack = |seq, through| {
             let ack = Ack {
                 stream: buffer.stream().clone(),
@@ -372,12 +499,46 @@ mod tests {
     }
 
     #[test]
-    fn committed_through_clears_older_sends() {
-        let mut f = Inflight::new(8, Duration::from_secs(30));
+    fn live_batches_go_first_and_the_backlog_is_paced() {
+        // 10 backlog batches of 100 records, at 200 records a second.
+        let mut f = Inflight::new(8, Duration::from_secs(30), 200);
+        f.reset(10);
+        let backlog: Vec<(u64, u64)> = (1..=10).map(|s| (s, 100)).collect();
         let t0 = Instant::now();
-        f.due(&[1, 2, 3, 4], t0);
+        assert_eq!(f.due(&[11, 12], &backlog, t0), vec![11, 12, 1, 2]);
+        f.acked(1, 0);
+        f.acked(2, 0);
+        // No budget left this second; live still goes.
+        assert_eq!(f.due(&[11, 12, 13], &backlog[2..], t0), vec![13]);
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(f.due(&[], &backlog[2..], t1), vec![3]);
+        // The backlog never takes more than half the window.
+        let mut g = Inflight::new(4, Duration::from_secs(30), 0);
+        g.reset(10);
+        assert_eq!(g.due(&[], &backlog, t0), vec![1, 2]);
+        assert_eq!(g.due(&[11, 12, 13], &backlog, t0), vec![11, 12]);
+    }
+
+    #[test]
+    fn a_pacer_lets_a_batch_larger_than_a_second_through_when_full() {
+        let mut p = Pacer::new(100);
+        let t0 = Instant::now();
+        assert!(p.take(500, t0), "a full budget lets a big batch go");
+        assert!(
+            !p.take(1, t0 + Duration::from_secs(1)),
+            "the debt is paid first"
+        );
+        assert!(p.take(1, t0 + Duration::from_secs(5)));
+        assert!(Pacer::new(0).take(u64::MAX, t0), "0 is unlimited");
+    }
+
+    #[test]
+    fn committed_through_clears_older_sends() {
+        let mut f = Inflight::new(8, Duration::from_secs(30), 0);
+        let t0 = Instant::now();
+        f.due(&[1, 2, 3, 4], &[], t0);
         f.acked(4, 2);
         assert_eq!(f.len(), 1);
-        assert_eq!(f.due(&[3], t0), Vec::<u64>::new());
+        assert_eq!(f.due(&[3], &[], t0), Vec::<u64>::new());
     }
 }

@@ -33,8 +33,8 @@ pub mod wire;
 pub use series::SeriesKey;
 pub use topic::{AgentId, TenantId, TopicKind};
 pub use wire::{
-    Ack, AckOutcome, AgentStatus, Batch, DecodeError, Event, Limits, Message, SeriesBlock,
-    StreamId, Window, WindowBlock,
+    Ack, AckOutcome, AgentStatus, Batch, BufferStatus, ClassCounts, ClockStatus, DecodeError,
+    Event, Limits, Message, SeriesBlock, StreamId, Window, WindowBlock,
 };
 
 /// UTC time in microseconds since 1970-01-01T00:00:00Z, PostgreSQL's own resolution.

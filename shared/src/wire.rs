@@ -6,16 +6,19 @@
 //! +------+------+---------+-------------------------------+
 //! | 'D'  | 'S'  | version | postcard(WireMessage)          |
 //! +------+------+---------+-------------------------------+
-//!   magic (2)     u8 = 1|2  the rest, no trailing bytes
+//!   magic (2)    u8 = 1..3  the rest, no trailing bytes
 //! ```
 //!
 //! The version byte comes before anything version-specific, so a reader
 //! rejects a newer protocol with [`DecodeError::UnsupportedVersion`] instead
 //! of misreading it. Version 2 adds pre-aggregated windows and events to
 //! batches. A writer uses the lowest version that can carry a message (a
-//! batch of plain samples, an ack and a status are still version 1), so
+//! batch of plain samples and an ack are still version 1), so
 //! agents and aggregators can be upgraded in either order until windows or
-//! events are used; a reader takes both.
+//! events are used; a reader takes all. Version 3 adds buffer, clock and
+//! fault details to the agent's status; only the status is written as
+//! version 3, so an older aggregator still stores every batch and only
+//! refuses the status (`unsupported_version`).
 //!
 //! # Delivery
 //!
@@ -38,7 +41,7 @@ use crate::{MAX_TIMESTAMP, MIN_TIMESTAMP, Micros};
 /// First two bytes of every Dash message.
 pub const MAGIC: [u8; 2] = *b"DS";
 /// The newest protocol version this crate reads and writes.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// The oldest version this crate still reads (and writes when enough).
 pub const PROTOCOL_VERSION_MIN: u8 = 1;
 /// Longest event body (JSON text), in bytes.
@@ -54,6 +57,8 @@ const HEADER_LEN: usize = 3;
 pub const MAX_STREAM_NAME_LEN: usize = 32;
 /// Longest free-text field (a rejection reason, a version string), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
+/// Most faults one status lists.
+pub const MAX_FAULTS: usize = 16;
 
 /// Bounds a decoder enforces. Both sides use the same defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +199,9 @@ pub enum AckOutcome {
     Rejected { reason: String },
 }
 
-/// The aggregator's answer to a batch, sent after commit.
+/// The aggregator's answer to a batch, sent after commit. An ack with seq 0
+/// answers a status message instead: it carries only the server's clock, so
+/// an agent whose clock is wrong learns the time before it sends a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub stream: StreamId,
@@ -206,8 +213,9 @@ pub struct Ack {
     pub server_time: Micros,
 }
 
-/// An agent's health, published retained on its status topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An agent's health, published retained on its status topic (protocol
+/// version 3; an older status is read with the fields it lacks at zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     /// False in the last-will message the broker sends when the agent vanishes.
     pub online: bool,
@@ -215,12 +223,88 @@ pub struct AgentStatus {
     pub version: String,
     /// The agent's clock when it wrote this.
     pub time: Micros,
-    /// Samples in the buffer, not yet acked.
-    pub buffered_samples: u64,
+    pub buffer: BufferStatus,
+    pub clock: ClockStatus,
+    /// Faults the agent is living with now (a full or read-only disk, a
+    /// buffer started afresh), each a short sentence; empty when healthy.
+    pub faults: Vec<String>,
+}
+
+/// The agent's buffer, as [`AgentStatus`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferStatus {
+    /// Records (samples, events, samples waiting for their window) held,
+    /// sealed or not, until the aggregator acks them.
+    pub records: u64,
+    /// Bytes those records take, as stored.
+    pub bytes: u64,
+    /// The disk budget (`buffer.max_bytes`); 0: none.
+    pub budget_bytes: u64,
+    /// Timestamp of the oldest record held; 0 when empty.
+    pub oldest: Micros,
     /// Batches sealed and sent or waiting, not yet acked.
     pub unacked_batches: u64,
-    /// Samples refused by inputs (bad payloads, bad timestamps).
-    pub rejected_samples: u64,
+    /// Counts for telemetry (MQTT devices, Modbus).
+    pub telemetry: ClassCounts,
+    /// Counts for transactions (the HTTP input).
+    pub transactions: ClassCounts,
+    /// Records inputs refused: bad payloads, keys or timestamps.
+    pub invalid_records: u64,
+    /// Records lost to corruption on disk (moved to quarantine).
+    pub corrupt_records: u64,
+    /// The buffer could not be opened and was moved aside at start.
+    pub recreated: bool,
+}
+
+/// What a full buffer did to one class of data, counted since the buffer
+/// was created (the counts survive restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassCounts {
+    /// Acknowledged records deleted, oldest first, to make room (`drop_oldest`).
+    pub dropped: u64,
+    /// Records refused at the input, never acknowledged (`reject`).
+    pub rejected: u64,
+}
+
+/// What the agent knows about its clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    /// An ack's server time has been seen since the agent started, or the
+    /// local clock was plausible from the start.
+    pub trusted: bool,
+    /// Server time minus local time, from the latest ack, in µs.
+    pub offset: Micros,
+    /// Stamps the agent took (one per MQTT publish without a time, Modbus
+    /// poll or HTTP request) while its clock was not trusted.
+    pub unsynced_stamps: u64,
+}
+
+/// The status of protocol versions 1 and 2.
+#[derive(Serialize, Deserialize)]
+struct AgentStatusV1 {
+    online: bool,
+    version: String,
+    time: Micros,
+    buffered_samples: u64,
+    unacked_batches: u64,
+    rejected_samples: u64,
+}
+
+impl From<AgentStatusV1> for AgentStatus {
+    fn from(s: AgentStatusV1) -> Self {
+        AgentStatus {
+            online: s.online,
+            version: s.version,
+            time: s.time,
+            buffer: BufferStatus {
+                records: s.buffered_samples,
+                unacked_batches: s.unacked_batches,
+                invalid_records: s.rejected_samples,
+                ..BufferStatus::default()
+            },
+            ..AgentStatus::default()
+        }
+    }
 }
 
 /// Anything that travels inside the envelope.
@@ -270,6 +354,8 @@ pub enum Invalid {
     Column { index: usize, source: ColumnError },
     #[error("text field is {0} bytes, more than the limit of {MAX_TEXT_LEN}")]
     TextTooLong(usize),
+    #[error("status lists {0} faults, more than {MAX_FAULTS}")]
+    TooManyFaults(usize),
     #[error("window series {index}: {reason}")]
     Window { index: usize, reason: String },
     #[error("event {index}: {reason}")]
@@ -312,12 +398,20 @@ pub enum EncodeError {
 enum WireMessage {
     Batch(WireBatch),
     Ack(Ack),
-    Status(AgentStatus),
+    Status(AgentStatusV1),
 }
 
 /// Version 2: batches gain windows and events.
 #[derive(Serialize, Deserialize)]
 enum WireMessageV2 {
+    Batch(WireBatchV2),
+    Ack(Ack),
+    Status(AgentStatusV1),
+}
+
+/// Version 3: the status gains buffer, clock and fault details.
+#[derive(Serialize, Deserialize)]
+enum WireMessageV3 {
     Batch(WireBatchV2),
     Ack(Ack),
     Status(AgentStatus),
@@ -550,7 +644,13 @@ pub fn validate(msg: &Message, limits: &Limits) -> Result<(), Invalid> {
                 _ => Ok(()),
             }
         }
-        Message::Status(s) => check_text(&s.version),
+        Message::Status(s) => {
+            check_text(&s.version)?;
+            if s.faults.len() > MAX_FAULTS {
+                return Err(Invalid::TooManyFaults(s.faults.len()));
+            }
+            s.faults.iter().try_for_each(|f| check_text(f))
+        }
     }
 }
 
@@ -598,6 +698,10 @@ pub fn encode(msg: &Message, limits: &Limits) -> Result<Vec<u8>, EncodeError> {
             });
             postcard::to_extend(&wire, out)
         }
+        Message::Status(st) => {
+            out.push(3);
+            postcard::to_extend(&WireMessageV3::Status(st.clone()), out)
+        }
         other => {
             out.push(PROTOCOL_VERSION_MIN);
             let wire = match other {
@@ -608,7 +712,7 @@ pub fn encode(msg: &Message, limits: &Limits) -> Result<Vec<u8>, EncodeError> {
                     series: blocks(&b.series),
                 }),
                 Message::Ack(a) => WireMessage::Ack(a.clone()),
-                Message::Status(s) => WireMessage::Status(s.clone()),
+                Message::Status(_) => unreachable!("a status is written as version 3"),
             };
             postcard::to_extend(&wire, out)
         }
@@ -656,7 +760,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
                     Message::Batch(unpack_batch(b, limits)?)
                 }
                 WireMessage::Ack(a) => Message::Ack(a),
-                WireMessage::Status(s) => Message::Status(s),
+                WireMessage::Status(s) => Message::Status(s.into()),
             };
             (msg, rest)
         }
@@ -666,7 +770,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
             let msg = match wire {
                 WireMessageV2::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
                 WireMessageV2::Ack(a) => Message::Ack(a),
-                WireMessageV2::Status(s) => Message::Status(s),
+                WireMessageV2::Status(s) => Message::Status(s.into()),
+            };
+            (msg, rest)
+        }
+        3 => {
+            let (wire, rest): (WireMessageV3, _) =
+                postcard::take_from_bytes(body).map_err(malformed)?;
+            let msg = match wire {
+                WireMessageV3::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
+                WireMessageV3::Ack(a) => Message::Ack(a),
+                WireMessageV3::Status(s) => Message::Status(s),
             };
             (msg, rest)
         }

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Router;
-use crate::commit::{Committer, Ticket};
+use crate::commit::{CommitError, Committer, Ticket};
+use crate::sample::Class;
 
 /// A reply, sent after its ticket (if any) resolved successfully.
 struct Reply {
@@ -120,7 +121,11 @@ async fn connection(
             Packet::Publish(p) => {
                 let dup_qos2 = p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.pkid);
                 let ticket = match (dup_qos2, router.records(&p.topic, &p.payload)) {
-                    (false, Ok(samples)) => Some(committer.enqueue_records(samples, None).await?),
+                    (false, Ok(samples)) => Some(
+                        committer
+                            .enqueue_records(Class::Telemetry, samples, None)
+                            .await?,
+                    ),
                     _ => None,
                 };
                 let ack = match p.qos {
@@ -184,7 +189,13 @@ async fn write_replies(
     while let Some(reply) = rx.recv().await {
         if let Some(ticket) = reply.ticket {
             // Not durable: close without acknowledging; the device resends.
-            ticket.wait().await?;
+            if let Err(e) = ticket.wait().await {
+                if matches!(e, CommitError::Full(_)) {
+                    // Do not invite an immediate resend into a full buffer.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                return Err(e.into());
+            }
         }
         if let Some(packet) = reply.packet {
             out.clear();

@@ -20,7 +20,7 @@ pub mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dash_shared::{Micros, now_micros};
+use dash_shared::Micros;
 
 use crate::sample::Sample;
 use mapping::{Mapping, PayloadError};
@@ -80,7 +80,7 @@ impl Router {
     /// payload has a time. Arrival stamps are cut to milliseconds: finer is
     /// noise for a reading that crossed a network, and costs wire bytes.
     pub fn route(&self, topic: &str, payload: &[u8]) -> Result<Vec<Sample>, RouteError> {
-        let now = now_micros();
+        let now = crate::clock::now();
         self.route_at(topic, payload, now - now.rem_euclid(1_000))
     }
 

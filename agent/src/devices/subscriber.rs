@@ -55,7 +55,11 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let ticket = match router.records(&p.topic, &p.payload) {
-                    Ok(samples) => Some(committer.enqueue_records(samples, None).await?),
+                    Ok(samples) => Some(
+                        committer
+                            .enqueue_records(crate::sample::Class::Telemetry, samples, None)
+                            .await?,
+                    ),
                     Err(_) => None, // counted and logged by the router; ack it, it can never succeed
                 };
                 if acks.send((ticket, p)).await.is_err() {

@@ -61,11 +61,55 @@ fn batch_ack_and_status_round_trip() {
         online: true,
         version: "0.1.0".into(),
         time: 1,
-        buffered_samples: 2,
-        unacked_batches: 3,
-        rejected_samples: 4,
+        buffer: crate::BufferStatus {
+            records: 2,
+            bytes: 300,
+            budget_bytes: 4_000,
+            oldest: 1_764_000_000_000_000,
+            unacked_batches: 3,
+            telemetry: crate::ClassCounts {
+                dropped: 5,
+                rejected: 0,
+            },
+            transactions: crate::ClassCounts {
+                dropped: 0,
+                rejected: 6,
+            },
+            invalid_records: 4,
+            corrupt_records: 7,
+            recreated: true,
+        },
+        clock: crate::ClockStatus {
+            trusted: false,
+            offset: -3_000_000,
+            unsynced_stamps: 8,
+        },
+        faults: vec!["disk full".into()],
     });
+    let bytes = encode(&status, &Limits::default()).unwrap();
+    assert_eq!(bytes[2], 3, "a status is written as version 3");
     assert_eq!(round_trip(&status), status);
+}
+
+#[test]
+fn a_version_1_status_is_read_with_its_fields_in_place() {
+    // What an agent of the previous release publishes: 'D' 'S' 1, variant 2
+    // (Status), online, version "0.1", time 5, buffered 2, unacked 3, rejected 4.
+    let bytes = [b'D', b'S', 1, 2, 1, 3, b'0', b'.', b'1', 10, 2, 3, 4];
+    let Message::Status(s) = decode(&bytes, &Limits::default()).unwrap() else {
+        panic!("not a status");
+    };
+    assert!(s.online);
+    assert_eq!((s.version.as_str(), s.time), ("0.1", 5));
+    assert_eq!(
+        (
+            s.buffer.records,
+            s.buffer.unacked_batches,
+            s.buffer.invalid_records
+        ),
+        (2, 3, 4)
+    );
+    assert!(s.faults.is_empty());
 }
 
 #[test]
@@ -85,10 +129,10 @@ fn other_versions_and_foreign_bytes_are_refused() {
         bytes[2], 1,
         "a batch of plain samples is still written as version 1"
     );
-    bytes[2] = 3;
+    bytes[2] = PROTOCOL_VERSION + 1;
     assert_eq!(
         decode(&bytes, &limits),
-        Err(DecodeError::UnsupportedVersion(3))
+        Err(DecodeError::UnsupportedVersion(PROTOCOL_VERSION + 1))
     );
     assert_eq!(decode(b"{\"json\":1}", &limits), Err(DecodeError::BadMagic));
     assert_eq!(decode(b"DS", &limits), Err(DecodeError::TooShort(2)));

@@ -1,0 +1,143 @@
+//! The agent's clock: the local clock, corrected by what the aggregator's
+//! acks say the time is.
+//!
+//! A gateway without a real-time clock boots with a stale time (1970, or
+//! the time it last shut down) and may have no NTP on a factory network.
+//! Every ack carries the aggregator's clock, and the aggregator answers each
+//! status message with a time-only ack, so the agent learns the time as
+//! soon as its uplink connects, before it sends a batch.
+//!
+//! - **Trusted** means an ack was seen since the start, or the local clock
+//!   was plausible at start: not before [`PLAUSIBLE_FROM`] (this release) nor
+//!   before the last server time the buffer remembers.
+//! - **Correction**: once an ack shows the local clock off by more than
+//!   [`MAX_SKEW`], the readings the agent stamps itself (MQTT payloads
+//!   without a time, Modbus polls, HTTP records without a time field) are
+//!   stamped with local time plus that offset. Within [`MAX_SKEW`] the local
+//!   clock is left alone: NTP does better than an MQTT round trip.
+//! - **Flagging**: stamps taken while the clock is not trusted are counted
+//!   and reported in the status (`clock.unsynced_stamps`). They are not
+//!   corrected afterwards: the agent cannot know how far its clock was off
+//!   before it learned the offset (it may have rebooted in between). Those
+//!   from before 2000 are refused by the protocol and counted as invalid;
+//!   the aggregator quarantines those more than a few minutes in the future.
+//!
+//! Timestamps that devices send themselves are never changed.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use dash_shared::{ClockStatus, Micros, now_micros};
+
+/// 2026-11-01T00:00:00Z: a local clock before this release is stale.
+pub const PLAUSIBLE_FROM: Micros = 1_793_491_200_000_000;
+
+/// An offset within ±2 s is left to NTP.
+pub const MAX_SKEW: Micros = 2_000_000;
+
+static APPLIED: AtomicI64 = AtomicI64::new(0);
+static MEASURED: AtomicI64 = AtomicI64::new(0);
+static TRUSTED: AtomicBool = AtomicBool::new(true);
+static UNSYNCED: AtomicU64 = AtomicU64::new(0);
+
+/// Decides at start whether the local clock can be trusted; `floor` is the
+/// last server time the buffer remembers (0 when none).
+pub fn init(floor: Micros) {
+    let local = now_micros();
+    let plausible = local >= PLAUSIBLE_FROM && local >= floor.saturating_sub(60_000_000);
+    TRUSTED.store(plausible, Ordering::SeqCst);
+    if !plausible {
+        tracing::warn!(
+            local = %rfc3339(local),
+            last_known = %rfc3339(floor),
+            "the local clock is behind the last known time; readings are flagged until the aggregator's time arrives"
+        );
+    }
+}
+
+fn rfc3339(t: Micros) -> String {
+    chrono::DateTime::from_timestamp_micros(t).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+}
+
+/// The time to stamp a reading with.
+pub fn now() -> Micros {
+    if !TRUSTED.load(Ordering::Relaxed) {
+        UNSYNCED.fetch_add(1, Ordering::Relaxed);
+    }
+    now_micros().saturating_add(APPLIED.load(Ordering::Relaxed))
+}
+
+/// Learns the offset from an ack's `server_time`.
+pub fn observe(server_time: Micros) {
+    if server_time <= 0 {
+        return;
+    }
+    let measured = server_time.saturating_sub(now_micros());
+    MEASURED.store(measured, Ordering::Relaxed);
+    let applied = if measured.abs() > MAX_SKEW {
+        measured
+    } else {
+        0
+    };
+    let before = APPLIED.swap(applied, Ordering::Relaxed);
+    if (applied - before).abs() > MAX_SKEW {
+        tracing::warn!(
+            offset_ms = applied / 1_000,
+            "the local clock is off; readings the agent stamps are corrected by the aggregator's time"
+        );
+    }
+    if !TRUSTED.swap(true, Ordering::SeqCst) {
+        tracing::info!(
+            offset_ms = measured / 1_000,
+            "clock trusted: the aggregator's time arrived"
+        );
+    }
+}
+
+/// What the status reports.
+pub fn status() -> ClockStatus {
+    ClockStatus {
+        trusted: TRUSTED.load(Ordering::SeqCst),
+        offset: MEASURED.load(Ordering::Relaxed),
+        unsynced_stamps: UNSYNCED.load(Ordering::Relaxed),
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn reset_for_test(trusted: bool) {
+    APPLIED.store(0, Ordering::SeqCst);
+    MEASURED.store(0, Ordering::SeqCst);
+    TRUSTED.store(trusted, Ordering::SeqCst);
+    UNSYNCED.store(0, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test: the clock is process-wide.
+    #[test]
+    fn stale_clock_is_flagged_then_corrected_by_the_server_time() {
+        // A floor in the future: this gateway booted with a stale clock.
+        init(now_micros() + 3_600_000_000);
+        assert!(!status().trusted);
+        now();
+        now();
+        assert_eq!(status().unsynced_stamps, 2);
+        // The aggregator says it is an hour later than we think.
+        observe(now_micros() + 3_600_000_000);
+        let s = status();
+        assert!(s.trusted);
+        assert!((s.offset - 3_600_000_000).abs() < 1_000_000, "{}", s.offset);
+        let stamped = now();
+        assert!((stamped - now_micros() - 3_600_000_000).abs() < 1_000_000);
+        assert_eq!(
+            status().unsynced_stamps,
+            2,
+            "trusted stamps are not flagged"
+        );
+        // A small offset is left to NTP.
+        observe(now_micros() + 500_000);
+        assert!((now() - now_micros()).abs() < 100_000);
+        reset_for_test(true);
+    }
+}
