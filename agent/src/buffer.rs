@@ -19,6 +19,8 @@
 //!          "next_seq"    -> u64 BE             the seq the next sealed batch gets
 //!          "counts"      -> postcard(Counts)   dropped, rejected and corrupt records, ever
 //!          "clock_floor" -> u64 BE µs          the last server time seen (see crate::clock)
+//! dash.mark (a file beside sled's)             incarnation, next seq and records held after
+//!                                              the last flush or settle (see `Mark`)
 //!          "format"      -> u64 BE             3 (2: no batch info; 1: one bare sample per
 //!                                              key; both are converted on open)
 //! idempotency: source 0x00 key -> u64 BE µs    idempotency keys of HTTP requests stored,
@@ -174,6 +176,10 @@ pub struct Buffer {
     unsealed: AtomicU64,
     /// Samples in `pending`.
     pending_count: AtomicU64,
+    /// Records in outbox batches (see [`BatchInfo::records`]).
+    outbox_records: AtomicU64,
+    /// The mark file beside the buffer (see [`Mark`]).
+    mark: std::path::PathBuf,
     /// Key and value bytes held (what the budget bounds).
     bytes: AtomicU64,
     /// Persisted in `meta`; the lock also orders every change to it.
@@ -187,6 +193,14 @@ pub struct Buffer {
     recreated: AtomicBool,
     /// The last write or flush error, cleared by the next success.
     fault: Mutex<Option<String>>,
+    /// Damage found at start, reported until the agent restarts.
+    damage: Mutex<Option<String>>,
+    /// sled failed a write: it refuses every write after that (its error
+    /// is sticky) until the buffer is opened again.
+    broken: AtomicBool,
+    /// Acked batches sled could not delete while broken: not sent again
+    /// until the buffer is reopened (then once more, as duplicates).
+    ghosts: Mutex<(u64, std::collections::BTreeSet<u64>)>,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BufferError> {
@@ -274,8 +288,11 @@ impl Buffer {
             pending_count += 1;
             bytes += entry_bytes(&k, &v);
         }
+        let mut outbox_records = 0;
         for item in batches.iter().values() {
-            bytes += batch_info(&item?)?.bytes;
+            let info = batch_info(&item?)?;
+            bytes += info.bytes;
+            outbox_records += info.records;
         }
         // Everything recovered from disk is durable.
         let durable_seq = match outbox.last()? {
@@ -283,7 +300,7 @@ impl Buffer {
             None => 0,
         };
         let log = std::fs::File::open(dir.join("db"))?;
-        Ok(Buffer {
+        let buffer = Buffer {
             db,
             log,
             samples,
@@ -304,13 +321,20 @@ impl Buffer {
             next_id: AtomicU64::new(next_id),
             unsealed: AtomicU64::new(unsealed),
             pending_count: AtomicU64::new(pending_count),
+            outbox_records: AtomicU64::new(outbox_records),
+            mark: mark_path(dir),
             bytes: AtomicU64::new(bytes),
             counts: Mutex::new(counts),
             writer: Mutex::new(()),
             durable_seq: AtomicU64::new(durable_seq),
             recreated: AtomicBool::new(false),
             fault: Mutex::new(None),
-        })
+            damage: Mutex::new(None),
+            broken: AtomicBool::new(false),
+            ghosts: Mutex::new((0, std::collections::BTreeSet::new())),
+        };
+        buffer.check_mark();
+        Ok(buffer)
     }
 
     /// Opens the buffer in `dir`; if it is corrupt beyond opening, moves it
@@ -322,7 +346,18 @@ impl Buffer {
     pub fn open_or_recover(
         dir: &Path,
     ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
-        match Buffer::open(dir) {
+        // sled panics on some damage instead of returning an error.
+        let opened = std::panic::catch_unwind(|| Buffer::open(dir)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(BufferError::Corrupt(format!(
+                "sled panicked while opening: {what}"
+            )))
+        });
+        match opened {
             Ok(b) => Ok((b, None)),
             Err(
                 e @ (BufferError::Corrupt(_)
@@ -513,6 +548,7 @@ impl Buffer {
                 .map_err(tx_error)?;
             *counts = next;
             self.sub_bytes(info.bytes);
+            sub(&self.outbox_records, info.records);
             tracing::warn!(
                 seq = read_u64(&k)?,
                 records = info.records,
@@ -601,7 +637,85 @@ impl Buffer {
     pub async fn flush(&self) -> Result<(), BufferError> {
         let result = self.try_flush().await;
         self.note(&result);
+        if result.is_ok() {
+            self.write_mark();
+        }
         result
+    }
+
+    /// Records held: unsealed, pending and in unacked batches.
+    pub fn held(&self) -> u64 {
+        self.unsealed()
+            + self.pending_count.load(Ordering::SeqCst)
+            + self.outbox_records.load(Ordering::SeqCst)
+    }
+
+    /// Writes the mark after a flush or a settle (see [`Mark`]).
+    fn write_mark(&self) {
+        let next_seq = match self.meta.get("next_seq") {
+            Ok(Some(v)) => read_u64(&v).unwrap_or(0),
+            _ => 0,
+        };
+        let mark = Mark {
+            incarnation: self.stream.incarnation,
+            next_seq,
+            held: self.held(),
+        };
+        if let Err(e) = mark.write(&self.mark) {
+            tracing::debug!(error = %e, "buffer mark not written");
+        }
+    }
+
+    /// Compares what sled recovered with the mark the last run left: a
+    /// buffer that came back emptier than it was written lost records that
+    /// sled's recovery cut (a flipped byte or a truncated log ends its
+    /// replay there). They are counted as corrupt and reported, never lost
+    /// silently.
+    fn check_mark(&self) {
+        let Some(mark) = Mark::read(&self.mark) else {
+            return;
+        };
+        let next_seq = match self.meta.get("next_seq") {
+            Ok(Some(v)) => read_u64(&v).unwrap_or(0),
+            _ => 0,
+        };
+        let held = self.held();
+        let lost = if mark.incarnation != self.stream.incarnation {
+            self.recreated.store(true, Ordering::SeqCst);
+            tracing::error!(
+                before = mark.incarnation,
+                now = self.stream.incarnation,
+                records = mark.held,
+                "the buffer came back as a new one: its files were lost or damaged; its records are counted as corrupt"
+            );
+            mark.held
+        } else if next_seq < mark.next_seq || held < mark.held {
+            let lost = mark
+                .held
+                .saturating_sub(held)
+                .max(u64::from(next_seq < mark.next_seq));
+            tracing::error!(
+                next_seq,
+                marked_next_seq = mark.next_seq,
+                held,
+                marked_held = mark.held,
+                "the buffer came back shorter than it was written (damaged files); the difference is counted as corrupt"
+            );
+            lost
+        } else {
+            return;
+        };
+        let mut counts = lock(&self.counts);
+        counts.corrupt += lost;
+        if let Ok(encoded) = encode(&*counts) {
+            let _ = self.meta.insert("counts", encoded);
+        }
+        drop(counts);
+        *lock(&self.damage) = Some(format!(
+            "{lost} buffered records were lost to damaged buffer files (found at start)"
+        ));
+        // Counted once: the next start compares with what is held now.
+        self.write_mark();
     }
 
     async fn try_flush(&self) -> Result<(), BufferError> {
@@ -626,6 +740,9 @@ impl Buffer {
                 if fault.is_none() {
                     tracing::error!(error = %e, "the buffer cannot write; inputs are not acknowledged, buffered batches are still sent");
                 }
+                if matches!(e, BufferError::Sled(_) | BufferError::Io(_)) {
+                    self.broken.store(true, Ordering::SeqCst);
+                }
                 *fault = Some(format!("buffer cannot write: {e}"));
             }
         }
@@ -634,6 +751,17 @@ impl Buffer {
     /// The current write fault, if any.
     pub fn fault(&self) -> Option<String> {
         lock(&self.fault).clone()
+    }
+
+    /// Whether a storage error broke the buffer for writing; it must be
+    /// opened again (once the disk has room or is writable again).
+    pub fn needs_reopen(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Damage found when the buffer was opened, if any.
+    pub fn damage(&self) -> Option<String> {
+        lock(&self.damage).clone()
     }
 
     /// Remembers a server time (from an ack) as a floor for the clock at
@@ -716,6 +844,7 @@ impl Buffer {
             invalid_records: 0,
             corrupt_records: counts.corrupt,
             recreated: self.recreated.load(Ordering::SeqCst),
+            disk_bytes: self.db.size_on_disk().unwrap_or(0),
         })
     }
 
@@ -758,6 +887,8 @@ impl Buffer {
             }
             match self.try_seal(class, &taken, &closed) {
                 Ok((seq, info)) => {
+                    self.outbox_records
+                        .fetch_add(info.records, Ordering::SeqCst);
                     self.sub_unsealed(taken.records.len() as u64);
                     let _ =
                         self.pending_count
@@ -952,9 +1083,7 @@ impl Buffer {
 
     /// The oldest `limit` sealed and flushed batches in seq order, for (re)sending.
     pub fn outbox_seqs(&self, limit: usize) -> Result<Vec<u64>, BufferError> {
-        let durable = self.durable_seq.load(Ordering::SeqCst);
-        let keys = self.outbox.range(..=be(durable)).keys();
-        keys.take(limit).map(|k| read_u64(&k?)).collect()
+        self.outbox_after(0, limit)
     }
 
     /// Sealed and flushed batches above `after`, oldest first, at most `limit`.
@@ -963,8 +1092,18 @@ impl Buffer {
         if after >= durable {
             return Ok(Vec::new());
         }
-        let keys = self.outbox.range(be(after + 1)..=be(durable)).keys();
-        keys.take(limit).map(|k| read_u64(&k?)).collect()
+        let ghosts = lock(&self.ghosts);
+        let mut out = Vec::with_capacity(limit);
+        for key in self.outbox.range(be(after + 1)..=be(durable)).keys() {
+            let seq = read_u64(&key?)?;
+            if seq > ghosts.0 && !ghosts.1.contains(&seq) {
+                out.push(seq);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The highest seq sealed durably; acks claiming more are not ours.
@@ -1009,6 +1148,7 @@ impl Buffer {
             .map_err(tx_error)?;
         *counts = next;
         self.sub_bytes(info.bytes);
+        sub(&self.outbox_records, info.records);
         tracing::error!(
             seq,
             records = info.records,
@@ -1020,6 +1160,21 @@ impl Buffer {
     /// Drops `seq` and everything up to `through` from the outbox: the
     /// aggregator has settled them. Returns how many batches were dropped.
     pub fn settle(&self, seq: u64, through: u64) -> Result<usize, BufferError> {
+        let result = self.settle_locked(seq, through);
+        if let Err(e) = &result {
+            // Not sent again by this run; resent once after a reopen.
+            let mut ghosts = lock(&self.ghosts);
+            ghosts.0 = ghosts.0.max(through);
+            ghosts.1.insert(seq);
+            tracing::warn!(seq, error = %e, "an acked batch could not be deleted; it is skipped until the buffer is reopened");
+        }
+        self.note(&result);
+        let n = result?;
+        self.write_mark();
+        Ok(n)
+    }
+
+    fn settle_locked(&self, seq: u64, through: u64) -> Result<usize, BufferError> {
         let _writer = lock(&self.writer);
         let mut keys = vec![sled::IVec::from(&be(seq))];
         for key in self.outbox.range(..=be(through)).keys() {
@@ -1031,11 +1186,55 @@ impl Buffer {
             if self.outbox.remove(&key)?.is_some() {
                 n += 1;
                 if let Some(info) = info {
-                    self.sub_bytes(batch_info(&info)?.bytes);
+                    let info = batch_info(&info)?;
+                    self.sub_bytes(info.bytes);
+                    sub(&self.outbox_records, info.records);
                 }
             }
         }
         Ok(n)
+    }
+}
+
+fn sub(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+/// `dash.mark` in the buffer's directory: what the buffer held after
+/// its last flush or settle, outside sled, so that records sled's recovery
+/// drops are noticed. Written with a rename after each flush and settle;
+/// not fsynced (a mark older than the buffer only means less is checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    incarnation: u64,
+    next_seq: u64,
+    held: u64,
+}
+
+fn mark_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("dash.mark")
+}
+
+impl Mark {
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("mark.tmp");
+        std::fs::write(
+            &tmp,
+            format!("{} {} {}\n", self.incarnation, self.next_seq, self.held),
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    fn read(path: &Path) -> Option<Mark> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut n = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+        Some(Mark {
+            incarnation: n.next()??,
+            next_seq: n.next()??,
+            held: n.next()??,
+        })
     }
 }
 
@@ -1613,7 +1812,7 @@ mod tests {
             !buf.append_records(
                 Class::Transactions,
                 &records(Class::Transactions, 50..60),
-                &[key.clone()]
+                std::slice::from_ref(&key)
             )
             .unwrap()
         );
@@ -1668,6 +1867,42 @@ mod tests {
             2 => (1u8..4).prop_map(Op::Ack),
             1 => Just(Op::Crash),
         ]
+    }
+
+    #[tokio::test]
+    async fn records_sled_lost_on_reopen_are_counted_not_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let buf = Buffer::open(dir.path()).unwrap();
+            buf.append(&(0..10).map(sample).collect::<Vec<_>>())
+                .unwrap();
+            buf.flush().await.unwrap();
+        }
+        // What a damaged log does: sled replays less than was written.
+        let mark = Mark::read(&mark_path(dir.path())).unwrap();
+        assert_eq!(mark.held, 10);
+        Mark { held: 25, ..mark }
+            .write(&mark_path(dir.path()))
+            .unwrap();
+        let buf = reopen(dir.path()).await;
+        assert_eq!(buf.corrupt_records(), 15);
+        assert!(
+            buf.damage()
+                .unwrap()
+                .contains("15 buffered records were lost")
+        );
+        // A buffer that came back as a new one counts everything it held.
+        Mark {
+            incarnation: 7,
+            held: 40,
+            ..mark
+        }
+        .write(&mark_path(dir.path()))
+        .unwrap();
+        drop(buf);
+        let buf = reopen(dir.path()).await;
+        assert_eq!(buf.corrupt_records(), 55);
+        assert!(buf.status().unwrap().recreated);
     }
 
     proptest::proptest! {

@@ -1,13 +1,16 @@
 //! Group commit: many inputs, one fsync.
 //!
 //! Inputs hand their samples to the [`Committer`] and wait. One task takes
-//! everything queued, waits at most `max_delay` for more (up to
-//! `max_samples`), appends it all to the buffer, flushes once, and then
-//! releases every waiting input. An input acknowledges its device only after
-//! that release, so an acked sample is on disk.
+//! everything queued (up to `max_samples`), optionally waits `max_delay`
+//! for more, appends it all to the buffer, flushes once, and then releases
+//! every waiting input. Whatever arrives while a flush runs goes into the
+//! next one, so groups grow with the load by themselves. An input
+//! acknowledges its device only after that release, so an acked sample is
+//! on disk.
 //!
-//! The window an acknowledgement waits is the flush time plus at most
-//! `max_delay` (5 ms by default).
+//! An acknowledgement waits for at most the flush in progress, its own
+//! flush, and `max_delay` (0 by default: a linger measured slower, see
+//! `benches/buffer.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +148,9 @@ async fn run(
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
+                // No linger: flush now (a zero timeout would still wait
+                // for the timer's next millisecond tick).
+                Err(mpsc::error::TryRecvError::Empty) if max_delay.is_zero() => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     tokio::time::timeout_at(deadline, rx.recv())
                         .await

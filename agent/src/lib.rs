@@ -53,11 +53,73 @@ use crate::commit::Committer;
 use crate::devices::{Router, listener, subscriber};
 use crate::uplink::UplinkSettings;
 
-/// Runs the agent until `shutdown` resolves, then drains within the grace period.
+/// Runs the agent until `shutdown` resolves, then drains within the grace
+/// period. When a storage error (a full or read-only disk) breaks the
+/// buffer for writing, the agent keeps forwarding what is buffered and
+/// reports the fault; once the disk takes writes again it restarts its
+/// pipeline in-process and opens the buffer afresh.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let mut first = true;
+    loop {
+        if !first {
+            tracing::info!("the disk takes writes again: reopening the buffer");
+        }
+        first = false;
+        match run_once(&config, shutdown.as_mut()).await? {
+            Exit::Shutdown => return Ok(()),
+            Exit::Reopen => continue,
+        }
+    }
+}
+
+/// Why one run of the pipeline ended.
+enum Exit {
+    Shutdown,
+    Reopen,
+}
+
+/// Opens the buffer, retrying while the previous run's sled still holds its lock.
+async fn open_buffer(dir: &std::path::Path) -> anyhow::Result<Buffer> {
+    let mut tries = 0;
+    loop {
+        match Buffer::open_or_recover(dir) {
+            Ok((buffer, _moved_aside)) => return Ok(buffer),
+            Err(buffer::BufferError::Sled(sled::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening the buffer in {}", dir.display()));
+            }
+        }
+    }
+}
+
+/// Whether `dir` takes a write of 1 MiB again (written, synced, removed).
+async fn disk_writable(dir: std::path::PathBuf) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let probe = dir.join(".dash-space-probe");
+        let result = std::fs::File::create(&probe).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&vec![0u8; 1 << 20])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&probe);
+        result.is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn run_once(
+    config: &Config,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Exit> {
     let dir = config.data_dir.join("buffer");
-    let (buffer, _moved_aside) = Buffer::open_or_recover(&dir)
-        .with_context(|| format!("opening the buffer in {}", dir.display()))?;
+    let buffer = open_buffer(&dir).await?;
     let budget = buffer::Budget {
         max_bytes: config.buffer.max_bytes,
         telemetry: config.buffer.telemetry_when_full,
@@ -89,7 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let stop_inputs = CancellationToken::new();
     let inputs = start_inputs(
-        &config,
+        config,
         &buffer,
         &router,
         &transforms,
@@ -109,7 +171,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     ));
     let status = status_fn(&buffer, &router, &committer);
     let uplink = tokio::spawn(uplink::run(
-        uplink_settings(&config)?,
+        uplink_settings(config)?,
         buffer.clone(),
         status,
         sealed,
@@ -117,8 +179,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     ));
     tracing::info!(tenant = %config.tenant, agent = %config.agent_id, "agent ready");
 
-    shutdown.await;
-    tracing::info!("shutting down: closing inputs");
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    let exit = loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => break Exit::Shutdown,
+            _ = check.tick() => {
+                if buffer.needs_reopen() && disk_writable(config.data_dir.clone()).await {
+                    break Exit::Reopen;
+                }
+            }
+        }
+    };
+    match exit {
+        Exit::Shutdown => tracing::info!("shutting down: closing inputs"),
+        Exit::Reopen => tracing::info!("restarting the pipeline: closing inputs"),
+    }
     let grace = config.shutdown_grace();
     stop_inputs.cancel();
     if tokio::time::timeout(grace, inputs.wait()).await.is_err() {
@@ -130,17 +205,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "group commit did not finish within the grace period; unacknowledged samples will be resent by devices"
         );
     }
-    buffer.flush().await?;
+    let flushed = buffer.flush().await;
     stop.cancel();
     let _ = sealer.await;
     uplink.await.context("uplink task panicked")??;
-    buffer.flush().await?;
+    if matches!(exit, Exit::Shutdown) {
+        flushed?;
+        buffer.flush().await?;
+    }
     tracing::info!(
         unsealed = buffer.unsealed(),
         unacked = buffer.unacked(),
         "stopped; buffer flushed"
     );
-    Ok(())
+    Ok(exit)
 }
 
 async fn start_inputs(
@@ -233,6 +311,7 @@ fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
         reconnect_max: Duration::from_millis(u.reconnect_max_ms),
         status_interval: Duration::from_secs(u.status_interval_secs),
         backlog_rate: u.backlog_records_per_sec,
+        status_file: Some(config.data_dir.join("status.json")),
     })
 }
 
@@ -254,9 +333,8 @@ fn status_fn(
         };
         state.invalid_records =
             router.rejected() + invalid.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(fault) = buffer.fault() {
-            faults.push(fault);
-        }
+        faults.extend(buffer.fault());
+        faults.extend(buffer.damage());
         if state.recreated {
             faults.push("the buffer could not be opened at start and was moved aside; a fresh one is in use".into());
         }

@@ -194,6 +194,21 @@ pub struct UplinkSettings {
     pub status_interval: Duration,
     /// Backlog records a second after a reconnect; 0: unlimited.
     pub backlog_rate: u64,
+    /// Where the status is also written as JSON, connected or not.
+    pub status_file: Option<std::path::PathBuf>,
+}
+
+/// Writes the status as JSON to `path` (through a temporary file and a
+/// rename, so a reader never sees half of it).
+fn write_status_file(path: &std::path::Path, status: &AgentStatus) {
+    let tmp = path.with_extension("json.tmp");
+    let result = serde_json::to_vec_pretty(status)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::debug!(path = %path.display(), error = %e, "status file not written");
+    }
 }
 
 /// Builds the agent's status; `online` is false for the last will and the goodbye.
@@ -255,6 +270,9 @@ pub async fn run(
             // Overdue acks, and the backlog's pace.
             _ = tick.tick() => {}
             _ = report.tick() => {
+                if let Some(path) = &settings.status_file {
+                    write_status_file(path, &status(connected));
+                }
                 if connected {
                     let now = status_bytes(&status, true);
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, now).is_err() {

@@ -64,6 +64,12 @@ pub struct IngestConfig {
     /// Numeric fields of events stored as series too, e.g.
     /// `{ kind = "sale", field = "amount", metric = "sales.amount", tags = ["location", "item"] }`.
     pub event_metrics: Vec<dash_shared::events::EventMetric>,
+    /// Readings stamped more than this many seconds ahead of the server's
+    /// clock when they arrive go to ingest_quarantine instead of the tiers.
+    pub max_future_secs: u64,
+    /// Likewise for readings more than this many days old; 0: no limit
+    /// (backfills of history are stored; the protocol refuses times before 2000).
+    pub max_past_days: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +158,8 @@ impl Default for IngestConfig {
             max_connections: 8,
             compact_every_secs: 60,
             event_metrics: Vec::new(),
+            max_future_secs: 300,
+            max_past_days: 0,
         }
     }
 }

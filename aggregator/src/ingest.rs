@@ -18,7 +18,8 @@ use std::sync::Arc;
 use dash_shared::events::EventMetric;
 use dash_shared::wire;
 use dash_shared::{
-    Ack, AckOutcome, AgentId, Batch, Limits, Message, StreamId, TenantId, now_micros,
+    Ack, AckOutcome, AgentId, AgentStatus, Batch, Limits, Message, Micros, StreamId, TenantId,
+    now_micros,
 };
 use sqlx::PgPool;
 
@@ -57,6 +58,106 @@ pub struct Ingestor<W> {
     limits: Limits,
     metrics: Arc<Metrics>,
     event_metrics: Vec<EventMetric>,
+    window: TimeWindow,
+    /// The faults each agent reported last, to log changes only.
+    faults: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>,
+}
+
+/// Readings stamped outside `[now - max_past, now + max_future]` when they
+/// arrive are quarantined instead of stored (see [`quarantine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub max_future: Micros,
+    /// `None`: only the protocol's floor (the year 2000) applies.
+    pub max_past: Option<Micros>,
+}
+
+impl Default for TimeWindow {
+    fn default() -> Self {
+        TimeWindow {
+            max_future: 300 * 1_000_000,
+            max_past: None,
+        }
+    }
+}
+
+/// A reading taken out of a batch for its timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub kind: &'static str,
+    pub series: String,
+    pub ts: Micros,
+    pub value: Option<f64>,
+    pub reason: &'static str,
+}
+
+/// Takes the samples, windows and events stamped outside `window` (seen
+/// from `now`) out of `batch`, dropping series left empty.
+pub fn quarantine(batch: &mut Batch, window: TimeWindow, now: Micros) -> Vec<Quarantined> {
+    let reason = |ts: Micros| -> Option<&'static str> {
+        if ts > now.saturating_add(window.max_future) {
+            Some("future")
+        } else if window.max_past.is_some_and(|p| ts < now.saturating_sub(p)) {
+            Some("past")
+        } else {
+            None
+        }
+    };
+    let mut out = Vec::new();
+    for block in &mut batch.series {
+        if block.timestamps.iter().all(|t| reason(*t).is_none()) {
+            continue;
+        }
+        let (mut ts, mut vs) = (Vec::new(), Vec::new());
+        for (t, v) in block.timestamps.iter().zip(&block.values) {
+            match reason(*t) {
+                Some(r) => out.push(Quarantined {
+                    kind: "sample",
+                    series: block.key.to_string(),
+                    ts: *t,
+                    value: Some(*v),
+                    reason: r,
+                }),
+                None => {
+                    ts.push(*t);
+                    vs.push(*v);
+                }
+            }
+        }
+        (block.timestamps, block.values) = (ts, vs);
+    }
+    batch.series.retain(|b| !b.timestamps.is_empty());
+    for block in &mut batch.windows {
+        let key = block.key.to_string();
+        block.windows.retain(|w| match reason(w.start) {
+            Some(r) => {
+                out.push(Quarantined {
+                    kind: "window",
+                    series: key.clone(),
+                    ts: w.start,
+                    value: Some(w.sum),
+                    reason: r,
+                });
+                false
+            }
+            None => true,
+        });
+    }
+    batch.windows.retain(|b| !b.windows.is_empty());
+    batch.events.retain(|e| match reason(e.time) {
+        Some(r) => {
+            out.push(Quarantined {
+                kind: "event",
+                series: format!("{}/{}", e.source, e.kind),
+                ts: e.time,
+                value: None,
+                reason: r,
+            });
+            false
+        }
+        None => true,
+    });
+    out
 }
 
 impl<W: SampleWriter> Ingestor<W> {
@@ -68,7 +169,74 @@ impl<W: SampleWriter> Ingestor<W> {
             limits,
             metrics,
             event_metrics: Vec::new(),
+            window: TimeWindow::default(),
+            faults: Default::default(),
         }
+    }
+
+    /// The sane window for timestamps (see [`quarantine`]).
+    pub fn with_time_window(mut self, window: TimeWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Records an agent's status message (the latest wins) and returns the
+    /// time-only ack that answers it, so an agent learns the server's time
+    /// before it sends a batch. A payload that is not a status is counted
+    /// and answered with nothing.
+    pub async fn record_status(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+        payload: &[u8],
+    ) -> Result<Option<Ack>, IngestError> {
+        let status: AgentStatus = match wire::decode(payload, &self.limits) {
+            Ok(Message::Status(s)) => s,
+            Ok(_) => {
+                self.metrics.rejected("not_a_status");
+                tracing::warn!(%tenant, %agent, "a non-status message on a status topic ignored");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.metrics.rejected(e.label());
+                tracing::warn!(%tenant, %agent, error = %e, "unreadable status ignored");
+                return Ok(None);
+            }
+        };
+        let json = serde_json::to_value(&status).unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO agent_status (tenant, agent, online, version, reported_at, received_at, status)
+             VALUES ($1, $2, $3, $4, 'epoch'::timestamptz + $5 * interval '1 microsecond', now(), $6)
+             ON CONFLICT (tenant, agent) DO UPDATE SET online = EXCLUDED.online,
+                 version = EXCLUDED.version, reported_at = EXCLUDED.reported_at,
+                 received_at = now(), status = EXCLUDED.status",
+        )
+        .bind(tenant.as_str())
+        .bind(agent.as_str())
+        .bind(status.online)
+        .bind(&status.version)
+        .bind(status.time)
+        .bind(json)
+        .execute(&self.pool)
+        .await?;
+        let key = (tenant.to_string(), agent.to_string());
+        let mut last = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if last.get(&key) != Some(&status.faults) {
+            if status.faults.is_empty() {
+                tracing::info!(%tenant, %agent, "agent reports no faults");
+            } else {
+                tracing::warn!(%tenant, %agent, faults = ?status.faults, "agent reports faults");
+            }
+            last.insert(key, status.faults.clone());
+        }
+        drop(last);
+        let beacon = StreamId {
+            name: "clock".into(),
+            incarnation: 0,
+        };
+        Ok(status
+            .online
+            .then(|| ack(&beacon, 0, AckOutcome::Duplicate, 0)))
     }
 
     /// Rules that turn numeric fields of events into samples, stored with
@@ -117,7 +285,8 @@ impl<W: SampleWriter> Ingestor<W> {
                         }
                         batch.series.extend(derived);
                     }
-                    valid.push((i, batch))
+                    let held = quarantine(&mut batch, self.window, now_micros());
+                    valid.push((i, batch, held))
                 }
                 Ok(_) => {
                     let reason = "a non-batch message on a batch topic";
@@ -143,10 +312,10 @@ impl<W: SampleWriter> Ingestor<W> {
     async fn store(
         &self,
         ds: &[Delivery<'_>],
-        valid: &[(usize, Batch)],
+        valid: &[(usize, Batch, Vec<Quarantined>)],
     ) -> Result<Vec<(usize, Ack)>, IngestError> {
         let mut ids = Vec::with_capacity(valid.len());
-        for (i, batch) in valid {
+        for (i, batch, _) in valid {
             ids.push(
                 self.registry
                     .resolve(&self.pool, ds[*i].tenant, batch)
@@ -164,7 +333,7 @@ impl<W: SampleWriter> Ingestor<W> {
         let mut tx = self.pool.begin().await?;
         // Lock every stream's ledger row once, in key order, so concurrent groups cannot deadlock.
         let mut ledgers: BTreeMap<_, (StreamLedger, StreamTally)> = BTreeMap::new();
-        for (i, b) in valid {
+        for (i, b, _) in valid {
             ledgers
                 .entry(stream_of(*i, b))
                 .or_insert_with(Default::default);
@@ -183,14 +352,16 @@ impl<W: SampleWriter> Ingestor<W> {
             .await?;
         }
         let mut admitted = Vec::new();
+        let mut held: Vec<(usize, &Quarantined)> = Vec::new();
         let mut outcomes = Vec::with_capacity(valid.len());
-        for ((i, batch), ids) in valid.iter().zip(&ids) {
+        for ((i, batch, quarantined), ids) in valid.iter().zip(&ids) {
             let (ledger, tally) = ledgers
                 .get_mut(&stream_of(*i, batch))
                 .expect("locked above");
             let outcome = match ledger.admit(batch.seq, batch.floor) {
                 Admission::New => {
                     ledger.settle(batch.seq);
+                    held.extend(quarantined.iter().map(|q| (*i, q)));
                     let n = batch.record_count() as u64;
                     (tally.batches, tally.samples) = (tally.batches + 1, tally.samples + n);
                     admitted.push(Admitted {
@@ -210,6 +381,9 @@ impl<W: SampleWriter> Ingestor<W> {
         }
         if !admitted.is_empty() {
             self.writer.write(&mut tx, &admitted).await?;
+        }
+        if !held.is_empty() {
+            self.store_quarantined(&mut tx, ds, &held).await?;
         }
         for (key, (ledger, tally)) in &ledgers {
             let stream = StreamId {
@@ -231,8 +405,12 @@ impl<W: SampleWriter> Ingestor<W> {
             .await?;
         }
         tx.commit().await?;
+        for (i, q) in &held {
+            self.metrics.quarantined(q.kind, q.reason);
+            tracing::warn!(tenant = %ds[*i].tenant, agent = %ds[*i].agent, kind = q.kind, series = %q.series, ts = q.ts, reason = q.reason, "reading quarantined for its timestamp");
+        }
         let mut acks = Vec::with_capacity(valid.len());
-        for ((i, batch), outcome) in valid.iter().zip(outcomes) {
+        for ((i, batch, _), outcome) in valid.iter().zip(outcomes) {
             match outcome {
                 AckOutcome::Committed { samples } => {
                     self.metrics.batch(BatchOutcome::Committed, samples)
@@ -246,6 +424,33 @@ impl<W: SampleWriter> Ingestor<W> {
             acks.push((*i, ack(&batch.stream, batch.seq, outcome, through)));
         }
         Ok(acks)
+    }
+
+    async fn store_quarantined(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ds: &[Delivery<'_>],
+        held: &[(usize, &Quarantined)],
+    ) -> Result<(), sqlx::Error> {
+        let col = |f: &dyn Fn(usize, &Quarantined) -> String| -> Vec<String> {
+            held.iter().map(|(i, q)| f(*i, q)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO ingest_quarantine (tenant, agent, kind, series, ts, value, reason)
+             SELECT t, a, k, s, 'epoch'::timestamptz + ts * interval '1 microsecond', v, r
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::float8[], $7::text[])
+                 AS u(t, a, k, s, ts, v, r)",
+        )
+        .bind(col(&|i, _| ds[i].tenant.to_string()))
+        .bind(col(&|i, _| ds[i].agent.to_string()))
+        .bind(col(&|_, q| q.kind.to_owned()))
+        .bind(col(&|_, q| q.series.clone()))
+        .bind(held.iter().map(|(_, q)| q.ts).collect::<Vec<i64>>())
+        .bind(held.iter().map(|(_, q)| q.value).collect::<Vec<Option<f64>>>())
+        .bind(col(&|_, q| q.reason.to_owned()))
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 
     /// Keeps a payload that cannot be stored, and answers it if it has an id.

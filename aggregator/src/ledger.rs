@@ -11,9 +11,11 @@
 //! `through`: every seq up to it is settled. `above`: settled seqs past a gap.
 //! The agent's `floor` (its lowest unsettled seq) moves `through` up: the
 //! agent will never send anything below it again, whether it was acked or
-//! dropped under a buffer policy. So `above` stays within the agent's
-//! in-flight window and the ledger is one small row per stream, not one row
-//! per batch.
+//! dropped under a buffer policy. So `above` holds the agent's in-flight
+//! window, and after an outage also the live batches the agent sends ahead
+//! of its backlog (one per `batch_linger_ms` of live data while the backlog
+//! drains, e.g. 600 seqs for a 10-minute catch-up at one batch a second),
+//! until the backlog is in: one small row per stream, not one row per batch.
 
 use std::collections::BTreeSet;
 

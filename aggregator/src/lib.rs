@@ -85,7 +85,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             limits,
             metrics,
         )
-        .with_event_metrics(config.ingest.event_metrics.clone()),
+        .with_event_metrics(config.ingest.event_metrics.clone())
+        .with_time_window(ingest::TimeWindow {
+            max_future: config.ingest.max_future_secs as i64 * 1_000_000,
+            max_past: (config.ingest.max_past_days > 0)
+                .then(|| config.ingest.max_past_days as i64 * 86_400 * 1_000_000),
+        }),
     );
     let session = tokio::spawn(link::run(
         link,

@@ -44,11 +44,11 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    fn batch_filter(&self) -> String {
+    fn filter(&self, filter: &str) -> String {
         if self.shared_group.is_empty() {
-            topic::BATCH_FILTER.to_owned()
+            filter.to_owned()
         } else {
-            format!("$share/{}/{}", self.shared_group, topic::BATCH_FILTER)
+            format!("$share/{}/{}", self.shared_group, filter)
         }
     }
 
@@ -121,16 +121,19 @@ async fn poll(
     queues: Vec<mpsc::Sender<Publish>>,
     stop: CancellationToken,
 ) {
-    let filter = config.batch_filter();
+    let filters = [
+        config.filter(topic::BATCH_FILTER),
+        config.filter(topic::STATUS_FILTER),
+    ];
     let mut failures = 0u32;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 tracing::info!(host = %config.host, port = config.port, "connected to broker");
-                if client
-                    .try_subscribe(filter.clone(), QoS::AtLeastOnce)
-                    .is_err()
+                if filters
+                    .iter()
+                    .any(|f| client.try_subscribe(f.clone(), QoS::AtLeastOnce).is_err())
                 {
                     tracing::error!(
                         "could not queue the batch subscription; reconnecting will retry"
@@ -204,6 +207,30 @@ async fn handle<W: SampleWriter>(
         ingestor.metrics().payload(publish.payload.len());
         match topic::parse(&publish.topic) {
             Ok((tenant, agent, TopicKind::Batch)) => senders.push(Some((tenant, agent))),
+            Ok((tenant, agent, TopicKind::Status)) => {
+                senders.push(None);
+                // Informational: a database error loses this status, not a batch.
+                match ingestor
+                    .record_status(&tenant, &agent, &publish.payload)
+                    .await
+                {
+                    Ok(Some(ack)) => {
+                        let bytes = wire::encode(&Message::Ack(ack), &Limits::default())
+                            .expect("acks always encode");
+                        let ack_topic = topic::topic(&tenant, &agent, TopicKind::Ack);
+                        if let Err(e) = client
+                            .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "time ack not queued");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(%tenant, %agent, error = %e, "agent status not recorded")
+                    }
+                }
+            }
             Ok(_) => senders.push(None),
             Err(e) => {
                 ingestor.refuse_topic(&publish.topic, &e);

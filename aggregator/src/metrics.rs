@@ -11,6 +11,7 @@ pub const REJECTED: &str = "dash_ingest_rejected_payloads_total";
 pub const STORE_ERRORS: &str = "dash_ingest_store_errors_total";
 pub const PAYLOAD_BYTES: &str = "dash_ingest_payload_bytes_total";
 pub const EXPIRED: &str = "dash_ingest_expired_samples_total";
+pub const QUARANTINED: &str = "dash_ingest_quarantined_total";
 
 /// Outcome of one batch message.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +33,7 @@ pub struct Metrics {
     /// than the tier keeps.
     expired: [AtomicU64; 3],
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    quarantined: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -66,6 +68,16 @@ impl Metrics {
         for (c, n) in self.expired.iter().zip(counts) {
             c.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a reading quarantined for its timestamp.
+    pub fn quarantined(&self, kind: &'static str, reason: &'static str) {
+        *self
+            .quarantined
+            .lock()
+            .expect("metrics lock")
+            .entry((kind, reason))
+            .or_default() += 1;
     }
 
     pub fn store_error(&self) {
@@ -120,6 +132,16 @@ impl Metrics {
         );
         for (tier, c) in ["raw", "hourly", "daily"].iter().zip(&self.expired) {
             let _ = writeln!(out, "{EXPIRED}{{tier=\"{tier}\"}} {}", load(c));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {QUARANTINED} Samples, windows and events kept in ingest_quarantine for their timestamps.\n# TYPE {QUARANTINED} counter"
+        );
+        for ((kind, reason), n) in self.quarantined.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "{QUARANTINED}{{kind=\"{kind}\",reason=\"{reason}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,

@@ -254,6 +254,9 @@ pub struct BufferStatus {
     pub corrupt_records: u64,
     /// The buffer could not be opened and was moved aside at start.
     pub recreated: bool,
+    /// Bytes of the buffer's files on disk: sled's log holds several times
+    /// `bytes` (see the README).
+    pub disk_bytes: u64,
 }
 
 /// What a full buffer did to one class of data, counted since the buffer

@@ -167,3 +167,72 @@ pub fn check_exactly_once(report: &Report, rows: &HashMap<i64, i64>) {
         );
     }
 }
+
+/// `value -> rows in PostgreSQL` for one device's metric `temp` of `tenant`.
+pub async fn rows_of(
+    pg: &crate::pg::TestPostgres,
+    tenant: &str,
+    device: &str,
+) -> HashMap<i64, i64> {
+    pg.counts(tenant, "temp")
+        .await
+        .into_iter()
+        .filter(|((d, _), _)| d == device)
+        .map(|((_, v), n)| (v, n))
+        .collect()
+}
+
+/// Waits until every acked reading of every device is stored, then checks
+/// the promise ([`check_exactly_once`]).
+pub async fn assert_delivered(
+    pg: &crate::pg::TestPostgres,
+    tenant: &str,
+    reports: &[(&str, &Report)],
+) {
+    for (device, report) in reports {
+        crate::eventually(
+            Duration::from_secs(90),
+            "acknowledged readings to reach PostgreSQL",
+            || async {
+                let rows = rows_of(pg, tenant, device).await;
+                report
+                    .acked
+                    .iter()
+                    .all(|v| rows.contains_key(v))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // Give resends in flight time to arrive, so a double would show.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (device, report) in reports {
+        let rows = rows_of(pg, tenant, device).await;
+        check_exactly_once(report, &rows);
+        let resent = report.sends.values().filter(|n| **n > 1).count();
+        let stored: i64 = rows.values().sum();
+        eprintln!(
+            "{device}: {} acked, {resent} resent by the device, {stored} rows stored",
+            report.acked.len()
+        );
+    }
+}
+
+/// Publishes `sensors/{name}/temp` readings 0, 1, 2, ... in the background until `stop`.
+pub fn background(
+    addr: SocketAddr,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Report> {
+    tokio::spawn(async move {
+        publish(
+            addr,
+            name,
+            "temp",
+            0..1_000_000,
+            stop,
+            Duration::from_secs(300),
+        )
+        .await
+    })
+}

@@ -9,6 +9,7 @@
 pub mod device;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

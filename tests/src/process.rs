@@ -99,6 +99,12 @@ impl Proc {
             .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
+    /// Adds an environment variable (a `DASH_` override) for the next start.
+    pub fn with_env(mut self, key: &str, value: impl Into<String>) -> Proc {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -249,4 +255,24 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Makes the device mapping of agent `agent_id`'s config (written by
+/// [`agent_with`]) read JSON objects: each numeric field becomes a series
+/// `{metric}.{field}`.
+pub fn json_devices(dir: &Path, agent_id: &str) {
+    let path = dir.join(format!("{agent_id}.toml"));
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config = config.replace(
+        "topic = \"sensors/{device}/{metric}\"\n",
+        "topic = \"sensors/{device}/{metric}\"\nformat = \"json\"\n",
+    );
+    assert!(config.contains("format = \"json\""));
+    std::fs::write(path, config).unwrap();
+}
+
+/// The agent's status as it last wrote it to `{data_dir}/status.json`.
+pub fn agent_status_file(dir: &Path, agent_id: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(agent_id).join("status.json")).ok()?;
+    serde_json::from_str(&text).ok()
 }

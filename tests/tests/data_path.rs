@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dash_tests::device::{self, Report, check_exactly_once};
+use dash_tests::device::{self, Report};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource, Mosquitto};
 use dash_tests::{eventually, free_port};
@@ -52,45 +52,12 @@ fn start_both(
     (aggregator, agent)
 }
 
-/// `value -> rows` for one device.
 async fn rows_of(pg: &TestPostgres, device: &str) -> HashMap<i64, i64> {
-    pg.counts(TENANT, "temp")
-        .await
-        .into_iter()
-        .filter(|((d, _), _)| d == device)
-        .map(|((_, v), n)| (v, n))
-        .collect()
+    device::rows_of(pg, TENANT, device).await
 }
 
-/// Waits until every acked reading of every device is stored, then checks the promise.
 async fn assert_delivered(pg: &TestPostgres, reports: &[(&str, &Report)]) {
-    for (device, report) in reports {
-        eventually(
-            Duration::from_secs(90),
-            "acknowledged readings to reach PostgreSQL",
-            || async {
-                let rows = rows_of(pg, device).await;
-                report
-                    .acked
-                    .iter()
-                    .all(|v| rows.contains_key(v))
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-    // Give resends in flight time to arrive, so a double would show.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    for (device, report) in reports {
-        let rows = rows_of(pg, device).await;
-        check_exactly_once(report, &rows);
-        let resent = report.sends.values().filter(|n| **n > 1).count();
-        let stored: i64 = rows.values().sum();
-        eprintln!(
-            "{device}: {} acked, {resent} resent by the device, {stored} rows stored",
-            report.acked.len()
-        );
-    }
+    device::assert_delivered(pg, TENANT, reports).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,55 +139,12 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
     );
 }
 
-/// Runs a device in the background until `stop`.
 fn background_device(
     addr: SocketAddr,
     name: &'static str,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Report> {
-    tokio::spawn(async move {
-        device::publish(
-            addr,
-            name,
-            "temp",
-            0..1_000_000,
-            stop,
-            Duration::from_secs(120),
-        )
-        .await
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = TestPostgres::start().await;
-    let p = ports();
-    let (_aggregator, mut agent) = start_both(dir.path(), &pg, &p);
-    let stop = Arc::new(AtomicBool::new(false));
-    let devices = [
-        background_device(device_addr(&p), "th-1", stop.clone()),
-        background_device(device_addr(&p), "th-2", stop.clone()),
-    ];
-    for round in 0..5u64 {
-        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
-        agent.kill9();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        agent.start();
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut reports = Vec::new();
-    for d in devices {
-        reports.push(d.await.unwrap());
-    }
-    assert!(
-        reports.iter().all(|r| r.acked.len() > 100),
-        "devices made too little progress: {:?}",
-        reports.iter().map(|r| r.acked.len()).collect::<Vec<_>>()
-    );
-    assert_delivered(&pg, &[("th-1", &reports[0]), ("th-2", &reports[1])]).await;
-    assert!(agent.is_running(), "agent died:\n{}", agent.log());
+    device::background(addr, name, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -294,3 +294,117 @@ async fn garbage_on_the_batch_topic_is_rejected_and_other_agents_keep_flowing() 
     );
     assert!(aggregator.is_running());
 }
+
+#[tokio::test]
+async fn readings_from_the_future_are_quarantined_once_and_the_rest_stored() {
+    let pg = TestPostgres::start().await;
+    let metrics = Arc::new(Metrics::default());
+    let ing = Ingestor::new(
+        pg.pool.clone(),
+        TieredWriter::new(Default::default()),
+        Limits::default(),
+        metrics.clone(),
+    );
+    let (tenant, agent) = ids();
+    // A gateway whose clock runs an hour ahead, beside one that is right.
+    let now = dash_shared::now_micros();
+    let mut b = batch(1, 1, 9);
+    b.series[0].timestamps = (0..10).map(|i| now - 60_000_000 + i * 1_000_000).collect();
+    b.series.push(SeriesBlock {
+        key: SeriesKey::new("th-ahead", "temp"),
+        timestamps: (0..4)
+            .map(|i| now + 3_600_000_000 + i * 1_000_000)
+            .collect(),
+        values: vec![1.0, 2.0, 3.0, 4.0],
+    });
+    b.events.push(dash_shared::Event {
+        source: "till-1".into(),
+        time: now + 3_600_000_000,
+        kind: "sale".into(),
+        body: "{}".into(),
+    });
+    let bytes = encode(&b);
+    let ack = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
+    assert_eq!(ack.outcome, AckOutcome::Committed { samples: 10 });
+    // A resend of the same batch quarantines nothing again.
+    let again = ing.handle(&tenant, &agent, &bytes).await.unwrap().unwrap();
+    assert_eq!(again.outcome, AckOutcome::Duplicate);
+    assert_eq!(pg.total().await, 10);
+    let held: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT kind, series, reason FROM ingest_quarantine ORDER BY kind, ts")
+            .fetch_all(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(held.len(), 5);
+    assert_eq!(
+        held[0],
+        (
+            "event".to_owned(),
+            "till-1/sale".to_owned(),
+            "future".to_owned()
+        )
+    );
+    assert!(
+        held[1..]
+            .iter()
+            .all(|(k, s, r)| k == "sample" && s.starts_with("th-ahead") && r == "future")
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("dash_ingest_quarantined_total{kind=\"sample\",reason=\"future\"} 4"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_status_is_recorded_per_agent_and_answered_with_the_server_time() {
+    let pg = TestPostgres::start().await;
+    let ing = pg.ingestor();
+    let (tenant, agent) = ids();
+    let mut status = dash_shared::AgentStatus {
+        online: true,
+        version: "9.9.9".into(),
+        time: dash_shared::now_micros(),
+        ..Default::default()
+    };
+    status.buffer.telemetry.dropped = 12;
+    status.faults = vec!["disk full".into()];
+    let bytes = wire::encode(&Message::Status(status.clone()), &Limits::default()).unwrap();
+    let before = dash_shared::now_micros();
+    let beacon = ing
+        .record_status(&tenant, &agent, &bytes)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(beacon.seq, 0, "a time-only ack");
+    assert!(beacon.server_time >= before);
+    // The last will: offline, no answer; the row is replaced.
+    status.online = false;
+    status.faults.clear();
+    let bytes = wire::encode(&Message::Status(status), &Limits::default()).unwrap();
+    assert!(
+        ing.record_status(&tenant, &agent, &bytes)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (online, version, dropped, faults): (bool, String, i64, i64) = sqlx::query_as(
+        "SELECT online, version, (status->'buffer'->'telemetry'->>'dropped')::bigint,
+                jsonb_array_length(status->'faults')::bigint
+         FROM agent_status WHERE tenant = 'acme' AND agent = 'gw-1'",
+    )
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (online, version.as_str(), dropped, faults),
+        (false, "9.9.9", 12, 0)
+    );
+    // Junk on a status topic is counted, not stored.
+    assert!(
+        ing.record_status(&tenant, &agent, b"junk")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -78,6 +78,7 @@ fn batch_ack_and_status_round_trip() {
             invalid_records: 4,
             corrupt_records: 7,
             recreated: true,
+            disk_bytes: 9_000,
         },
         clock: crate::ClockStatus {
             trusted: false,
