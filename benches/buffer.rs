@@ -41,7 +41,8 @@ async fn throughput(records: i64, group: i64) -> f64 {
 
 /// Acknowledgement latencies of `inputs` concurrent inputs, each sending
 /// one record at a time, through the committer with `max_delay`, or (None)
-/// each doing its own append and flush.
+/// each doing its own append (one at a time: the buffer has one writer)
+/// and its own flush.
 async fn latencies(
     inputs: usize,
     per_input: usize,
@@ -51,10 +52,12 @@ async fn latencies(
     let buffer = Arc::new(Buffer::open(dir.path()).unwrap());
     let committer = max_delay
         .map(|d| Committer::spawn(buffer.clone(), d, 20_000, u64::MAX, Arc::new(Notify::new())));
+    let writer = Arc::new(std::sync::Mutex::new(()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for input in 0..inputs {
         let buffer = buffer.clone();
+        let writer = writer.clone();
         let committer = committer.as_ref().map(|(c, _)| c.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::with_capacity(per_input);
@@ -71,7 +74,10 @@ async fn latencies(
                             .unwrap();
                     }
                     None => {
-                        buffer.append_records(Class::Telemetry, &[r], &[]).unwrap();
+                        {
+                            let _one = writer.lock().unwrap();
+                            buffer.append_records(Class::Telemetry, &[r], &[]).unwrap();
+                        }
                         buffer.flush().await.unwrap();
                     }
                 }

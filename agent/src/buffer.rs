@@ -180,8 +180,19 @@ pub struct Buffer {
     outbox_records: AtomicU64,
     /// The mark file beside the buffer (see [`Mark`]).
     mark: std::path::PathBuf,
-    /// Key and value bytes held (what the budget bounds).
-    bytes: AtomicU64,
+    /// Key and value bytes held (what the budget bounds), per class
+    /// ([`Class::index`]) and, at [`PENDING`], samples waiting for their
+    /// window (telemetry that `drop_oldest` cannot take).
+    bytes: [AtomicU64; 3],
+    /// Records taken out of what the buffer holds, ever (this run): acked,
+    /// dropped, quarantined, folded into windows. See [`Mark`].
+    removed: AtomicU64,
+    /// Records about to be taken out (`removed` already counts them).
+    removing: AtomicU64,
+    /// The mark last written; the lock orders mark writes.
+    mark_state: Mutex<Mark>,
+    /// Batches handed to the uplink and not yet acked: never dropped for room.
+    in_flight: Mutex<std::collections::BTreeSet<u64>>,
     /// Persisted in `meta`; the lock also orders every change to it.
     counts: Mutex<Counts>,
     /// Seal, settle, evict and quarantine take this, so a record is never
@@ -263,20 +274,22 @@ impl Buffer {
             }
         };
         let counts = match meta.get("counts")? {
-            Some(v) => postcard::from_bytes(&v)
-                .map_err(|e| BufferError::Corrupt(format!("counts: {e}")))?,
+            Some(v) => postcard::from_bytes(&v).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the buffer's drop and reject counts are unreadable; they start again from 0");
+                Counts::default()
+            }),
             None => Counts::default(),
         };
         // Ids stay unique: past every chunk's records and every pending sample.
-        let (mut next_id, mut unsealed, mut bytes) = (0u64, 0u64, 0u64);
-        for tree in [&samples, &transactions] {
+        let (mut next_id, mut unsealed, mut bytes) = (0u64, 0u64, [0u64; 3]);
+        for (class, tree) in Class::ALL.into_iter().zip([&samples, &transactions]) {
             if let Some((k, v)) = tree.last()? {
                 next_id = next_id.max(read_u64(&k)? + u64::from(chunk_len(&v)));
             }
             for item in tree.iter() {
                 let (k, v) = item?;
-                unsealed += u64::from(chunk_len(&v));
-                bytes += entry_bytes(&k, &v);
+                unsealed += chunk_records(&v);
+                bytes[class.index()] += entry_bytes(&k, &v);
             }
         }
         let mut pending_count = 0u64;
@@ -286,12 +299,23 @@ impl Buffer {
                 next_id = next_id.max(read_u64(&k[8..])? + 1);
             }
             pending_count += 1;
-            bytes += entry_bytes(&k, &v);
+            bytes[PENDING] += entry_bytes(&k, &v);
         }
         let mut outbox_records = 0;
-        for item in batches.iter().values() {
-            let info = batch_info(&item?)?;
-            bytes += info.bytes;
+        for item in batches.iter() {
+            let (k, v) = item?;
+            // An unreadable info costs the batch its checksum, not the buffer.
+            let info = batch_info(&v).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "unreadable batch info; the batch is sent unchecked");
+                BatchInfo {
+                    class: Class::Telemetry,
+                    records: 0,
+                    bytes: entry_bytes(&k, &outbox.get(&k).ok().flatten().unwrap_or_default()),
+                    oldest: 0,
+                    crc: 0,
+                }
+            });
+            bytes[info.class.index()] += info.bytes;
             outbox_records += info.records;
         }
         // Everything recovered from disk is durable.
@@ -323,7 +347,11 @@ impl Buffer {
             pending_count: AtomicU64::new(pending_count),
             outbox_records: AtomicU64::new(outbox_records),
             mark: mark_path(dir),
-            bytes: AtomicU64::new(bytes),
+            bytes: bytes.map(AtomicU64::new),
+            removed: AtomicU64::new(0),
+            removing: AtomicU64::new(0),
+            mark_state: Mutex::new(Mark::default()),
+            in_flight: Mutex::new(std::collections::BTreeSet::new()),
             counts: Mutex::new(counts),
             writer: Mutex::new(()),
             durable_seq: AtomicU64::new(durable_seq),
@@ -333,7 +361,10 @@ impl Buffer {
             broken: AtomicBool::new(false),
             ghosts: Mutex::new((0, std::collections::BTreeSet::new())),
         };
-        buffer.check_mark();
+        buffer.check_mark()?;
+        // Everything just opened is on disk: the mark starts from it.
+        let snapshot = buffer.mark_snapshot();
+        buffer.write_mark_after_flush(snapshot);
         Ok(buffer)
     }
 
@@ -390,13 +421,19 @@ impl Buffer {
         aside.push(format!(".corrupt-{secs}"));
         let aside = std::path::PathBuf::from(aside);
         std::fs::rename(dir, &aside)?;
+        let abandoned = Mark::read(&mark_path(&aside)).map_or(0, |m| m.held);
         tracing::error!(
+            records = abandoned,
             error = %e,
             moved_to = %aside.display(),
             "the buffer could not be opened and was moved aside; starting a fresh one (records in it were not sent)"
         );
         let fresh = Buffer::open(dir)?;
         fresh.recreated.store(true, Ordering::SeqCst);
+        if abandoned > 0 {
+            // What the old buffer held (by its mark) was never sent.
+            fresh.count_corrupt_at_start(abandoned)?;
+        }
         Ok((fresh, Some(aside)))
     }
 
@@ -440,9 +477,12 @@ impl Buffer {
         let mut windowed = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let id = first + i as u64;
+            // Only telemetry is pre-aggregated: windows are telemetry.
             let rule = match r {
-                Record::Sample(s) => aggregate::rule_for(&self.rules, &s.key),
-                Record::Event(_) => None,
+                Record::Sample(s) if class == Class::Telemetry => {
+                    aggregate::rule_for(&self.rules, &s.key)
+                }
+                _ => None,
             };
             match (rule, r) {
                 (Some(rule), Record::Sample(s)) => {
@@ -458,9 +498,9 @@ impl Buffer {
             }
         }
         let chunk = (!plain.is_empty()).then(|| (be(plain[0].0), chunk_bytes(&plain)));
-        let size = chunk.as_ref().map_or(0, |(k, v)| entry_bytes(k, v))
-            + windowed.iter().map(|(k, v)| entry_bytes(k, v)).sum::<u64>();
-        if !self.make_room(class, size)? {
+        let size = chunk.as_ref().map_or(0, |(k, v)| entry_bytes(k, v));
+        let pending_size = windowed.iter().map(|(k, v)| entry_bytes(k, v)).sum::<u64>();
+        if !self.make_room(class, size + pending_size)? {
             self.count_rejected(class, records.len() as u64)?;
             return Ok(false);
         }
@@ -492,7 +532,8 @@ impl Buffer {
             .fetch_add(plain.len() as u64, Ordering::SeqCst);
         self.pending_count
             .fetch_add(windowed.len() as u64, Ordering::SeqCst);
-        self.bytes.fetch_add(size, Ordering::SeqCst);
+        self.bytes[class.index()].fetch_add(size, Ordering::SeqCst);
+        self.bytes[PENDING].fetch_add(pending_size, Ordering::SeqCst);
         Ok(true)
     }
 
@@ -504,19 +545,37 @@ impl Buffer {
     }
 
     /// Whether `size` more bytes of `class` fit the budget, after dropping
-    /// the class's oldest records if its policy says so.
+    /// what the policies allow: a `drop_oldest` class drops its own oldest
+    /// records; a `reject` class is refused only when no `drop_oldest`
+    /// class has anything left to drop (transactions push out telemetry,
+    /// never the other way round). Nothing is dropped when dropping
+    /// everything allowed would still not make room.
     fn make_room(&self, class: Class, size: u64) -> Result<bool, BufferError> {
         let max = self.budget.max_bytes;
         if max == 0 {
             return Ok(true);
         }
-        let fits = |b: &Buffer| b.bytes.load(Ordering::SeqCst).saturating_add(size) <= max;
+        let fits = |b: &Buffer| b.bytes().saturating_add(size) <= max;
         if fits(self) {
             return Ok(true);
         }
-        if self.budget.policy(class) == WhenFull::DropOldest {
+        let droppable: Vec<Class> = Class::ALL
+            .into_iter()
+            .filter(|c| {
+                self.budget.policy(*c) == WhenFull::DropOldest
+                    && (*c == class || self.budget.policy(class) == WhenFull::Reject)
+            })
+            .collect();
+        let freeable: u64 = droppable
+            .iter()
+            .map(|c| self.bytes[c.index()].load(Ordering::SeqCst))
+            .sum();
+        if self.bytes().saturating_sub(freeable).saturating_add(size) > max {
+            return Ok(false);
+        }
+        for c in droppable {
             while !fits(self) {
-                if !self.drop_oldest(class)? {
+                if !self.drop_oldest(c)? {
                     break;
                 }
             }
@@ -528,12 +587,14 @@ impl Buffer {
     /// left, its oldest unsealed chunk. Returns false when there was nothing.
     fn drop_oldest(&self, class: Class) -> Result<bool, BufferError> {
         let _writer = lock(&self.writer);
+        let in_flight = lock(&self.in_flight).clone();
         for item in self.batches.iter() {
             let (k, v) = item?;
             let info = batch_info(&v)?;
-            if info.class != class {
+            if info.class != class || in_flight.contains(&read_u64(&k)?) {
                 continue;
             }
+            self.lower_mark(info.records);
             let mut counts = lock(&self.counts);
             let mut next = *counts;
             next.dropped[class.index()] += info.records;
@@ -547,7 +608,9 @@ impl Buffer {
                 })
                 .map_err(tx_error)?;
             *counts = next;
-            self.sub_bytes(info.bytes);
+            drop(counts);
+            self.removed_done(info.records);
+            sub(&self.bytes[class.index()], info.bytes);
             sub(&self.outbox_records, info.records);
             tracing::warn!(
                 seq = read_u64(&k)?,
@@ -561,7 +624,8 @@ impl Buffer {
         let Some((k, v)) = tree.first()? else {
             return Ok(false);
         };
-        let records = u64::from(chunk_len(&v));
+        let records = chunk_records(&v);
+        self.lower_mark(records);
         let mut counts = lock(&self.counts);
         let mut next = *counts;
         next.dropped[class.index()] += records;
@@ -574,8 +638,10 @@ impl Buffer {
             })
             .map_err(tx_error)?;
         *counts = next;
+        drop(counts);
+        self.removed_done(records);
         self.sub_unsealed(records);
-        self.sub_bytes(entry_bytes(&k, &v));
+        sub(&self.bytes[class.index()], entry_bytes(&k, &v));
         tracing::warn!(
             records,
             class = class.name(),
@@ -596,20 +662,8 @@ impl Buffer {
         Ok(())
     }
 
-    fn sub_bytes(&self, n: u64) {
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
-                Some(b.saturating_sub(n))
-            });
-    }
-
     fn sub_unsealed(&self, n: u64) {
-        let _ = self
-            .unsealed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(n))
-            });
+        sub(&self.unsealed, n);
     }
 
     /// Whether a request with this idempotency key was stored already.
@@ -635,10 +689,12 @@ impl Buffer {
     /// (it flushes neither the drive's cache nor metadata), so the log file is
     /// fsynced as well: a Pi loses power more often than it crashes.
     pub async fn flush(&self) -> Result<(), BufferError> {
+        // Taken before: a record appended during the flush may not be in it.
+        let snapshot = self.mark_snapshot();
         let result = self.try_flush().await;
         self.note(&result);
         if result.is_ok() {
-            self.write_mark();
+            self.write_mark_after_flush(snapshot);
         }
         result
     }
@@ -650,20 +706,86 @@ impl Buffer {
             + self.outbox_records.load(Ordering::SeqCst)
     }
 
-    /// Writes the mark after a flush or a settle (see [`Mark`]).
-    fn write_mark(&self) {
-        let next_seq = match self.meta.get("next_seq") {
+    fn next_seq(&self) -> u64 {
+        match self.meta.get("next_seq") {
             Ok(Some(v)) => read_u64(&v).unwrap_or(0),
             _ => 0,
-        };
+        }
+    }
+
+    /// What the mark may say now: records flushed, minus everything taken
+    /// out since (whether that reached the disk yet or not), so it is never
+    /// more than a crash can leave behind.
+    fn mark_snapshot(&self) -> (Mark, u64) {
+        let held = self
+            .held()
+            .saturating_sub(self.removing.load(Ordering::SeqCst));
+        // Seals are durable up to durable_seq; next_seq in meta may be ahead.
         let mark = Mark {
             incarnation: self.stream.incarnation,
-            next_seq,
-            held: self.held(),
+            next_seq: self.durable_seq.load(Ordering::SeqCst) + 1,
+            held,
         };
-        if let Err(e) = mark.write(&self.mark) {
+        (mark, self.removed.load(Ordering::SeqCst))
+    }
+
+    /// Writes the mark from a snapshot taken before a flush that succeeded.
+    fn write_mark_after_flush(&self, (mark, removed_then): (Mark, u64)) {
+        let mut state = lock(&self.mark_state);
+        let since = self
+            .removed
+            .load(Ordering::SeqCst)
+            .saturating_sub(removed_then);
+        let next = Mark {
+            held: mark.held.saturating_sub(since),
+            ..mark
+        };
+        self.store_mark(&mut state, next);
+    }
+
+    /// Before `n` records are taken out: lowers the mark first, so a crash
+    /// after the removal reaches the disk never finds the mark higher than
+    /// what is left. Pair with [`Buffer::removed_done`].
+    fn lower_mark(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut state = lock(&self.mark_state);
+        self.removing.fetch_add(n, Ordering::SeqCst);
+        self.removed.fetch_add(n, Ordering::SeqCst);
+        let next = Mark {
+            held: state.held.saturating_sub(n),
+            ..*state
+        };
+        self.store_mark(&mut state, next);
+    }
+
+    fn removed_done(&self, n: u64) {
+        sub(&self.removing, n);
+    }
+
+    fn store_mark(&self, state: &mut Mark, next: Mark) {
+        if *state == next {
+            return;
+        }
+        *state = next;
+        if let Err(e) = next.write(&self.mark) {
             tracing::debug!(error = %e, "buffer mark not written");
         }
+    }
+
+    /// Counts `n` records as corrupt, found at start (or abandoned with a
+    /// buffer moved aside), flushed at once so that a crash right after
+    /// does not lose the count while the mark already forgot it.
+    fn count_corrupt_at_start(&self, n: u64) -> Result<(), BufferError> {
+        let mut counts = lock(&self.counts);
+        counts.corrupt += n;
+        self.meta.insert("counts", encode(&*counts)?)?;
+        drop(counts);
+        self.db.flush()?;
+        let (mark, removed) = self.mark_snapshot();
+        self.write_mark_after_flush((mark, removed));
+        Ok(())
     }
 
     /// Compares what sled recovered with the mark the last run left: a
@@ -671,14 +793,20 @@ impl Buffer {
     /// sled's recovery cut (a flipped byte or a truncated log ends its
     /// replay there). They are counted as corrupt and reported, never lost
     /// silently.
-    fn check_mark(&self) {
+    fn check_mark(&self) -> Result<(), BufferError> {
         let Some(mark) = Mark::read(&self.mark) else {
-            return;
+            return Ok(());
         };
-        let next_seq = match self.meta.get("next_seq") {
-            Ok(Some(v)) => read_u64(&v).unwrap_or(0),
-            _ => 0,
-        };
+        if mark.incarnation == self.stream.incarnation && self.next_seq() < mark.next_seq {
+            // Sealed batches vanished with the log's tail. Their seqs must
+            // never name other records: the aggregator may have stored them.
+            tracing::error!(
+                next_seq = self.next_seq(),
+                marked = mark.next_seq,
+                "the buffer's seq went back; it continues after the last seq sealed"
+            );
+            self.meta.insert("next_seq", &be(mark.next_seq))?;
+        }
         let held = self.held();
         let lost = if mark.incarnation != self.stream.incarnation {
             self.recreated.store(true, Ordering::SeqCst);
@@ -689,33 +817,21 @@ impl Buffer {
                 "the buffer came back as a new one: its files were lost or damaged; its records are counted as corrupt"
             );
             mark.held
-        } else if next_seq < mark.next_seq || held < mark.held {
-            let lost = mark
-                .held
-                .saturating_sub(held)
-                .max(u64::from(next_seq < mark.next_seq));
+        } else if held < mark.held {
             tracing::error!(
-                next_seq,
-                marked_next_seq = mark.next_seq,
                 held,
                 marked_held = mark.held,
                 "the buffer came back shorter than it was written (damaged files); the difference is counted as corrupt"
             );
-            lost
+            mark.held - held
         } else {
-            return;
+            return Ok(());
         };
-        let mut counts = lock(&self.counts);
-        counts.corrupt += lost;
-        if let Ok(encoded) = encode(&*counts) {
-            let _ = self.meta.insert("counts", encoded);
-        }
-        drop(counts);
         *lock(&self.damage) = Some(format!(
             "{lost} buffered records were lost to damaged buffer files (found at start)"
         ));
         // Counted once: the next start compares with what is held now.
-        self.write_mark();
+        self.count_corrupt_at_start(lost)
     }
 
     async fn try_flush(&self) -> Result<(), BufferError> {
@@ -795,7 +911,7 @@ impl Buffer {
 
     /// Key and value bytes held (what the budget bounds).
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::SeqCst)
+        self.bytes.iter().map(|b| b.load(Ordering::SeqCst)).sum()
     }
 
     /// Dropped, rejected and corrupt records since the buffer was created.
@@ -885,21 +1001,30 @@ impl Buffer {
             if taken.records.is_empty() && taken.remove.is_empty() && closed.keys.is_empty() {
                 return Ok(None);
             }
-            match self.try_seal(class, &taken, &closed) {
+            // Folding samples into windows holds fewer records: lower the
+            // mark first (by at most the samples folded).
+            let folded = closed.keys.len() as u64;
+            self.lower_mark(folded);
+            let sealed = self.try_seal(class, &taken, &closed);
+            self.removed_done(folded);
+            match sealed {
                 Ok((seq, info)) => {
                     self.outbox_records
                         .fetch_add(info.records, Ordering::SeqCst);
                     self.sub_unsealed(taken.records.len() as u64);
-                    let _ =
-                        self.pending_count
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                Some(n.saturating_sub(closed.keys.len() as u64))
-                            });
-                    self.sub_bytes(taken.bytes + closed.bytes);
-                    self.bytes.fetch_add(
+                    sub(&self.pending_count, folded);
+                    let c = class.index();
+                    sub(&self.bytes[c], taken.bytes);
+                    sub(&self.bytes[PENDING], closed.bytes);
+                    self.bytes[c].fetch_add(
                         info.bytes + taken.rewrite.as_ref().map_or(0, |(k, v)| entry_bytes(k, v)),
                         Ordering::SeqCst,
                     );
+                    if closed.unreadable > 0 {
+                        let mut counts = lock(&self.counts);
+                        counts.corrupt += closed.unreadable;
+                        self.meta.insert("counts", encode(&*counts)?)?;
+                    }
                     return Ok(Some(seq));
                 }
                 // Many series or long keys can make a batch too big: take fewer.
@@ -934,7 +1059,8 @@ impl Buffer {
             match postcard::from_bytes::<(u32, Sample)>(&v) {
                 Ok(s) => closed.samples.push(s),
                 Err(e) => {
-                    tracing::error!(key = ?k, error = %e, "unreadable pending sample dropped")
+                    closed.unreadable += 1;
+                    tracing::error!(key = ?k, error = %e, "unreadable pending sample dropped (counted as corrupt)")
                 }
             }
             closed.bytes += entry_bytes(&k, &v);
@@ -957,7 +1083,7 @@ impl Buffer {
             let mut records = match read_chunk(&v) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.quarantine_chunk(tree, &k, &v, &e)?;
+                    self.quarantine_chunk(class, &k, &v, &e)?;
                     continue;
                 }
             };
@@ -978,12 +1104,14 @@ impl Buffer {
     /// the buffer keeps going without it; counts its records.
     fn quarantine_chunk(
         &self,
-        tree: &sled::Tree,
+        class: Class,
         key: &[u8],
         bytes: &[u8],
         e: &BufferError,
     ) -> Result<(), BufferError> {
-        let records = u64::from(chunk_len(bytes));
+        let tree = self.tree(class);
+        let records = chunk_records(bytes);
+        self.lower_mark(records);
         let mut counts = lock(&self.counts);
         let mut next = *counts;
         next.corrupt += records;
@@ -997,8 +1125,10 @@ impl Buffer {
             })
             .map_err(tx_error)?;
         *counts = next;
+        drop(counts);
+        self.removed_done(records);
         self.sub_unsealed(records);
-        self.sub_bytes(entry_bytes(key, bytes));
+        sub(&self.bytes[class.index()], entry_bytes(key, bytes));
         tracing::error!(
             id = read_u64(key).unwrap_or_default(),
             error = %e,
@@ -1122,16 +1252,42 @@ impl Buffer {
     /// The encoded batch `seq`, if still unacked. A batch that fails its
     /// checksum is moved to the quarantine tree, counted, and not returned.
     pub fn batch_bytes(&self, seq: u64) -> Result<Option<sled::IVec>, BufferError> {
+        self.checked_bytes(seq, false)
+    }
+
+    /// [`Buffer::batch_bytes`] for the uplink: the batch is in flight from
+    /// now until it is settled or [`Buffer::not_sent`], and the budget does
+    /// not drop it meanwhile (a batch both dropped and delivered would
+    /// count as dropped while stored).
+    pub fn take_for_sending(&self, seq: u64) -> Result<Option<sled::IVec>, BufferError> {
+        self.checked_bytes(seq, true)
+    }
+
+    /// A batch taken for sending did not leave.
+    pub fn not_sent(&self, seq: u64) {
+        lock(&self.in_flight).remove(&seq);
+    }
+
+    /// A new connection: nothing is in flight any more. (A batch sent on
+    /// the broken connection whose ack was lost may now be dropped for room
+    /// although it was stored: the one case a drop count can be too high.)
+    pub fn forget_in_flight(&self) {
+        lock(&self.in_flight).clear();
+    }
+
+    fn checked_bytes(&self, seq: u64, sending: bool) -> Result<Option<sled::IVec>, BufferError> {
+        let _writer = lock(&self.writer);
         let Some(bytes) = self.outbox.get(be(seq))? else {
             return Ok(None);
         };
-        let Some(info) = self.batch_info(seq)? else {
+        let info = self.batch_info(seq).unwrap_or(None);
+        let Some(info) = info.filter(|i| crc32fast::hash(&bytes) != i.crc) else {
+            if sending {
+                lock(&self.in_flight).insert(seq);
+            }
             return Ok(Some(bytes));
         };
-        if crc32fast::hash(&bytes) == info.crc {
-            return Ok(Some(bytes));
-        }
-        let _writer = lock(&self.writer);
+        self.lower_mark(info.records);
         let mut counts = lock(&self.counts);
         let mut next = *counts;
         next.corrupt += info.records;
@@ -1147,7 +1303,9 @@ impl Buffer {
             })
             .map_err(tx_error)?;
         *counts = next;
-        self.sub_bytes(info.bytes);
+        drop(counts);
+        self.removed_done(info.records);
+        sub(&self.bytes[info.class.index()], info.bytes);
         sub(&self.outbox_records, info.records);
         tracing::error!(
             seq,
@@ -1169,27 +1327,39 @@ impl Buffer {
             tracing::warn!(seq, error = %e, "an acked batch could not be deleted; it is skipped until the buffer is reopened");
         }
         self.note(&result);
-        let n = result?;
-        self.write_mark();
-        Ok(n)
+        result
     }
 
     fn settle_locked(&self, seq: u64, through: u64) -> Result<usize, BufferError> {
         let _writer = lock(&self.writer);
+        {
+            let mut in_flight = lock(&self.in_flight);
+            in_flight.remove(&seq);
+            *in_flight = in_flight.split_off(&through.saturating_add(1));
+        }
         let mut keys = vec![sled::IVec::from(&be(seq))];
         for key in self.outbox.range(..=be(through)).keys() {
             keys.push(key?);
         }
         let mut n = 0;
         for key in keys {
-            let info = self.batches.remove(&key)?;
-            if self.outbox.remove(&key)?.is_some() {
+            let Some(bytes) = self.outbox.get(&key)? else {
+                continue;
+            };
+            // An unreadable info: the batch still goes; its bytes are known.
+            let info = self.batches.get(&key)?.and_then(|v| batch_info(&v).ok());
+            let (class, records, size) = info
+                .map_or((Class::Telemetry, 0, entry_bytes(&key, &bytes)), |i| {
+                    (i.class, i.records, i.bytes)
+                });
+            self.lower_mark(records);
+            let removed = self.outbox.remove(&key).map(|o| o.is_some());
+            let _ = self.batches.remove(&key);
+            self.removed_done(records);
+            if removed? {
                 n += 1;
-                if let Some(info) = info {
-                    let info = batch_info(&info)?;
-                    self.sub_bytes(info.bytes);
-                    sub(&self.outbox_records, info.records);
-                }
+                sub(&self.bytes[class.index()], size);
+                sub(&self.outbox_records, records);
             }
         }
         Ok(n)
@@ -1202,11 +1372,18 @@ fn sub(counter: &AtomicU64, n: u64) {
     });
 }
 
-/// `dash.mark` in the buffer's directory: what the buffer held after
-/// its last flush or settle, outside sled, so that records sled's recovery
-/// drops are noticed. Written with a rename after each flush and settle;
-/// not fsynced (a mark older than the buffer only means less is checked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `dash.mark` in the buffer's directory, outside sled, so that records
+/// sled's recovery drops are noticed: never more than a crash can leave.
+///
+/// - After a flush it says what was held when the flush began, minus what
+///   was taken out since.
+/// - Before records are taken out (acked, dropped, quarantined, folded into
+///   windows) it is lowered first.
+/// - Written with a rename, not fsynced: after a power cut an older mark
+///   may come back. If records were acked since, it says more than is held,
+///   and they are counted as corrupt although they were delivered. After a
+///   process crash it is exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Mark {
     incarnation: u64,
     next_seq: u64,
@@ -1238,6 +1415,18 @@ impl Mark {
     }
 }
 
+/// Records in a chunk: decoded when it decodes, else from its header
+/// (which the CRC does not cover), bounded by the payload's size.
+fn chunk_records(bytes: &[u8]) -> u64 {
+    match read_chunk(bytes) {
+        Ok(records) => records.len() as u64,
+        Err(_) => u64::from(chunk_len(bytes)).min(bytes.len() as u64),
+    }
+}
+
+/// Index of pending samples in [`Buffer::bytes`].
+const PENDING: usize = 2;
+
 fn batch_info(bytes: &[u8]) -> Result<BatchInfo, BufferError> {
     postcard::from_bytes(bytes).map_err(|e| BufferError::Corrupt(format!("batch info: {e}")))
 }
@@ -1260,6 +1449,8 @@ struct ClosedWindows {
     keys: Vec<sled::IVec>,
     samples: Vec<(u32, Sample)>,
     bytes: u64,
+    /// Keys whose sample did not decode (removed, counted as corrupt).
+    unreadable: u64,
 }
 
 /// What a seal takes from a class's tree.
@@ -1758,7 +1949,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn at_the_budget_telemetry_drops_its_oldest_and_transactions_are_refused() {
+    async fn at_the_budget_telemetry_drops_its_oldest_and_transactions_push_it_out_before_being_refused()
+     {
         let dir = tempfile::tempdir().unwrap();
         let budget = Budget {
             max_bytes: 6_000,
@@ -1793,32 +1985,66 @@ mod tests {
             next += 1;
         }
         // Telemetry made room by dropping its own oldest; transactions stay.
-        let held = held(&buf);
-        let telemetry = held.iter().filter(|(c, _)| *c == Class::Telemetry).count() as u64;
+        let before = held(&buf);
+        let telemetry = before
+            .iter()
+            .filter(|(c, _)| *c == Class::Telemetry)
+            .count() as u64;
         assert_eq!(telemetry + buf.counts().dropped[0], (next - 1_000) as u64);
         assert_eq!(
-            held.iter()
+            before
+                .iter()
                 .filter(|(c, _)| *c == Class::Transactions)
                 .count(),
             20
         );
         assert!(
-            held.iter().any(|(_, v)| *v == (next - 1) as f64 / 10.0),
+            before.iter().any(|(_, v)| *v == (next - 1) as f64 / 10.0),
             "the newest is kept"
         );
-        // Transactions are refused, counted, and their idempotency key not stored.
-        let key = b"pos\0k9".to_vec();
+        // A transaction pushes out telemetry; it is never pushed out itself.
+        let dropped = buf.counts().dropped[0];
         assert!(
-            !buf.append_records(
+            buf.append_records(
                 Class::Transactions,
-                &records(Class::Transactions, 50..60),
-                std::slice::from_ref(&key)
+                &records(Class::Transactions, 30..40),
+                &[]
             )
             .unwrap()
         );
+        assert!(buf.counts().dropped[0] > dropped);
+        // Once no telemetry is left, transactions are refused, counted, and
+        // their idempotency key is not stored.
+        let key = b"pos\0k9".to_vec();
+        let mut from = 100;
+        let refused = loop {
+            let stored = buf
+                .append_records(
+                    Class::Transactions,
+                    &records(Class::Transactions, from..from + 10),
+                    std::slice::from_ref(&key),
+                )
+                .unwrap();
+            from += 10;
+            if !stored {
+                break from - 10;
+            }
+            assert!(buf.bytes() <= budget.max_bytes);
+            buf.forget_keys(i64::MAX).unwrap();
+        };
         assert_eq!(buf.counts().rejected[1], 10);
         assert!(!buf.seen(&key).unwrap());
         assert_eq!(buf.counts().dropped[1], 0);
+        // Refused only when dropping all the telemetry left would not make
+        // room; every telemetry record is held or counted as dropped.
+        let now_held = held(&buf);
+        let count = |c: Class| now_held.iter().filter(|(k, _)| *k == c).count() as u64;
+        let telemetry_appended = (next - 1_000) as u64;
+        assert_eq!(
+            count(Class::Telemetry) + buf.counts().dropped[0],
+            telemetry_appended
+        );
+        assert_eq!(count(Class::Transactions), 20 + 10 + (refused - 100) as u64);
         // The counts survive a restart, and the bytes are counted the same way.
         let (counts, bytes) = (buf.counts(), buf.bytes());
         buf.flush().await.unwrap();
@@ -1828,7 +2054,8 @@ mod tests {
         let status = buf.status().unwrap();
         assert_eq!(status.telemetry.dropped, counts.dropped[0]);
         assert_eq!(status.transactions.rejected, 10);
-        assert_eq!(status.records, held.len() as u64);
+        assert_eq!(status.records, now_held.len() as u64);
+        assert_eq!(status.transactions.dropped, 0);
     }
 
     #[tokio::test]

@@ -40,8 +40,13 @@ static TRUSTED: AtomicBool = AtomicBool::new(true);
 static UNSYNCED: AtomicU64 = AtomicU64::new(0);
 
 /// Decides at start whether the local clock can be trusted; `floor` is the
-/// last server time the buffer remembers (0 when none).
+/// last server time the buffer remembers (0 when none). Only the first call
+/// decides: a pipeline restarted in-process keeps what it learned.
 pub fn init(floor: Micros) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let local = now_micros();
     let plausible = local >= PLAUSIBLE_FROM && local >= floor.saturating_sub(60_000_000);
     TRUSTED.store(plausible, Ordering::SeqCst);
@@ -66,12 +71,23 @@ pub fn now() -> Micros {
     now_micros().saturating_add(APPLIED.load(Ordering::Relaxed))
 }
 
+/// The offsets measured from the last acks: an ack's delay in transit only
+/// makes its offset lower, so the highest of them is the best estimate.
+static RECENT: std::sync::Mutex<[Micros; 16]> = std::sync::Mutex::new([Micros::MIN; 16]);
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
 /// Learns the offset from an ack's `server_time`.
 pub fn observe(server_time: Micros) {
     if server_time <= 0 {
         return;
     }
-    let measured = server_time.saturating_sub(now_micros());
+    let sample = server_time.saturating_sub(now_micros());
+    let measured = {
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed) as usize % recent.len();
+        recent[slot] = sample;
+        recent.iter().copied().max().unwrap_or(sample)
+    };
     MEASURED.store(measured, Ordering::Relaxed);
     let applied = if measured.abs() > MAX_SKEW {
         measured
@@ -104,6 +120,7 @@ pub fn status() -> ClockStatus {
 
 #[cfg(test)]
 pub(crate) fn reset_for_test(trusted: bool) {
+    *RECENT.lock().unwrap() = [Micros::MIN; 16];
     APPLIED.store(0, Ordering::SeqCst);
     MEASURED.store(0, Ordering::SeqCst);
     TRUSTED.store(trusted, Ordering::SeqCst);
@@ -135,8 +152,16 @@ mod tests {
             2,
             "trusted stamps are not flagged"
         );
-        // A small offset is left to NTP.
+        // A late ack does not pull the estimate down; a small offset is
+        // left to NTP.
+        reset_for_test(true);
         observe(now_micros() + 500_000);
+        observe(now_micros() - 9_000_000);
+        assert!(
+            (status().offset - 500_000).abs() < 100_000,
+            "{}",
+            status().offset
+        );
         assert!((now() - now_micros()).abs() < 100_000);
         reset_for_test(true);
     }

@@ -193,15 +193,23 @@ async fn store(
     let mut outcomes: Vec<Result<Stored, CommitError>> = Vec::with_capacity(group.len());
     let mut keys: [Vec<Vec<u8>>; 2] = Default::default();
     let mut all: [Vec<Record>; 2] = Default::default();
-    for p in group {
+    // A request whose key came earlier in this group shares that request's
+    // fate: if the first is refused, so is the second.
+    let mut first_with_key: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut same_as: Vec<Option<usize>> = vec![None; group.len()];
+    for (i, p) in group.iter().enumerate() {
         let c = p.class.index();
         if let Some(key) = &p.key {
-            if keys.iter().any(|k| k.contains(key))
-                || buffer.seen(key).map_err(|e| e.to_string())?
-            {
+            if let Some((_, first)) = first_with_key.iter().find(|(k, _)| k == key) {
+                same_as[i] = Some(*first);
                 outcomes.push(Ok(Stored::Duplicate));
                 continue;
             }
+            if buffer.seen(key).map_err(|e| e.to_string())? {
+                outcomes.push(Ok(Stored::Duplicate));
+                continue;
+            }
+            first_with_key.push((key.clone(), i));
             keys[c].push(key.clone());
         }
         all[c].extend(p.records.iter().cloned());
@@ -221,6 +229,13 @@ async fn store(
     for (p, outcome) in group.iter().zip(outcomes.iter_mut()) {
         if refused[p.class.index()] && matches!(outcome, Ok(Stored::New)) {
             *outcome = Err(CommitError::Full(p.class));
+        }
+    }
+    for (i, first) in same_as.iter().enumerate() {
+        if let Some(first) = first {
+            if let Err(e) = &outcomes[*first] {
+                outcomes[i] = Err(e.clone());
+            }
         }
     }
     Ok(outcomes)
@@ -264,6 +279,54 @@ mod tests {
         assert_eq!(buffer.unsealed(), 1);
         // The buffer still seals: nothing in it stops a batch.
         assert_eq!(buffer.seal(10).await.unwrap(), Some(1));
+        drop(committer);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retry_in_the_same_group_as_a_refused_request_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = crate::buffer::Budget {
+            max_bytes: 400,
+            ..Default::default()
+        };
+        let buffer = Arc::new(Buffer::open(dir.path()).unwrap().with_budget(budget));
+        let sale = |v: f64| {
+            Record::Sample(Sample {
+                key: SeriesKey::new("till-1", "sales.amount"),
+                ts: 1_764_000_000_000_000,
+                value: v,
+            })
+        };
+        let mut v = 0.0;
+        while buffer
+            .append_records(Class::Transactions, &[sale(v)], &[])
+            .unwrap()
+        {
+            v += 1.0;
+        }
+        // A long linger puts the request and its retry in one group.
+        let (committer, task) = Committer::spawn(
+            buffer.clone(),
+            Duration::from_millis(200),
+            100,
+            1_000,
+            Arc::new(Notify::new()),
+        );
+        let key = Some(b"pos\0sale-1".to_vec());
+        let first = committer
+            .enqueue_records(Class::Transactions, vec![sale(1.5)], key.clone())
+            .await
+            .unwrap();
+        let retry = committer
+            .enqueue_records(Class::Transactions, vec![sale(1.5)], key)
+            .await
+            .unwrap();
+        assert!(matches!(first.wait().await, Err(CommitError::Full(_))));
+        assert!(
+            matches!(retry.wait().await, Err(CommitError::Full(_))),
+            "the retry must not be told it was stored"
+        );
         drop(committer);
         task.await.unwrap();
     }

@@ -54,8 +54,8 @@ pub struct BufferConfig {
     /// Group commit: at most this many samples per flush.
     pub commit_max_samples: usize,
     /// Disk budget: bytes of records and batches held, at most. sled's
-    /// files take 4 to 7 times this under churn (measured; see the README),
-    /// so give it a fifth of the space the buffer may use. 0: no budget.
+    /// files take 4 to 9 times this under churn (measured; see the README),
+    /// so give it a fifth to a ninth of the space the buffer may use. 0: no budget.
     pub max_bytes: u64,
     /// At the budget, telemetry (MQTT devices, Modbus): `drop_oldest`
     /// deletes its oldest records, counted; `reject` stops acknowledging.

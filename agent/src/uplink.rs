@@ -284,6 +284,7 @@ pub async fn run(
                 Some(Link::Connected) => {
                     connected = true;
                     inflight.reset(buffer.durable_seq());
+                    buffer.forget_in_flight();
                     tracing::info!(
                         host = %settings.host,
                         port = settings.port,
@@ -394,7 +395,7 @@ fn send_due(
     }
     let live = buffer.outbox_after(through, limit)?;
     for seq in inflight.due(&live, &backlog, Instant::now()) {
-        let Some(bytes) = buffer.batch_bytes(seq)? else {
+        let Some(bytes) = buffer.take_for_sending(seq)? else {
             inflight.unsent(seq);
             continue;
         };
@@ -403,6 +404,7 @@ fn send_due(
             .is_err()
         {
             inflight.unsent(seq);
+            buffer.not_sent(seq);
             break;
         }
         tracing::debug!(seq, backlog = seq <= through, "batch sent");

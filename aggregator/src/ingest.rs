@@ -208,8 +208,15 @@ impl<W: SampleWriter> Ingestor<W> {
             "INSERT INTO agent_status (tenant, agent, online, version, reported_at, received_at, status)
              VALUES ($1, $2, $3, $4, 'epoch'::timestamptz + $5 * interval '1 microsecond', now(), $6)
              ON CONFLICT (tenant, agent) DO UPDATE SET online = EXCLUDED.online,
-                 version = EXCLUDED.version, reported_at = EXCLUDED.reported_at,
-                 received_at = now(), status = EXCLUDED.status",
+                 received_at = now(),
+                 -- A last will was written when the agent connected: older
+                 -- than the statuses since, it only says the agent is gone.
+                 version = CASE WHEN EXCLUDED.reported_at >= agent_status.reported_at
+                     THEN EXCLUDED.version ELSE agent_status.version END,
+                 status = CASE WHEN EXCLUDED.reported_at >= agent_status.reported_at
+                     THEN EXCLUDED.status
+                     ELSE jsonb_set(agent_status.status, '{online}', to_jsonb(EXCLUDED.online)) END,
+                 reported_at = GREATEST(EXCLUDED.reported_at, agent_status.reported_at)",
         )
         .bind(tenant.as_str())
         .bind(agent.as_str())

@@ -11,10 +11,14 @@
 //!
 //! The session is persistent (`clean_session = false`) with manual acks: a
 //! batch's PUBACK is sent only after its transaction committed and its
-//! application ack was queued. A batch that was not handled (database down,
+//! application ack was queued. PUBACKs leave in the order the messages
+//! arrived, as MQTT 3.1.1 requires (section 4.6) and rumqttd enforces (it
+//! drops a client that acks out of order): workers finish in any order, and
+//! one acker task releases the PUBACKs in arrival order. A batch that was not handled (database down,
 //! shutdown) is never PUBACKed, so the broker delivers it again on the next
 //! session, and the agent resends it anyway until it sees the ack.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,18 +83,38 @@ pub async fn run<W: SampleWriter>(
     // (rumqttd allows 500), so neither side ever waits on the other.
     let (client, eventloop) = AsyncClient::new(config.options(), 4096);
     let workers = TaskTracker::new();
+    let (done, done_rx) = mpsc::unbounded_channel::<Done>();
+    let acks = tokio::spawn(acker(done_rx, client.clone()));
     let mut queues = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
-        let (tx, rx) = mpsc::channel::<Publish>(4096);
+        let (tx, rx) = mpsc::channel::<InHand>(4096);
         queues.push(tx);
-        workers.spawn(worker(rx, ingestor.clone(), client.clone(), stop.clone()));
+        workers.spawn(worker(
+            rx,
+            ingestor.clone(),
+            client.clone(),
+            done.clone(),
+            stop.clone(),
+        ));
     }
+    let (statuses, status_rx) = mpsc::channel::<InHand>(1024);
+    workers.spawn(status_worker(
+        status_rx,
+        ingestor.clone(),
+        client.clone(),
+        done.clone(),
+        stop.clone(),
+    ));
     workers.close();
     let mut poller = tokio::spawn(poll(
         eventloop,
         client.clone(),
         config,
-        queues,
+        Dispatch {
+            queues,
+            statuses,
+            done,
+        },
         stop.clone(),
     ));
     stop.cancelled().await;
@@ -101,6 +125,8 @@ pub async fn run<W: SampleWriter>(
         );
     }
     // Acks of the batches in hand are queued before the disconnect.
+    tokio::task::yield_now().await;
+    acks.abort();
     let _ = client.try_disconnect();
     if tokio::time::timeout(Duration::from_secs(2), &mut poller)
         .await
@@ -118,9 +144,15 @@ async fn poll(
     mut eventloop: EventLoop,
     client: AsyncClient,
     config: LinkConfig,
-    queues: Vec<mpsc::Sender<Publish>>,
+    dispatch: Dispatch,
     stop: CancellationToken,
 ) {
+    let Dispatch {
+        queues,
+        statuses,
+        done,
+    } = dispatch;
+    let (mut generation, mut index) = (0u64, 0u64);
     let filters = [
         config.filter(topic::BATCH_FILTER),
         config.filter(topic::STATUS_FILTER),
@@ -130,6 +162,11 @@ async fn poll(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
+                // A new connection: what was in hand is redelivered, and
+                // acks are counted afresh.
+                generation += 1;
+                index = 0;
+                let _ = done.send(Done::Reset(generation));
                 tracing::info!(host = %config.host, port = config.port, "connected to broker");
                 if filters
                     .iter()
@@ -140,14 +177,27 @@ async fn poll(
                     );
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) if !stop.is_cancelled() => {
-                let mut h = DefaultHasher::new();
-                p.topic.hash(&mut h);
-                let queue = &queues[(h.finish() % queues.len() as u64) as usize];
-                if queue.try_send(p).is_err() {
-                    tracing::warn!(
-                        "ingest queue full; the batch stays unacked and will be redelivered"
-                    );
+            Ok(Event::Incoming(Packet::Publish(publish))) if !stop.is_cancelled() => {
+                let hand = InHand {
+                    generation,
+                    index,
+                    publish,
+                };
+                index += 1;
+                // Statuses have their own worker: a slow database or the
+                // broker replaying every retained status never holds up batches.
+                let queue = if hand.publish.topic.ends_with("/status") {
+                    &statuses
+                } else {
+                    let mut h = DefaultHasher::new();
+                    hand.publish.topic.hash(&mut h);
+                    &queues[(h.finish() % queues.len() as u64) as usize]
+                };
+                if let Err(mpsc::error::TrySendError::Full(hand)) = queue.try_send(hand) {
+                    // Acked unhandled, to keep the order; the agent resends
+                    // a batch it sees no ack for.
+                    tracing::warn!(topic = %hand.publish.topic, "ingest queue full; a message is skipped");
+                    let _ = done.send(Done::Ack(hand));
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
@@ -162,13 +212,113 @@ async fn poll(
     }
 }
 
+/// A message in hand, with where it arrived on its connection.
+struct InHand {
+    generation: u64,
+    index: u64,
+    publish: Publish,
+}
+
+/// What a worker reports to the acker.
+enum Done {
+    /// A new connection, numbered.
+    Reset(u64),
+    /// Handled (or skipped): PUBACK it in its turn.
+    Ack(InHand),
+}
+
+/// Where the poller sends messages.
+struct Dispatch {
+    queues: Vec<mpsc::Sender<InHand>>,
+    statuses: mpsc::Sender<InHand>,
+    done: mpsc::UnboundedSender<Done>,
+}
+
+/// Sends PUBACKs in arrival order: a message finished early waits for those
+/// before it. Messages of a connection that is gone are forgotten (the
+/// broker redelivers them on the new one).
+async fn acker(mut rx: mpsc::UnboundedReceiver<Done>, client: AsyncClient) {
+    let (mut generation, mut next) = (0u64, 0u64);
+    let mut finished: BTreeMap<u64, Publish> = BTreeMap::new();
+    while let Some(d) = rx.recv().await {
+        match d {
+            Done::Reset(g) => {
+                (generation, next) = (g, 0);
+                finished.clear();
+            }
+            Done::Ack(hand) if hand.generation == generation => {
+                finished.insert(hand.index, hand.publish);
+            }
+            Done::Ack(_) => {}
+        }
+        while let Some(publish) = finished.remove(&next) {
+            if let Err(e) = client.ack(&publish).await {
+                tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
+            }
+            next += 1;
+        }
+    }
+}
+
+/// Records agents' statuses, each within 2 s, and answers each with a
+/// time-only ack so an agent learns the server's time. A status that could
+/// not be recorded is skipped (the next one comes within the agent's
+/// status interval), never retried ahead of newer ones.
+async fn status_worker<W: SampleWriter>(
+    mut queue: mpsc::Receiver<InHand>,
+    ingestor: Arc<Ingestor<W>>,
+    client: AsyncClient,
+    done: mpsc::UnboundedSender<Done>,
+    stop: CancellationToken,
+) {
+    loop {
+        let hand = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = queue.recv() => match p { Some(p) => p, None => return },
+        };
+        let publish = &hand.publish;
+        match topic::parse(&publish.topic) {
+            Ok((tenant, agent, TopicKind::Status)) => {
+                let recorded = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ingestor.record_status(&tenant, &agent, &publish.payload),
+                )
+                .await;
+                match recorded {
+                    Ok(Ok(Some(ack))) => {
+                        let bytes = wire::encode(&Message::Ack(ack), &Limits::default())
+                            .expect("acks always encode");
+                        let ack_topic = topic::topic(&tenant, &agent, TopicKind::Ack);
+                        if let Err(e) =
+                            client.try_publish(ack_topic, QoS::AtLeastOnce, false, bytes)
+                        {
+                            tracing::debug!(error = %e, "time ack not queued");
+                        }
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(%tenant, %agent, error = %e, "agent status not recorded")
+                    }
+                    Err(_) => {
+                        tracing::warn!(%tenant, %agent, "agent status not recorded within 2 s")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => ingestor.refuse_topic(&publish.topic, &e),
+        }
+        let _ = done.send(Done::Ack(hand));
+    }
+}
+
 /// Most batch messages one worker stores in one transaction.
 const GROUP: usize = 32;
 
 async fn worker<W: SampleWriter>(
-    mut queue: mpsc::Receiver<Publish>,
+    mut queue: mpsc::Receiver<InHand>,
     ingestor: Arc<Ingestor<W>>,
     client: AsyncClient,
+    done: mpsc::UnboundedSender<Done>,
     stop: CancellationToken,
 ) {
     loop {
@@ -184,18 +334,17 @@ async fn worker<W: SampleWriter>(
                 Err(_) => break,
             }
         }
-        if handle(&group, &ingestor, &client, &stop).await {
-            for publish in &group {
-                if let Err(e) = client.ack(publish).await {
-                    tracing::warn!(error = %e, "could not queue PUBACK; the broker will redeliver");
-                }
+        let publishes: Vec<Publish> = group.iter().map(|h| h.publish.clone()).collect();
+        if handle(&publishes, &ingestor, &client, &stop).await {
+            for hand in group {
+                let _ = done.send(Done::Ack(hand));
             }
         }
     }
 }
 
 /// Handles a group of messages, retrying database errors until it succeeds
-/// or `stop`. Returns whether the messages may be PUBACKed.
+/// or `stop`. Returns false when stopped before they were stored.
 async fn handle<W: SampleWriter>(
     group: &[Publish],
     ingestor: &Ingestor<W>,
@@ -207,30 +356,6 @@ async fn handle<W: SampleWriter>(
         ingestor.metrics().payload(publish.payload.len());
         match topic::parse(&publish.topic) {
             Ok((tenant, agent, TopicKind::Batch)) => senders.push(Some((tenant, agent))),
-            Ok((tenant, agent, TopicKind::Status)) => {
-                senders.push(None);
-                // Informational: a database error loses this status, not a batch.
-                match ingestor
-                    .record_status(&tenant, &agent, &publish.payload)
-                    .await
-                {
-                    Ok(Some(ack)) => {
-                        let bytes = wire::encode(&Message::Ack(ack), &Limits::default())
-                            .expect("acks always encode");
-                        let ack_topic = topic::topic(&tenant, &agent, TopicKind::Ack);
-                        if let Err(e) = client
-                            .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "time ack not queued");
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(%tenant, %agent, error = %e, "agent status not recorded")
-                    }
-                }
-            }
             Ok(_) => senders.push(None),
             Err(e) => {
                 ingestor.refuse_topic(&publish.topic, &e);
@@ -264,7 +389,6 @@ async fn handle<W: SampleWriter>(
             }
         }
     };
-    let mut ok = true;
     for (delivery, ack) in deliveries.iter().zip(acks) {
         let Some(ack) = ack else { continue };
         let bytes =
@@ -274,9 +398,10 @@ async fn handle<W: SampleWriter>(
             .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
             .await
         {
+            // PUBACKed all the same (acks leave in order): the agent
+            // resends a batch it sees no ack for, and it is a duplicate.
             tracing::warn!(tenant = %delivery.tenant, agent = %delivery.agent, error = %e, "could not queue ack; the agent will resend");
-            ok = false;
         }
     }
-    ok
+    true
 }

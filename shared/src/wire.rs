@@ -265,7 +265,8 @@ pub struct BufferStatus {
 pub struct ClassCounts {
     /// Acknowledged records deleted, oldest first, to make room (`drop_oldest`).
     pub dropped: u64,
-    /// Records refused at the input, never acknowledged (`reject`).
+    /// Refusals at the input, never acknowledged (`reject`), in records; a
+    /// record retried and refused again counts again.
     pub rejected: u64,
 }
 
@@ -277,8 +278,8 @@ pub struct ClockStatus {
     pub trusted: bool,
     /// Server time minus local time, from the latest ack, in µs.
     pub offset: Micros,
-    /// Stamps the agent took (one per MQTT publish without a time, Modbus
-    /// poll or HTTP request) while its clock was not trusted.
+    /// MQTT publishes, Modbus polls and HTTP requests handled while the
+    /// agent's clock was not trusted (their readings may carry its time).
     pub unsynced_stamps: u64,
 }
 

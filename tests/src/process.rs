@@ -113,6 +113,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
+        // DASH_TEST_KEEP_LOGS=DIR keeps every process's whole log there.
+        if let (Ok(keep), Some(name)) = (std::env::var("DASH_TEST_KEEP_LOGS"), self.log.file_name())
+        {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(&self.log, std::path::Path::new(&keep).join(name));
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();

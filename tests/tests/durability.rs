@@ -116,6 +116,10 @@ async fn fifty_sigkills_during_steady_ingest_lose_and_double_nothing() {
     );
     device::assert_delivered(&pg, TENANT, &[("th-1", &reports[0]), ("th-2", &reports[1])]).await;
     assert!(agent.is_running(), "agent died:\n{}", agent.log());
+    // Fifty crashes are not damage: nothing may be counted as lost.
+    let status = process::agent_status_file(dir.path(), "gw-1").expect("a status file");
+    assert_eq!(status["buffer"]["corrupt_records"], 0, "{status}");
+    assert_eq!(status["faults"], serde_json::json!([]), "{status}");
 }
 
 /// Publishes one reading of `live-1` every 100 ms until `stop`; returns
@@ -326,6 +330,13 @@ async fn a_full_buffer_drops_the_oldest_telemetry_and_counts_every_reading_dropp
         .await
         .unwrap();
     assert_eq!(newest, FIELDS as i64, "the newest readings are kept");
+    // PUBACKs leave in arrival order (rumqttd drops a client that breaks it,
+    // as it did while statuses and batches were acked by separate workers).
+    assert!(
+        !aggregator.log().contains("out of order ack"),
+        "{}",
+        aggregator.log()
+    );
     assert!(agent.terminate(Duration::from_secs(10)));
     assert!(aggregator.terminate(Duration::from_secs(15)));
 }
@@ -560,6 +571,9 @@ async fn a_damaged_buffer_never_stops_the_agent() {
             "{how:?}: the agent stopped:\n{}",
             agent.log()
         );
+        // Exact: nothing both recovered and counted, nothing counted twice.
+        let corrupt = status["buffer"]["corrupt_records"].as_u64().unwrap();
+        assert_eq!(old as u64 + corrupt, 3_000, "{how:?}");
         assert!(agent.terminate(Duration::from_secs(10)));
         assert!(aggregator.terminate(Duration::from_secs(15)));
     }
