@@ -506,6 +506,10 @@ impl Buffer {
         }
         self.next_id
             .fetch_add(records.len() as u64, Ordering::SeqCst);
+        // Under the writer lock, with its counters: a seal must never take
+        // a chunk whose records are not counted yet (its subtraction would
+        // saturate and the count drift up).
+        let _writer = lock(&self.writer);
         let tree = self.tree(class);
         if keys.is_empty() && windowed.is_empty() {
             if let Some((key, bytes)) = &chunk {
@@ -609,9 +613,9 @@ impl Buffer {
                 .map_err(tx_error)?;
             *counts = next;
             drop(counts);
-            self.removed_done(info.records);
             sub(&self.bytes[class.index()], info.bytes);
             sub(&self.outbox_records, info.records);
+            self.removed_done(info.records);
             tracing::warn!(
                 seq = read_u64(&k)?,
                 records = info.records,
@@ -639,9 +643,9 @@ impl Buffer {
             .map_err(tx_error)?;
         *counts = next;
         drop(counts);
-        self.removed_done(records);
         self.sub_unsealed(records);
         sub(&self.bytes[class.index()], entry_bytes(&k, &v));
+        self.removed_done(records);
         tracing::warn!(
             records,
             class = class.name(),
@@ -701,9 +705,10 @@ impl Buffer {
 
     /// Records held: unsealed, pending and in unacked batches.
     pub fn held(&self) -> u64 {
-        self.unsealed()
-            + self.pending_count.load(Ordering::SeqCst)
-            + self.outbox_records.load(Ordering::SeqCst)
+        // Batches first: a seal lowers the others before it raises this, so
+        // a seal between the reads is seen too low, never too high.
+        let sealed = self.outbox_records.load(Ordering::SeqCst);
+        sealed + self.unsealed() + self.pending_count.load(Ordering::SeqCst)
     }
 
     fn next_seq(&self) -> u64 {
@@ -717,16 +722,18 @@ impl Buffer {
     /// out since (whether that reached the disk yet or not), so it is never
     /// more than a crash can leave behind.
     fn mark_snapshot(&self) -> (Mark, u64) {
-        let held = self
-            .held()
-            .saturating_sub(self.removing.load(Ordering::SeqCst));
+        // In this order: a removal finishing between the reads is then
+        // subtracted twice (too low, harmless), never left out.
+        let removed = self.removed.load(Ordering::SeqCst);
+        let removing = self.removing.load(Ordering::SeqCst);
+        let held = self.held().saturating_sub(removing);
         // Seals are durable up to durable_seq; next_seq in meta may be ahead.
         let mark = Mark {
             incarnation: self.stream.incarnation,
             next_seq: self.durable_seq.load(Ordering::SeqCst) + 1,
             held,
         };
-        (mark, self.removed.load(Ordering::SeqCst))
+        (mark, removed)
     }
 
     /// Writes the mark from a snapshot taken before a flush that succeeded.
@@ -745,7 +752,9 @@ impl Buffer {
 
     /// Before `n` records are taken out: lowers the mark first, so a crash
     /// after the removal reaches the disk never finds the mark higher than
-    /// what is left. Pair with [`Buffer::removed_done`].
+    /// what is left. Pair with [`Buffer::removed_done`], called only after
+    /// the counters behind [`Buffer::held`] dropped (until then a snapshot
+    /// subtracts them as `removing`).
     fn lower_mark(&self, n: u64) {
         if n == 0 {
             return;
@@ -1006,13 +1015,17 @@ impl Buffer {
             let folded = closed.keys.len() as u64;
             self.lower_mark(folded);
             let sealed = self.try_seal(class, &taken, &closed);
-            self.removed_done(folded);
+            if sealed.is_err() {
+                self.removed_done(folded);
+            }
             match sealed {
                 Ok((seq, info)) => {
-                    self.outbox_records
-                        .fetch_add(info.records, Ordering::SeqCst);
+                    // Decrease first: a mark snapshot in between may count
+                    // too few records, never too many.
                     self.sub_unsealed(taken.records.len() as u64);
                     sub(&self.pending_count, folded);
+                    self.outbox_records
+                        .fetch_add(info.records, Ordering::SeqCst);
                     let c = class.index();
                     sub(&self.bytes[c], taken.bytes);
                     sub(&self.bytes[PENDING], closed.bytes);
@@ -1020,6 +1033,7 @@ impl Buffer {
                         info.bytes + taken.rewrite.as_ref().map_or(0, |(k, v)| entry_bytes(k, v)),
                         Ordering::SeqCst,
                     );
+                    self.removed_done(folded);
                     if closed.unreadable > 0 {
                         let mut counts = lock(&self.counts);
                         counts.corrupt += closed.unreadable;
@@ -1126,9 +1140,9 @@ impl Buffer {
             .map_err(tx_error)?;
         *counts = next;
         drop(counts);
-        self.removed_done(records);
         self.sub_unsealed(records);
         sub(&self.bytes[class.index()], entry_bytes(key, bytes));
+        self.removed_done(records);
         tracing::error!(
             id = read_u64(key).unwrap_or_default(),
             error = %e,
@@ -1304,9 +1318,9 @@ impl Buffer {
             .map_err(tx_error)?;
         *counts = next;
         drop(counts);
-        self.removed_done(info.records);
         sub(&self.bytes[info.class.index()], info.bytes);
         sub(&self.outbox_records, info.records);
+        self.removed_done(info.records);
         tracing::error!(
             seq,
             records = info.records,
@@ -1355,12 +1369,14 @@ impl Buffer {
             self.lower_mark(records);
             let removed = self.outbox.remove(&key).map(|o| o.is_some());
             let _ = self.batches.remove(&key);
-            self.removed_done(records);
-            if removed? {
+            if matches!(removed, Ok(true)) {
                 n += 1;
                 sub(&self.bytes[class.index()], size);
                 sub(&self.outbox_records, records);
             }
+            // Only after the counters: see [`Buffer::lower_mark`].
+            self.removed_done(records);
+            removed?;
         }
         Ok(n)
     }
