@@ -1412,12 +1412,8 @@ fn mark_path(dir: &Path) -> std::path::PathBuf {
 
 impl Mark {
     fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("mark.tmp");
-        std::fs::write(
-            &tmp,
-            format!("{} {} {}\n", self.incarnation, self.next_seq, self.held),
-        )?;
-        std::fs::rename(tmp, path)
+        let text = format!("{} {} {}\n", self.incarnation, self.next_seq, self.held);
+        crate::replace_file(path, text.as_bytes())
     }
 
     fn read(path: &Path) -> Option<Mark> {

@@ -73,6 +73,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 }
 
+/// Replaces `path` with `bytes` through a temporary file and a rename, so a
+/// reader (or the next start) never sees half of it. Not fsynced.
+pub(crate) fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Why one run of the pipeline ended.
 enum Exit {
     Shutdown,

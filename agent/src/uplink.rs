@@ -198,14 +198,11 @@ pub struct UplinkSettings {
     pub status_file: Option<std::path::PathBuf>,
 }
 
-/// Writes the status as JSON to `path` (through a temporary file and a
-/// rename, so a reader never sees half of it).
+/// Writes the status as JSON to `path` (see [`crate::replace_file`]).
 fn write_status_file(path: &std::path::Path, status: &AgentStatus) {
-    let tmp = path.with_extension("json.tmp");
     let result = serde_json::to_vec_pretty(status)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|bytes| crate::replace_file(path, &bytes));
     if let Err(e) = result {
         tracing::debug!(path = %path.display(), error = %e, "status file not written");
     }

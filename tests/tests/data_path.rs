@@ -1,13 +1,12 @@
 //! The data path end to end, with real processes, a real PostgreSQL and real
 //! brokers: devices -> dash-agent -> MQTT -> dash-aggregator -> PostgreSQL.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dash_tests::device::{self, Report};
+use dash_tests::device;
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource, Mosquitto};
 use dash_tests::{eventually, free_port};
@@ -52,14 +51,6 @@ fn start_both(
     (aggregator, agent)
 }
 
-async fn rows_of(pg: &TestPostgres, device: &str) -> HashMap<i64, i64> {
-    device::rows_of(pg, TENANT, device).await
-}
-
-async fn assert_delivered(pg: &TestPostgres, reports: &[(&str, &Report)]) {
-    device::assert_delivered(pg, TENANT, reports).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,8 +92,8 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
         &[("DASH_HTTP__TOKENS", tokens)],
     );
     aggregator.start();
-    assert_delivered(&pg, &[("th-1", &report)]).await;
-    let rows = rows_of(&pg, "th-1").await;
+    device::assert_delivered(&pg, TENANT, &[("th-1", &report)]).await;
+    let rows = device::rows_of(&pg, TENANT, "th-1").await;
     assert_eq!(rows.len(), 3000);
     assert!(
         rows.values().all(|n| *n == 1),
@@ -139,14 +130,6 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
     );
 }
 
-fn background_device(
-    addr: SocketAddr,
-    name: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Report> {
-    device::background(addr, name, stop)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregator_killed_mid_batch_and_restarted_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,7 +137,7 @@ async fn an_aggregator_killed_mid_batch_and_restarted_loses_and_doubles_nothing(
     let p = ports();
     let (mut aggregator, _agent) = start_both(dir.path(), &pg, &p);
     let stop = Arc::new(AtomicBool::new(false));
-    let device = background_device(device_addr(&p), "th-1", stop.clone());
+    let device = device::background(device_addr(&p), "th-1", stop.clone());
     for round in 0..4u64 {
         // Kill while batches are being committed.
         eventually(
@@ -170,7 +153,7 @@ async fn an_aggregator_killed_mid_batch_and_restarted_loses_and_doubles_nothing(
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let report = device.await.unwrap();
-    assert_delivered(&pg, &[("th-1", &report)]).await;
+    device::assert_delivered(&pg, TENANT, &[("th-1", &report)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +180,7 @@ async fn the_same_path_through_mosquitto_survives_an_aggregator_restart() {
     );
     agent.start();
     let stop = Arc::new(AtomicBool::new(false));
-    let device = background_device(device_addr(&p), "th-m", stop.clone());
+    let device = device::background(device_addr(&p), "th-m", stop.clone());
     eventually(
         Duration::from_secs(30),
         "rows through mosquitto",
@@ -215,7 +198,7 @@ async fn the_same_path_through_mosquitto_survives_an_aggregator_restart() {
     .await;
     stop.store(true, Ordering::Relaxed);
     let report = device.await.unwrap();
-    assert_delivered(&pg, &[("th-m", &report)]).await;
+    device::assert_delivered(&pg, TENANT, &[("th-m", &report)]).await;
 }
 
 #[tokio::test]
@@ -238,7 +221,7 @@ async fn an_agent_whose_buffer_is_corrupt_moves_it_aside_and_delivers_new_readin
     )
     .await;
     assert_eq!(report.acked.len(), 500, "{}", agent.log());
-    assert_delivered(&pg, &[("th-1", &report)]).await;
+    device::assert_delivered(&pg, TENANT, &[("th-1", &report)]).await;
     assert!(agent.log().contains("moved aside"), "{}", agent.log());
     let aside = std::fs::read_dir(dir.path().join("gw-1"))
         .unwrap()
