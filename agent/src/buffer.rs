@@ -654,10 +654,17 @@ impl Buffer {
         Ok(true)
     }
 
-    fn count_rejected(&self, class: Class, n: u64) -> Result<(), BufferError> {
+    /// Changes the counts where nothing is deleted with them (a deletion
+    /// writes its count in its own transaction), and stores them in `meta`.
+    fn bump_counts(&self, change: impl FnOnce(&mut Counts)) -> Result<(), BufferError> {
         let mut counts = lock(&self.counts);
-        counts.rejected[class.index()] += n;
+        change(&mut counts);
         self.meta.insert("counts", encode(&*counts)?)?;
+        Ok(())
+    }
+
+    fn count_rejected(&self, class: Class, n: u64) -> Result<(), BufferError> {
+        self.bump_counts(|c| c.rejected[class.index()] += n)?;
         tracing::warn!(
             records = n,
             class = class.name(),
@@ -787,10 +794,7 @@ impl Buffer {
     /// buffer moved aside), flushed at once so that a crash right after
     /// does not lose the count while the mark already forgot it.
     fn count_corrupt_at_start(&self, n: u64) -> Result<(), BufferError> {
-        let mut counts = lock(&self.counts);
-        counts.corrupt += n;
-        self.meta.insert("counts", encode(&*counts)?)?;
-        drop(counts);
+        self.bump_counts(|c| c.corrupt += n)?;
         self.db.flush()?;
         let (mark, removed) = self.mark_snapshot();
         self.write_mark_after_flush((mark, removed));
@@ -1035,9 +1039,7 @@ impl Buffer {
                     );
                     self.removed_done(folded);
                     if closed.unreadable > 0 {
-                        let mut counts = lock(&self.counts);
-                        counts.corrupt += closed.unreadable;
-                        self.meta.insert("counts", encode(&*counts)?)?;
+                        self.bump_counts(|c| c.corrupt += closed.unreadable)?;
                     }
                     return Ok(Some(seq));
                 }

@@ -286,12 +286,7 @@ async fn status_worker<W: SampleWriter>(
                 .await;
                 match recorded {
                     Ok(Ok(Some(ack))) => {
-                        let bytes = wire::encode(&Message::Ack(ack), &Limits::default())
-                            .expect("acks always encode");
-                        let ack_topic = topic::topic(&tenant, &agent, TopicKind::Ack);
-                        if let Err(e) =
-                            client.try_publish(ack_topic, QoS::AtLeastOnce, false, bytes)
-                        {
+                        if let Err(e) = publish_ack(&client, &tenant, &agent, ack).await {
                             tracing::debug!(error = %e, "time ack not queued");
                         }
                     }
@@ -391,17 +386,25 @@ async fn handle<W: SampleWriter>(
     };
     for (delivery, ack) in deliveries.iter().zip(acks) {
         let Some(ack) = ack else { continue };
-        let bytes =
-            wire::encode(&Message::Ack(ack), &Limits::default()).expect("acks always encode");
-        let ack_topic = topic::topic(delivery.tenant, delivery.agent, TopicKind::Ack);
-        if let Err(e) = client
-            .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
-            .await
-        {
+        if let Err(e) = publish_ack(client, delivery.tenant, delivery.agent, ack).await {
             // PUBACKed all the same (acks leave in order): the agent
             // resends a batch it sees no ack for, and it is a duplicate.
             tracing::warn!(tenant = %delivery.tenant, agent = %delivery.agent, error = %e, "could not queue ack; the agent will resend");
         }
     }
     true
+}
+
+/// Publishes `ack` on the agent's ack topic (QoS 1).
+async fn publish_ack(
+    client: &AsyncClient,
+    tenant: &dash_shared::TenantId,
+    agent: &dash_shared::AgentId,
+    ack: dash_shared::Ack,
+) -> Result<(), rumqttc::ClientError> {
+    let bytes = wire::encode(&Message::Ack(ack), &Limits::default()).expect("acks always encode");
+    let ack_topic = topic::topic(tenant, agent, TopicKind::Ack);
+    client
+        .publish(ack_topic, QoS::AtLeastOnce, false, bytes)
+        .await
 }
