@@ -344,6 +344,26 @@ pub fn default_toml() -> String {
 
 /// Commented examples of every input and rule that is off by default.
 fn http_example() -> String {
+    let lines: String = examples_toml()
+        .lines()
+        .map(|l| format!("# {l}\n"))
+        .collect();
+    format!(
+        "# Examples, commented out. HTTP input for POS systems and webhooks: set\n\
+         # http.listen (e.g. \"0.0.0.0:8080\") and add sources; POST /ingest/pos with\n\
+         # Authorization: Bearer <token> (here \"change-me\") and an optional Idempotency-Key.\n\
+         # Modbus: address = \"host:port\" for TCP, or serial = \"/dev/ttyUSB0\" with baud,\n\
+         # parity, stop_bits for RTU; point kinds coil, discrete, holding, input; types bool,\n\
+         # u16, i16, u32, i32, f32, u64, i64, f64; byte_order and word_order big or little.\n\
+         # [[aggregate]] sends matching series as windows; [[transform]] renames, converts\n\
+         # units, looks up codes and filters.\n{lines}"
+    )
+}
+
+/// Examples of every input and rule that is off by default, setting every
+/// key they have (the README's configuration reference is checked against
+/// these and the defaults).
+pub fn examples_toml() -> String {
     #[derive(Serialize)]
     struct Examples {
         http: HttpExample,
@@ -355,7 +375,7 @@ fn http_example() -> String {
     struct HttpExample {
         sources: Vec<crate::http::HttpSource>,
     }
-    let text = toml::to_string_pretty(&Examples {
+    toml::to_string_pretty(&Examples {
         http: HttpExample {
             sources: vec![crate::http::HttpSource::example()],
         },
@@ -369,20 +389,9 @@ fn http_example() -> String {
             keep_raw: false,
             late_secs: 2,
         }],
-        transform: vec![crate::transform::TransformRule::example()],
+        transform: crate::transform::TransformRule::examples(),
     })
-    .expect("examples serialize");
-    let lines: String = text.lines().map(|l| format!("# {l}\n")).collect();
-    format!(
-        "# Examples, commented out. HTTP input for POS systems and webhooks: set\n\
-         # http.listen (e.g. \"0.0.0.0:8080\") and add sources; POST /ingest/pos with\n\
-         # Authorization: Bearer <token> (here \"change-me\") and an optional Idempotency-Key.\n\
-         # Modbus: address = \"host:port\" for TCP, or serial = \"/dev/ttyUSB0\" with baud,\n\
-         # parity, stop_bits for RTU; point kinds coil, discrete, holding, input; types bool,\n\
-         # u16, i16, u32, i32, f32, u64, i64, f64; byte_order and word_order big or little.\n\
-         # [[aggregate]] sends matching series as windows; [[transform]] renames, converts\n\
-         # units, looks up codes and filters.\n{lines}"
-    )
+    .expect("examples serialize")
 }
 
 #[cfg(test)]
@@ -454,7 +463,7 @@ mod tests {
         back.validate().unwrap();
         assert_eq!(back.http.sources, vec![crate::http::HttpSource::example()]);
         assert_eq!(back.modbus.devices.len(), 1);
-        assert_eq!((back.aggregate.len(), back.transform.len()), (1, 1));
+        assert_eq!((back.aggregate.len(), back.transform.len()), (1, 2));
     }
 
     #[test]

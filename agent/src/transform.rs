@@ -171,6 +171,28 @@ pub fn convert(v: f64, from: &str, to: &str) -> Option<f64> {
 
 impl TransformRule {
     /// Fahrenheit readings from MQTT devices stored as Celsius.
+    /// Two rules that between them set every key.
+    pub fn examples() -> Vec<TransformRule> {
+        vec![
+            TransformRule::example(),
+            TransformRule {
+                input: "modbus".into(),
+                device: "PLC-*".into(),
+                metric: "*".into(),
+                filter: Some(Filter::Keep),
+                device_map: BTreeMap::from([("PLC-7".into(), "press-7".into())]),
+                device_template: "plant-2/{device}".into(),
+                lowercase_device: true,
+                rename_metric: String::new(),
+                scale: Some(0.1),
+                offset: Some(0.0),
+                convert: None,
+                lookup: BTreeMap::from([("17".into(), "motor overheat".into())]),
+                lookup_event: "fault".into(),
+            },
+        ]
+    }
+
     pub fn example() -> TransformRule {
         TransformRule {
             input: "mqtt".into(),

@@ -281,8 +281,51 @@ pub fn default_toml() -> String {
         "# dash-aggregator configuration. Every key may be overridden by a DASH_ variable:\n\
          # DASH_DATABASE_URL, DASH_BROKER__URL, DASH_HTTP__LISTEN, ...\n\
          # database_url = \"\" runs a private PostgreSQL under data_dir/postgres.\n\
-         # broker.url = \"\" runs the embedded MQTT broker on broker.listen.\n\n{body}"
+         # broker.url = \"\" runs the embedded MQTT broker on broker.listen.\n\n{body}\n\
+         # Examples, commented out: numeric fields of events stored as series, and a\n\
+         # query API token (sha256 of the token: printf %s \"$TOKEN\" | sha256sum).\n{examples}",
+        examples = examples_toml()
+            .lines()
+            .map(|l| format!("# {l}\n"))
+            .collect::<String>()
     )
+}
+
+/// Examples of the keys that are empty by default, setting every key they
+/// have (the README's configuration reference is checked against these and
+/// the defaults).
+pub fn examples_toml() -> String {
+    #[derive(Serialize)]
+    struct Examples {
+        ingest: IngestExample,
+        http: HttpExample,
+    }
+    #[derive(Serialize)]
+    struct IngestExample {
+        event_metrics: Vec<dash_shared::events::EventMetric>,
+    }
+    #[derive(Serialize)]
+    struct HttpExample {
+        tokens: Vec<QueryToken>,
+    }
+    toml::to_string_pretty(&Examples {
+        ingest: IngestExample {
+            event_metrics: vec![dash_shared::events::EventMetric {
+                kind: "sale".into(),
+                field: "amount".into(),
+                metric: "sales.amount".into(),
+                tags: vec!["location".into(), "item".into()],
+            }],
+        },
+        http: HttpExample {
+            tokens: vec![QueryToken {
+                tenant: "acme".into(),
+                // printf %s change-me | sha256sum
+                sha256: "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f".into(),
+            }],
+        },
+    })
+    .expect("examples serialize")
 }
 
 #[cfg(test)]
@@ -295,6 +338,27 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         back.validate().unwrap();
         assert_eq!(back.broker.listen.port(), 1883);
+    }
+
+    #[test]
+    fn the_examples_are_valid_settings() {
+        let text = default_toml()
+            .replace("event_metrics = []\n", "")
+            .replace("tokens = []\n", "");
+        let mut full: toml::Table = toml::from_str(&text).unwrap();
+        let examples: toml::Table = toml::from_str(&examples_toml()).unwrap();
+        for (table, value) in examples {
+            let (toml::Value::Table(into), toml::Value::Table(add)) =
+                (full.get_mut(&table).unwrap(), value)
+            else {
+                panic!("{table} is not a table");
+            };
+            into.extend(add);
+        }
+        let back: Config = full.try_into().unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.ingest.event_metrics.len(), 1);
+        assert_eq!(back.http.tokens[0].tenant, "acme");
     }
 
     #[test]

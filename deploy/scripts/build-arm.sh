@@ -66,7 +66,7 @@ done
 # private PostgreSQL), which must commit them. Needs the x86 binaries
 # (cargo build --workspace --bins); skipped with DASH_SKIP_ARM_SMOKE=1.
 [ "${DASH_SKIP_ARM_SMOKE:-0}" = 1 ] && exit 0
-BIN=${DASH_X86_BIN:-$HERE/target/debug}
+BIN=${DASH_X86_BIN:-${CARGO_TARGET_DIR:-$HERE/target}/debug}
 for b in dash-aggregator dash-sim; do
   [ -x "$BIN/$b" ] || { echo "$BIN/$b missing: cargo build --workspace --bins first" >&2; exit 1; }
 done

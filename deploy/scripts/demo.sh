@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/scripts/install-deps.sh
 cargo build --release --bins
+BIN=${CARGO_TARGET_DIR:-target}/release
 STATE=$PWD/.dash
 mkdir -p "$STATE"
 chmod 755 "$STATE"   # the private PostgreSQL runs as 'postgres' when we are root
@@ -89,17 +90,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-target/release/dash-aggregator serve --config "$STATE/aggregator.toml" >"$STATE/aggregator.log" 2>&1 &
+"$BIN"/dash-aggregator serve --config "$STATE/aggregator.toml" >"$STATE/aggregator.log" 2>&1 &
 pids+=($!)
-target/release/dash-sim modbus-tcp --listen 127.0.0.1:5020 >"$STATE/sim-modbus.log" 2>&1 &
+"$BIN"/dash-sim modbus-tcp --listen 127.0.0.1:5020 >"$STATE/sim-modbus.log" 2>&1 &
 pids+=($!)
-target/release/dash-agent run --config "$STATE/agent.toml" >"$STATE/agent.log" 2>&1 &
+"$BIN"/dash-agent run --config "$STATE/agent.toml" >"$STATE/agent.log" 2>&1 &
 pids+=($!)
 sleep 3
 
-target/release/dash-sim mqtt --broker 127.0.0.1:1884 --devices 5 >"$STATE/sim-mqtt.log" 2>&1 &
+"$BIN"/dash-sim mqtt --broker 127.0.0.1:1884 --devices 5 >"$STATE/sim-mqtt.log" 2>&1 &
 pids+=($!)
-target/release/dash-sim pos --agent 127.0.0.1:8081 --token "$POS_TOKEN" --rate 0.5 >"$STATE/sim-pos.log" 2>&1 &
+"$BIN"/dash-sim pos --agent 127.0.0.1:8081 --token "$POS_TOKEN" --rate 0.5 >"$STATE/sim-pos.log" 2>&1 &
 pids+=($!)
 
 PGURL="postgres://dash@localhost/dash?host=$STATE/aggregator/postgres"
