@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -68,10 +69,17 @@ pub struct BufferConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UplinkConfig {
-    /// The aggregator's broker, `mqtt://host:port`.
+    /// The aggregator's broker, `mqtt://host:port`, or `mqtts://host:port` for TLS.
     pub url: String,
+    /// TLS: the CA that signed the broker's certificate (PEM); empty: the system's roots.
+    pub ca_file: String,
+    /// TLS: this agent's certificate and key (PEM), for mutual TLS.
+    pub cert_file: String,
+    pub key_file: String,
     /// MQTT client id; empty: `dash-agent-{tenant}-{agent_id}`.
     pub client_id: String,
+    /// Token login, for brokers that do not take client certificates: the
+    /// username is `{tenant}/{agent_id}` when empty and a password is set.
     pub username: String,
     pub password: String,
     /// Most samples in one batch.
@@ -91,6 +99,17 @@ pub struct UplinkConfig {
     pub status_interval_secs: u64,
 }
 
+/// A device's login on the agent's listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCredential {
+    pub username: String,
+    /// SHA-256 of the password, hex: `printf %s "$PASSWORD" | sha256sum`.
+    /// Use random passwords (`openssl rand -hex 16`): a hash of a short one
+    /// can be guessed by whoever reads this file.
+    pub password_sha256: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevicesConfig {
@@ -102,6 +121,13 @@ pub struct DevicesConfig {
     pub client_id: String,
     /// Largest device payload, in bytes.
     pub max_payload_bytes: usize,
+    /// TLS on the listener: its certificate chain and key (PEM); empty: plain MQTT.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// Devices allowed to connect to the listener, each with a username and
+    /// the SHA-256 of its password; empty: no login asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<DeviceCredential>,
     /// Topic -> series mappings, tried in order; the first match wins.
     pub mappings: Vec<Mapping>,
 }
@@ -140,6 +166,9 @@ impl Default for UplinkConfig {
     fn default() -> Self {
         UplinkConfig {
             url: "mqtt://127.0.0.1:1883".into(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
             client_id: String::new(),
             username: String::new(),
             password: String::new(),
@@ -161,6 +190,9 @@ impl Default for DevicesConfig {
             broker_url: String::new(),
             client_id: String::new(),
             max_payload_bytes: 64 * 1024,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            credentials: Vec::new(),
             mappings: vec![Mapping::example()],
         }
     }
@@ -234,11 +266,7 @@ impl Config {
                 .map(|_| ())
                 .context("agent_id"),
         );
-        check(
-            parse_broker_url(&self.uplink.url)
-                .map(|_| ())
-                .context("uplink.url"),
-        );
+        check(self.uplink_tls().map(|_| ()));
         let u = &self.uplink;
         check(problem(
             !(1..=100_000).contains(&u.batch_max_samples),
@@ -297,6 +325,7 @@ impl Config {
                     .map(|_| ())
                     .context("devices.listen"),
             );
+            check(self.device_auth().map(|_| ()));
         }
         if !d.broker_url.is_empty() {
             check(
@@ -314,6 +343,63 @@ impl Config {
         out
     }
 
+    /// TLS and logins for the device listener, from `devices.*`.
+    pub fn device_auth(&self) -> anyhow::Result<crate::devices::listener::DeviceAuth> {
+        let d = &self.devices;
+        let tls = match (d.tls_cert.as_str(), d.tls_key.as_str()) {
+            ("", "") => None,
+            ("", _) | (_, "") => bail!("devices.tls_cert and devices.tls_key go together"),
+            (cert, key) => {
+                let config = dash_tls::server_config(
+                    Path::new(cert),
+                    Path::new(key),
+                    None,
+                    dash_tls::ClientAuth::None,
+                )
+                .context("devices TLS")?;
+                Some(tokio_rustls::TlsAcceptor::from(config))
+            }
+        };
+        let mut credentials = std::collections::HashMap::new();
+        for (i, c) in d.credentials.iter().enumerate() {
+            let digest = sha256_hex(&c.password_sha256).with_context(|| {
+                format!("devices.credentials[{i}].password_sha256: 64 hex digits")
+            })?;
+            if c.username.is_empty() {
+                bail!("devices.credentials[{i}].username is empty");
+            }
+            if credentials.insert(c.username.clone(), digest).is_some() {
+                bail!(
+                    "devices.credentials[{i}].username {:?} is listed twice",
+                    c.username
+                );
+            }
+        }
+        Ok(crate::devices::listener::DeviceAuth { tls, credentials })
+    }
+
+    /// The uplink's TLS configuration, `None` for a plain `mqtt://` link.
+    /// Reads and checks the files it names.
+    pub fn uplink_tls(&self) -> anyhow::Result<Option<Arc<dash_tls::rustls::ClientConfig>>> {
+        let u = &self.uplink;
+        let url = parse_broker_url(&u.url).context("uplink.url")?;
+        let path = |p: &str| (!p.is_empty()).then(|| Path::new(p).to_owned());
+        let (ca, cert, key) = (path(&u.ca_file), path(&u.cert_file), path(&u.key_file));
+        if !url.tls {
+            if ca.is_some() || cert.is_some() || key.is_some() {
+                bail!("uplink.ca_file, cert_file and key_file need a TLS uplink.url (mqtts://)");
+            }
+            return Ok(None);
+        }
+        let files = dash_tls::ClientFiles {
+            ca: ca.as_deref(),
+            cert: cert.as_deref(),
+            key: key.as_deref(),
+        };
+        let config = dash_tls::client_config(&files).context("uplink TLS")?;
+        Ok(Some(config))
+    }
+
     pub fn tenant(&self) -> TenantId {
         TenantId::new(self.tenant.clone()).expect("validated")
     }
@@ -328,6 +414,19 @@ impl Config {
 }
 
 /// A commented example covering every key.
+/// A SHA-256 digest from 64 hex digits.
+fn sha256_hex(text: &str) -> anyhow::Result<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        bail!("not 64 hex digits");
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).context("not hex")?;
+    }
+    Ok(out)
+}
+
 pub fn default_toml() -> String {
     let body = toml::to_string_pretty(&Config::default()).expect("config serializes");
     let http = http_example();
@@ -356,7 +455,8 @@ fn http_example() -> String {
          # parity, stop_bits for RTU; point kinds coil, discrete, holding, input; types bool,\n\
          # u16, i16, u32, i32, f32, u64, i64, f64; byte_order and word_order big or little.\n\
          # [[aggregate]] sends matching series as windows; [[transform]] renames, converts\n\
-         # units, looks up codes and filters.\n{lines}"
+         # units, looks up codes and filters. [[devices.credentials]]: logins the device\n\
+         # listener asks for (devices.tls_cert and tls_key turn on TLS for it).\n{lines}"
     )
 }
 
@@ -370,6 +470,11 @@ pub fn examples_toml() -> String {
         modbus: crate::modbus::ModbusConfig,
         aggregate: Vec<crate::aggregate::AggregateRule>,
         transform: Vec<crate::transform::TransformRule>,
+        devices: DevicesExample,
+    }
+    #[derive(Serialize)]
+    struct DevicesExample {
+        credentials: Vec<DeviceCredential>,
     }
     #[derive(Serialize)]
     struct HttpExample {
@@ -390,6 +495,14 @@ pub fn examples_toml() -> String {
             late_secs: 2,
         }],
         transform: crate::transform::TransformRule::examples(),
+        devices: DevicesExample {
+            credentials: vec![DeviceCredential {
+                username: "sensor-7".into(),
+                // printf %s change-me | sha256sum
+                password_sha256: "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f"
+                    .into(),
+            }],
+        },
     })
     .expect("examples serialize")
 }
@@ -464,6 +577,7 @@ mod tests {
         assert_eq!(back.http.sources, vec![crate::http::HttpSource::example()]);
         assert_eq!(back.modbus.devices.len(), 1);
         assert_eq!((back.aggregate.len(), back.transform.len()), (1, 2));
+        assert_eq!(back.devices.credentials.len(), 1);
     }
 
     #[test]

@@ -245,17 +245,29 @@ async fn start_inputs(
         let socket = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for devices on {addr} (devices.listen)"))?;
-        tracing::info!(%addr, "listening for devices");
+        let auth = Arc::new(config.device_auth()?);
+        tracing::info!(
+            %addr,
+            tls = auth.tls.is_some(),
+            logins = auth.credentials.len(),
+            "listening for devices"
+        );
         tracker.spawn(listener::serve(
             socket,
             router.clone(),
             committer.clone(),
             d.max_payload_bytes,
+            auth,
             stop.clone(),
             tracker.clone(),
         ));
     } else if !d.broker_url.is_empty() {
-        let (host, port) = dash_shared::topic::parse_broker_url(&d.broker_url)?;
+        let url = dash_shared::topic::parse_broker_url(&d.broker_url)?;
+        anyhow::ensure!(
+            !url.tls,
+            "devices.broker_url: the agent reads a gateway broker over plain MQTT (mqtt://) only"
+        );
+        let (host, port) = (url.host, url.port);
         let client_id = match d.client_id.as_str() {
             "" => format!("dash-agent-devices-{}", config.agent_id),
             id => id.to_owned(),
@@ -302,16 +314,21 @@ async fn start_inputs(
 
 fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
     let u = &config.uplink;
-    let (host, port) = dash_shared::topic::parse_broker_url(&u.url)?;
+    let url = dash_shared::topic::parse_broker_url(&u.url)?;
     let client_id = match u.client_id.as_str() {
         "" => format!("dash-agent-{}-{}", config.tenant, config.agent_id),
         id => id.to_owned(),
     };
+    let username = match (u.username.as_str(), u.password.is_empty()) {
+        ("", false) => format!("{}/{}", config.tenant, config.agent_id),
+        (name, _) => name.to_owned(),
+    };
     Ok(UplinkSettings {
-        host,
-        port,
+        host: url.host,
+        port: url.port,
+        tls: config.uplink_tls()?,
         client_id,
-        username: u.username.clone(),
+        username,
         password: u.password.clone(),
         tenant: config.tenant(),
         agent: config.agent(),

@@ -40,6 +40,7 @@ use dash_shared::wire::{self, Limits};
 use dash_shared::{AckOutcome, AgentId, AgentStatus, Message, TenantId};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -183,6 +184,8 @@ impl Inflight {
 pub struct UplinkSettings {
     pub host: String,
     pub port: u16,
+    /// TLS for `mqtts://`, verifying the broker and presenting the agent's certificate.
+    pub tls: Option<std::sync::Arc<dash_tls::rustls::ClientConfig>>,
     pub client_id: String,
     pub username: String,
     pub password: String,
@@ -250,6 +253,11 @@ pub async fn run(
     ));
     if !settings.username.is_empty() {
         opts.set_credentials(&settings.username, &settings.password);
+    }
+    if let Some(tls) = &settings.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
     }
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (events, mut incoming) = mpsc::channel(256);

@@ -14,8 +14,14 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-/// Starts the broker on `listen`, accepting messages up to `max_payload` bytes.
-pub fn start_embedded(listen: SocketAddr, max_payload: usize) -> anyhow::Result<()> {
+/// Starts the broker on `listen`, accepting messages up to `max_payload`
+/// bytes, and only clients with one of `logins` (username -> password)
+/// when given.
+pub fn start_embedded(
+    listen: SocketAddr,
+    max_payload: usize,
+    logins: Option<HashMap<String, String>>,
+) -> anyhow::Result<()> {
     // rumqttd reports a failed bind only in its log; check the address first.
     std::net::TcpListener::bind(listen)
         .with_context(|| format!("embedded broker cannot listen on {listen} (broker.listen)"))?;
@@ -28,7 +34,7 @@ pub fn start_embedded(listen: SocketAddr, max_payload: usize) -> anyhow::Result<
             connection_timeout_ms: 60_000,
             max_payload_size: max_payload + 4096,
             max_inflight_count: 500,
-            auth: None,
+            auth: logins,
             external_auth: None,
             dynamic_filters: true,
         },

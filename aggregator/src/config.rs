@@ -35,10 +35,33 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// External broker, `mqtt://host:port`. Empty: run the embedded broker.
+    /// External broker, `mqtt://host:port` or `mqtts://host:port` (TLS).
+    /// Empty: run the embedded broker.
     pub url: String,
-    /// Where the embedded broker listens for agents.
-    pub listen: SocketAddr,
+    /// Where the embedded broker listens for agents over plain MQTT; empty: not at all.
+    pub listen: String,
+    /// Where the embedded broker listens for agents over TLS, e.g.
+    /// `0.0.0.0:8883`; empty: no TLS listener.
+    pub tls_listen: String,
+    /// The TLS listener's certificate chain and key (PEM).
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// The CA whose client certificates identify agents (PEM); empty: no
+    /// client certificates are asked for.
+    pub client_ca: String,
+    /// Refuse TLS clients without a certificate from `client_ca` (otherwise
+    /// they may log in with a token).
+    pub require_client_cert: bool,
+    /// `none`: anyone who reaches the broker may publish as any agent.
+    /// `agents`: only agents in the registry (`dash-aggregator agent add`),
+    /// each only as itself; revoked agents are refused, and their batches
+    /// are not stored (with an external broker too).
+    pub auth: crate::gate::AuthMode,
+    /// An external `mqtts://` broker: the CA that signed its certificate
+    /// (empty: the system's roots), and the aggregator's certificate and key.
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
     /// MQTT client id of the aggregator's session (persistent, so the broker
     /// keeps batches that arrive while the aggregator restarts).
     pub client_id: String,
@@ -141,7 +164,16 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: String::new(),
-            listen: "0.0.0.0:1883".parse().expect("valid literal"),
+            listen: "0.0.0.0:1883".into(),
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            client_ca: String::new(),
+            require_client_cert: false,
+            auth: crate::gate::AuthMode::None,
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
             client_id: "dash-aggregator".into(),
             shared_group: String::new(),
             username: String::new(),
@@ -221,9 +253,7 @@ impl Config {
         if self.ingest.max_connections < 2 {
             bail!("ingest.max_connections must be at least 2");
         }
-        if !self.broker.url.is_empty() {
-            parse_broker_url(&self.broker.url).context("broker.url")?;
-        }
+        self.broker_tls()?;
         for (i, t) in self.http.tokens.iter().enumerate() {
             if dash_shared::TenantId::new(t.tenant.clone()).is_err() {
                 bail!(
@@ -269,9 +299,77 @@ impl Config {
         Ok(())
     }
 
+    /// The broker's TLS settings, read and checked: the server side of the
+    /// embedded broker's TLS listener, and the client side of a link to an
+    /// external `mqtts://` broker.
+    pub fn broker_tls(&self) -> anyhow::Result<BrokerTls> {
+        let b = &self.broker;
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        let mut tls = BrokerTls::default();
+        for (key, value) in [
+            ("broker.listen", &b.listen),
+            ("broker.tls_listen", &b.tls_listen),
+        ] {
+            if !value.is_empty() {
+                value.parse::<SocketAddr>().with_context(|| {
+                    format!("{key} {value:?} is not an address like 0.0.0.0:1883")
+                })?;
+            }
+        }
+        if b.url.is_empty() {
+            if b.listen.is_empty() && b.tls_listen.is_empty() {
+                bail!("the embedded broker needs broker.listen or broker.tls_listen");
+            }
+            if !b.tls_listen.is_empty() {
+                let (Some(cert), Some(key)) = (path(&b.tls_cert), path(&b.tls_key)) else {
+                    bail!(
+                        "broker.tls_listen needs broker.tls_cert and broker.tls_key (dash-aggregator ca init writes them)"
+                    );
+                };
+                let auth = match (path(&b.client_ca).is_some(), b.require_client_cert) {
+                    (false, true) => bail!("broker.require_client_cert needs broker.client_ca"),
+                    (false, false) => dash_tls::ClientAuth::None,
+                    (true, false) => dash_tls::ClientAuth::Optional,
+                    (true, true) => dash_tls::ClientAuth::Required,
+                };
+                tls.server = Some(
+                    dash_tls::server_config(&cert, &key, path(&b.client_ca).as_deref(), auth)
+                        .context("broker TLS listener")?,
+                );
+            } else if !b.client_ca.is_empty() || !b.tls_cert.is_empty() {
+                bail!("broker.tls_cert and broker.client_ca need broker.tls_listen");
+            }
+        } else {
+            let url = parse_broker_url(&b.url).context("broker.url")?;
+            if url.tls {
+                let (ca, cert, key) = (path(&b.ca_file), path(&b.cert_file), path(&b.key_file));
+                tls.client = Some(
+                    dash_tls::client_config(&dash_tls::ClientFiles {
+                        ca: ca.as_deref(),
+                        cert: cert.as_deref(),
+                        key: key.as_deref(),
+                    })
+                    .context("broker.url TLS")?,
+                );
+            } else if !b.ca_file.is_empty() || !b.cert_file.is_empty() {
+                bail!("broker.ca_file and broker.cert_file need a TLS broker.url (mqtts://)");
+            }
+        }
+        Ok(tls)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+}
+
+/// TLS configurations built from `[broker]`.
+#[derive(Default)]
+pub struct BrokerTls {
+    /// The embedded broker's TLS listener.
+    pub server: Option<std::sync::Arc<dash_tls::rustls::ServerConfig>>,
+    /// The link to an external `mqtts://` broker.
+    pub client: Option<std::sync::Arc<dash_tls::rustls::ClientConfig>>,
 }
 
 /// The default configuration as commented TOML, for `print-default-config`.
@@ -337,7 +435,7 @@ mod tests {
         let text = default_toml();
         let back: Config = toml::from_str(&text).unwrap();
         back.validate().unwrap();
-        assert_eq!(back.broker.listen.port(), 1883);
+        assert_eq!(back.broker.listen, "0.0.0.0:1883");
     }
 
     #[test]

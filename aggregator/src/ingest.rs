@@ -61,6 +61,8 @@ pub struct Ingestor<W> {
     window: TimeWindow,
     /// The faults each agent reported last, to log changes only.
     faults: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>,
+    /// With `broker.auth = "agents"`: only registered, unrevoked agents' messages are stored.
+    agents: Option<crate::registry::Registry>,
 }
 
 /// Readings stamped outside `[now - max_past, now + max_future]` when they
@@ -171,6 +173,38 @@ impl<W: SampleWriter> Ingestor<W> {
             event_metrics: Vec::new(),
             window: TimeWindow::default(),
             faults: Default::default(),
+            agents: None,
+        }
+    }
+
+    /// Stores messages only from agents `registry` knows and has not revoked.
+    pub fn with_registry(mut self, registry: Option<crate::registry::Registry>) -> Self {
+        self.agents = registry;
+        self
+    }
+
+    /// Whether a message (`what`: batch or status) on `tenant/agent`'s topic
+    /// may be stored: always without a registry; with one, only from a
+    /// registered agent that is not revoked. A refusal is counted
+    /// (`dash_auth_refused_total{stage="ingest"}`) and logged; the message is
+    /// then acknowledged to the broker and dropped, unanswered.
+    pub async fn admits(&self, tenant: &TenantId, agent: &AgentId, what: &str) -> bool {
+        let Some(registry) = &self.agents else {
+            return true;
+        };
+        match registry.standing(tenant.as_str(), agent.as_str()).await {
+            Ok(crate::registry::Standing::Active) => true,
+            Ok(s) => {
+                self.metrics.refused("ingest", s.reason());
+                tracing::warn!(%tenant, %agent, what, reason = s.reason(), "message from an agent that may not publish: not stored");
+                false
+            }
+            Err(e) => {
+                // Not stored now; the agent resends what it sees no ack for.
+                self.metrics.refused("ingest", "registry_unavailable");
+                tracing::warn!(%tenant, %agent, what, error = %e, "registry lookup failed: message not stored");
+                false
+            }
         }
     }
 

@@ -28,23 +28,28 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod broker;
 pub mod config;
 pub mod db;
+pub mod gate;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod link;
 pub mod metrics;
+pub mod pki;
 pub mod postgres;
 pub mod query;
+pub mod registry;
 pub mod retention;
 pub mod storage;
 pub mod tiers;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,7 +78,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         retention: config.retention.clone(),
     });
     http::serve(config.http.listen, metrics.clone(), api, stop.clone()).await?;
-    let link = link_config(&config)?;
+    let registry = (config.broker.auth == gate::AuthMode::Agents)
+        .then(|| registry::Registry::new(pool.clone()));
+    let link = start_broker(&config, registry.clone(), metrics.clone(), stop.clone()).await?;
     let limits = Limits {
         max_message_bytes: config.ingest.max_message_bytes,
         ..Limits::default()
@@ -85,6 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             limits,
             metrics,
         )
+        .with_registry(registry)
         .with_event_metrics(config.ingest.event_metrics.clone())
         .with_time_window(ingest::TimeWindow {
             max_future: config.ingest.max_future_secs as i64 * 1_000_000,
@@ -122,7 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 /// The database URL to use, starting the private cluster when none is configured.
-async fn database(config: &Config) -> anyhow::Result<(String, Option<PrivatePostgres>)> {
+pub async fn database(config: &Config) -> anyhow::Result<(String, Option<PrivatePostgres>)> {
     if !config.database_url.is_empty() {
         return Ok((config.database_url.clone(), None));
     }
@@ -136,26 +144,80 @@ async fn database(config: &Config) -> anyhow::Result<(String, Option<PrivatePost
     Ok((pg.url(postgres::DATABASE), Some(pg)))
 }
 
-/// Starts the embedded broker when no external one is configured.
-fn link_config(config: &Config) -> anyhow::Result<LinkConfig> {
+/// Starts the embedded broker behind the gate unless an external one is
+/// configured, and says how the link reaches the broker.
+async fn start_broker(
+    config: &Config,
+    registry: Option<registry::Registry>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<LinkConfig> {
     let b = &config.broker;
-    let (host, port) = if b.url.is_empty() {
-        broker::start_embedded(b.listen, config.ingest.max_message_bytes)?;
-        let ip = match b.listen.ip() {
-            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            ip => ip,
-        };
-        (ip.to_string(), b.listen.port())
+    let tls = config.broker_tls()?;
+    let max_payload = config.ingest.max_message_bytes;
+    let (host, port, username, password) = if !b.url.is_empty() {
+        let url = dash_shared::topic::parse_broker_url(&b.url)?;
+        (url.host, url.port, b.username.clone(), b.password.clone())
     } else {
-        dash_shared::topic::parse_broker_url(&b.url)?
+        // rumqttd on loopback, admitting only the gate and the link: agents
+        // never reach it directly, even without TLS or identities (the gate
+        // refuses client ids rumqttd 0.20 could trip over).
+        let internal = {
+            let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .context("no free loopback port for the embedded broker")?;
+            probe.local_addr()?
+        };
+        let secret = || dash_tls::hex(&rand::random::<[u8; 24]>());
+        let gate_login = rumqttc::mqttbytes::v4::Login {
+            username: "dash-gate".into(),
+            password: secret(),
+        };
+        let link_password = secret();
+        broker::start_embedded(
+            internal,
+            max_payload,
+            Some(HashMap::from([
+                (gate_login.username.clone(), gate_login.password.clone()),
+                ("dash-link".to_owned(), link_password.clone()),
+            ])),
+        )?;
+        let parse = |s: &str, key: &str| -> anyhow::Result<Option<SocketAddr>> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(s.parse().with_context(|| key.to_owned())?))
+        };
+        let plain = parse(&b.listen, "broker.listen")?;
+        let tls_listen = parse(&b.tls_listen, "broker.tls_listen")?;
+        gate::start(
+            gate::GateConfig {
+                plain,
+                tls: tls_listen.zip(tls.server.clone()),
+                auth: b.auth,
+                broker: internal,
+                broker_login: gate_login,
+                max_packet: max_payload + 4096,
+            },
+            registry,
+            metrics,
+            stop,
+        )
+        .await?;
+        (
+            internal.ip().to_string(),
+            internal.port(),
+            "dash-link".to_owned(),
+            link_password,
+        )
     };
     Ok(LinkConfig {
         host,
         port,
+        tls: tls.client,
         client_id: b.client_id.clone(),
         shared_group: b.shared_group.clone(),
-        username: b.username.clone(),
-        password: b.password.clone(),
+        username,
+        password,
         max_message_bytes: config.ingest.max_message_bytes,
         workers: config.ingest.workers,
     })

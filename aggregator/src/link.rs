@@ -39,6 +39,8 @@ use crate::storage::SampleWriter;
 pub struct LinkConfig {
     pub host: String,
     pub port: u16,
+    /// TLS to an external `mqtts://` broker.
+    pub tls: Option<std::sync::Arc<dash_tls::rustls::ClientConfig>>,
     pub client_id: String,
     pub shared_group: String,
     pub username: String,
@@ -66,6 +68,11 @@ impl LinkConfig {
         opts.set_max_packet_size(max, max);
         if !self.username.is_empty() {
             opts.set_credentials(&self.username, &self.password);
+        }
+        if let Some(tls) = &self.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
         }
         opts
     }
@@ -278,7 +285,9 @@ async fn status_worker<W: SampleWriter>(
         };
         let publish = &hand.publish;
         match topic::parse(&publish.topic) {
-            Ok((tenant, agent, TopicKind::Status)) => {
+            Ok((tenant, agent, TopicKind::Status))
+                if ingestor.admits(&tenant, &agent, "status").await =>
+            {
                 let recorded = tokio::time::timeout(
                     Duration::from_secs(2),
                     ingestor.record_status(&tenant, &agent, &publish.payload),
@@ -350,7 +359,10 @@ async fn handle<W: SampleWriter>(
     for publish in group {
         ingestor.metrics().payload(publish.payload.len());
         match topic::parse(&publish.topic) {
-            Ok((tenant, agent, TopicKind::Batch)) => senders.push(Some((tenant, agent))),
+            Ok((tenant, agent, TopicKind::Batch)) => {
+                let admitted = ingestor.admits(&tenant, &agent, "batch").await;
+                senders.push(admitted.then_some((tenant, agent)));
+            }
             Ok(_) => senders.push(None),
             Err(e) => {
                 ingestor.refuse_topic(&publish.topic, &e);

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use dash_aggregator::admin;
+use dash_aggregator::pki::CaDir;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +30,102 @@ enum Command {
     PrintDefaultConfig,
     /// Check a config file and exit.
     CheckConfig { file: PathBuf },
+    /// The certificate authority for agents' client certificates.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// The registry of agents allowed to connect (in PostgreSQL).
+    Agent {
+        /// Aggregator config file (for database_url or data_dir).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The CA directory (`ca init`); default: data_dir/ca.
+        #[arg(long, global = true)]
+        ca_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA, the broker's server certificate and the aggregator's
+    /// client certificate; prints the settings that use them.
+    Init {
+        /// Aggregator config file (for data_dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where to write them; default: data_dir/ca.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// A host name or IP address agents connect to (repeat for more).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// Rewrite crl.pem from the registry's revoked agents (it is valid for 30 days).
+    Crl {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Record an agent and write its certificate, key (and token) and a
+    /// ready agent config snippet.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// The aggregator's broker as the agent reaches it, e.g. mqtts://broker.example.net:8883.
+        #[arg(long)]
+        uplink: String,
+        /// Also issue a token (username tenant/name), for brokers that cannot check certificates.
+        #[arg(long)]
+        token: bool,
+        /// Issue no certificate (then --token is needed).
+        #[arg(long)]
+        no_certificate: bool,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+        /// Or: when it expires (RFC 3339).
+        #[arg(long, conflicts_with = "days")]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+        /// Where to write the files; default: ./TENANT-NAME.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the files will be on the gateway (paths in the snippet).
+        #[arg(long, default_value = "/etc/dash")]
+        install_dir: PathBuf,
+    },
+    /// Stop an agent from connecting and its batches from being stored.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Show agents with their credentials, revocation and last seen.
+    List,
+}
+
+fn load(config: Option<&std::path::Path>) -> anyhow::Result<dash_aggregator::Config> {
+    dash_aggregator::Config::load(config)
+}
+
+fn ca_dir(config: &dash_aggregator::Config, given: Option<PathBuf>) -> CaDir {
+    CaDir::new(given.unwrap_or_else(|| config.data_dir.join("ca")))
+}
+
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Runtime::new()
+        .context("starting the tokio runtime")?
+        .block_on(work)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +138,77 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { file } => {
             dash_aggregator::Config::load(Some(&file))?;
             println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Ca { command } => {
+            init_tracing();
+            match command {
+                CaCommand::Init {
+                    config,
+                    ca_dir: dir,
+                    hosts,
+                } => {
+                    let config = load(config.as_deref())?;
+                    print!("{}", admin::ca_init(&ca_dir(&config, dir), &hosts)?);
+                }
+                CaCommand::Crl {
+                    config,
+                    ca_dir: dir,
+                } => {
+                    let config = load(config.as_deref())?;
+                    let ca = ca_dir(&config, dir);
+                    let path = block_on(admin::with_registry(&config, async |r| {
+                        dash_aggregator::pki::write_crl(&ca, &r.revoked_serials().await?)
+                    }))?;
+                    println!("{} written", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Agent {
+            config,
+            ca_dir: dir,
+            command,
+        } => {
+            init_tracing();
+            let config = load(config.as_deref())?;
+            let ca = ca_dir(&config, dir);
+            let text = block_on(admin::with_registry(
+                &config,
+                async |registry| match command {
+                    AgentCommand::Add {
+                        tenant,
+                        name,
+                        uplink,
+                        token,
+                        no_certificate,
+                        days,
+                        expires,
+                        out,
+                        install_dir,
+                    } => {
+                        let add = admin::AddAgent {
+                            out: out.unwrap_or_else(|| PathBuf::from(format!("{tenant}-{name}"))),
+                            tenant,
+                            name,
+                            uplink,
+                            certificate: !no_certificate,
+                            token,
+                            not_after: expires.unwrap_or_else(|| {
+                                chrono::Utc::now() + chrono::Duration::days(days)
+                            }),
+                            install_dir,
+                        };
+                        admin::agent_add(registry, &ca, &add).await
+                    }
+                    AgentCommand::Revoke { tenant, name } => {
+                        let ca = ca.ca_key().exists().then_some(&ca);
+                        admin::agent_revoke(registry, ca, &tenant, &name).await
+                    }
+                    AgentCommand::List => admin::agent_list(registry).await,
+                },
+            ))?;
+            println!("{text}");
             Ok(())
         }
         Command::Serve { config } => {

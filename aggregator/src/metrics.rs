@@ -12,6 +12,8 @@ pub const STORE_ERRORS: &str = "dash_ingest_store_errors_total";
 pub const PAYLOAD_BYTES: &str = "dash_ingest_payload_bytes_total";
 pub const EXPIRED: &str = "dash_ingest_expired_samples_total";
 pub const QUARANTINED: &str = "dash_ingest_quarantined_total";
+pub const CONNECTIONS: &str = "dash_broker_connections_total";
+pub const REFUSED: &str = "dash_auth_refused_total";
 
 /// Outcome of one batch message.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +36,10 @@ pub struct Metrics {
     expired: [AtomicU64; 3],
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     quarantined: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Agents admitted through the aggregator's broker front.
+    connections: AtomicU64,
+    /// Refusals by (stage, reason).
+    refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -78,6 +84,33 @@ impl Metrics {
             .expect("metrics lock")
             .entry((kind, reason))
             .or_default() += 1;
+    }
+
+    /// Counts an agent admitted through the broker's front.
+    pub fn connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal at `stage` (`tls`, `connect`, `publish`,
+    /// `subscribe`, `ingest`) for `reason`.
+    pub fn refused(&self, stage: &'static str, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .expect("metrics lock")
+            .entry((stage, reason))
+            .or_default() += 1;
+    }
+
+    /// Refusals at `stage` for `reason` so far.
+    pub fn refused_count(&self, stage: &str, reason: &str) -> u64 {
+        self.refused
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .filter(|((s, r), _)| *s == stage && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     pub fn store_error(&self) {
@@ -141,6 +174,21 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "{QUARANTINED}{{kind=\"{kind}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {CONNECTIONS} Agents admitted by the broker front (TLS, identity).\n# TYPE {CONNECTIONS} counter\n{CONNECTIONS} {}",
+            load(&self.connections)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {REFUSED} Connections, publishes, subscriptions and batches refused for who sent them.\n# TYPE {REFUSED} counter"
+        );
+        for ((stage, reason), n) in self.refused.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "{REFUSED}{{stage=\"{stage}\",reason=\"{reason}\"}} {n}"
             );
         }
         let _ = writeln!(

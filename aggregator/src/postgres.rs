@@ -31,6 +31,7 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     run_as: Option<(Uid, Gid)>,
     stopped: bool,
+    adopted: bool,
 }
 
 impl PrivatePostgres {
@@ -49,16 +50,18 @@ impl PrivatePostgres {
             nix::unistd::chown(&dir, Some(uid), Some(gid))
                 .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
         }
-        let pg = PrivatePostgres {
+        let mut pg = PrivatePostgres {
             bin,
             dir,
             run_as,
             stopped: false,
+            adopted: false,
         };
         if !pg.data().join("PG_VERSION").exists() {
             pg.initdb()?;
         }
-        if !pg.is_running() {
+        pg.adopted = pg.is_running();
+        if !pg.adopted {
             pg.pg_ctl(&[
                 "start",
                 "-w",
@@ -155,6 +158,17 @@ impl PrivatePostgres {
         }
         conn.close().await?;
         Ok(())
+    }
+
+    /// Whether the server was already running when [`PrivatePostgres::start`]
+    /// found it (a running `dash-aggregator serve`).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Leaves the server running when this handle goes.
+    pub fn leave_running(mut self) {
+        self.stopped = true;
     }
 
     /// Stops the server, waiting for a clean shutdown.

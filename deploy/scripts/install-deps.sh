@@ -3,7 +3,7 @@
 # already there: PostgreSQL (server binaries, no service is started),
 # Mosquitto and its clients (an external broker for tests, devices for the demo), debootstrap (the Debian 13 root
 # for the rustc 1.85 check and TimescaleDB), socat (serial-line pairs for the Modbus RTU tests) and
-# cargo-nextest when missing.
+# cargo-nextest and cargo-audit when missing.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
@@ -21,4 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
+fi
+if ! cargo audit --version >/dev/null 2>&1; then
+  cargo install --locked cargo-audit
 fi

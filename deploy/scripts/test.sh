@@ -30,6 +30,7 @@ step() {
 step "dependencies" deploy/scripts/install-deps.sh
 step "fmt" cargo fmt --all --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "advisories (cargo audit)" deploy/scripts/audit.sh
 step "build" cargo build --workspace --bins --locked
 step "suite on PostgreSQL 15" cargo nextest run --workspace --locked --no-fail-fast
 step "Debian 13 root" deploy/scripts/debian13-root.sh

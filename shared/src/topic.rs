@@ -122,17 +122,35 @@ macro_rules! id_type {
 id_type!(TenantId, "tenant");
 id_type!(AgentId, "agent");
 
-/// Splits a broker URL, `mqtt://host:port` (port 1883 when omitted), into host and port.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), TopicError> {
+/// A broker's address and whether the link is TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Splits a broker URL, `mqtt://host:port` (port 1883 when omitted) or
+/// `mqtts://host:port` (TLS, port 8883 when omitted).
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, TopicError> {
     let bad = |why: &'static str| TopicError::BadUrl {
         url: url.chars().take(200).collect(),
         why,
     };
-    let rest = url
+    let (rest, tls) = if let Some(rest) = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| bad("it must start with mqtt://"))?
-        .trim_end_matches('/');
+    {
+        (rest, false)
+    } else if let Some(rest) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (rest, true)
+    } else {
+        return Err(bad("it must start with mqtt:// or mqtts:// (TLS)"));
+    };
+    let rest = rest.trim_end_matches('/');
     // An IPv6 host comes in brackets: mqtt://[::1]:1883.
     let (host, port) = match rest.strip_prefix('[') {
         Some(v6) => {
@@ -150,12 +168,17 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), TopicError> {
         Some(p) => p
             .parse()
             .map_err(|_| bad("the port is not a number from 0 to 65535"))?,
+        None if tls => 8883,
         None => 1883,
     };
     if host.is_empty() {
         return Err(bad("it has no host"));
     }
-    Ok((host.to_owned(), port))
+    Ok(BrokerUrl {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
 }
 
 /// The topic for `kind` messages of one agent.
@@ -212,27 +235,30 @@ mod tests {
 
     #[test]
     fn broker_urls_parse_with_and_without_port() {
-        assert_eq!(
-            parse_broker_url("mqtt://broker:1884").unwrap(),
-            ("broker".into(), 1884)
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://broker/").unwrap(),
-            ("broker".into(), 1883)
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://broker").unwrap(),
-            ("broker".into(), 1883)
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://[::1]:1885").unwrap(),
-            ("::1".into(), 1885)
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://[::1]").unwrap(),
-            ("::1".into(), 1883)
-        );
-        for bad in ["http://broker", "mqtt://:1", "mqtt://broker:x", "mqtt://"] {
+        let url = |host: &str, port, tls| BrokerUrl {
+            host: host.into(),
+            port,
+            tls,
+        };
+        for (text, want) in [
+            ("mqtt://broker:1884", url("broker", 1884, false)),
+            ("mqtt://broker/", url("broker", 1883, false)),
+            ("mqtt://broker", url("broker", 1883, false)),
+            ("mqtt://[::1]:1885", url("::1", 1885, false)),
+            ("mqtt://[::1]", url("::1", 1883, false)),
+            ("mqtts://broker", url("broker", 8883, true)),
+            ("mqtts://broker:9883", url("broker", 9883, true)),
+            ("ssl://[::1]", url("::1", 8883, true)),
+        ] {
+            assert_eq!(parse_broker_url(text).unwrap(), want, "{text}");
+        }
+        for bad in [
+            "http://broker",
+            "mqtt://:1",
+            "mqtt://broker:x",
+            "mqtt://",
+            "mqtts://",
+        ] {
             assert!(parse_broker_url(bad).is_err(), "{bad} accepted");
         }
     }

@@ -234,12 +234,18 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path, port: u16) -> Mosquitto {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n"),
+        Mosquitto::with_config(
+            dir,
+            &format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n"
+            ),
         )
-        .unwrap();
+    }
+
+    /// Mosquitto with `config` as its whole configuration file.
+    pub fn with_config(dir: &Path, config: &str) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, config).unwrap();
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())

@@ -9,19 +9,25 @@
 //!
 //! Packets are read with rumqttc's MQTT codec. Subscriptions are refused
 //! (SUBACK failure): this endpoint only takes data in.
+//!
+//! Optionally the listener speaks TLS (`devices.tls_cert`, `devices.tls_key`)
+//! and asks every device for a username and password
+//! (`[[devices.credentials]]`, passwords kept as SHA-256); a device that
+//! fails gets CONNACK "bad username or password" and is disconnected.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode,
-    UnsubAck,
+    ConnAck, ConnectReturnCode, Login, Packet, PubAck, PubComp, PubRec, SubAck,
+    SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,12 +42,32 @@ struct Reply {
     packet: Option<Packet>,
 }
 
+/// Who may connect: TLS and the accepted credentials.
+#[derive(Default)]
+pub struct DeviceAuth {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `username -> SHA-256 of the password`; empty: no login asked.
+    pub credentials: HashMap<String, [u8; 32]>,
+}
+
+impl DeviceAuth {
+    fn admits(&self, login: Option<&Login>) -> bool {
+        if self.credentials.is_empty() {
+            return true;
+        }
+        let Some(login) = login else { return false };
+        let digest: [u8; 32] = Sha256::digest(login.password.as_bytes()).into();
+        self.credentials.get(&login.username) == Some(&digest)
+    }
+}
+
 /// Accepts devices on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     committer: Committer,
     max_payload: usize,
+    auth: Arc<DeviceAuth>,
     stop: CancellationToken,
     connections: TaskTracker,
 ) {
@@ -58,23 +84,41 @@ pub async fn serve(
             },
         };
         let (router, committer, stop) = (router.clone(), committer.clone(), stop.clone());
+        let auth = auth.clone();
         connections.spawn(async move {
-            if let Err(e) = connection(socket, router, committer, max_payload, stop).await {
+            let _ = socket.set_nodelay(true);
+            let result = match &auth.tls {
+                None => connection(socket, &auth, router, committer, max_payload, stop).await,
+                Some(tls) => match tokio::time::timeout(HANDSHAKE, tls.accept(socket)).await {
+                    Ok(Ok(socket)) => {
+                        connection(socket, &auth, router, committer, max_payload, stop).await
+                    }
+                    Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake failed: {e}")),
+                    Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "device connection closed");
             }
         });
     }
 }
 
-async fn connection(
-    socket: TcpStream,
+/// Longest TLS handshake before the connection is dropped.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+async fn connection<S>(
+    socket: S,
+    auth: &DeviceAuth,
     router: Arc<Router>,
     committer: Committer,
     max_payload: usize,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
-    socket.set_nodelay(true)?;
-    let (mut rd, wr) = socket.into_split();
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(socket);
     let (replies, rx) = mpsc::channel::<Reply>(1024);
     let writer = tokio::spawn(write_replies(wr, rx));
     let mut buf = BytesMut::with_capacity(4096);
@@ -105,6 +149,21 @@ async fn connection(
         };
         let reply = match packet {
             Packet::Connect(c) if !connected => {
+                if !auth.admits(c.login.as_ref()) {
+                    let refused = ConnAck::new(ConnectReturnCode::BadUserNamePassword, false);
+                    let _ = replies
+                        .send(Reply {
+                            ticket: None,
+                            packet: Some(Packet::ConnAck(refused)),
+                        })
+                        .await;
+                    drop(replies);
+                    let _ = writer.await;
+                    anyhow::bail!(
+                        "refused: bad username or password (user {:?})",
+                        c.login.as_ref().map(|l| l.username.as_str()).unwrap_or("")
+                    );
+                }
                 connected = true;
                 idle_limit = (c.keep_alive > 0)
                     .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
@@ -181,10 +240,11 @@ async fn connection(
     Ok(())
 }
 
-async fn write_replies(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn write_replies<W: AsyncWrite>(
+    wr: WriteHalf<W>,
     mut rx: mpsc::Receiver<Reply>,
 ) -> anyhow::Result<()> {
+    let mut wr = wr;
     let mut out = BytesMut::with_capacity(256);
     while let Some(reply) = rx.recv().await {
         if let Some(ticket) = reply.ticket {

@@ -1,0 +1,884 @@
+//! The secure link, end to end with real processes, real TLS and real
+//! PostgreSQL: agents provisioned with `dash-aggregator ca init` and
+//! `agent add` deliver over mutual TLS (embedded broker, and Mosquitto with
+//! require_certificate and pattern ACLs) and with a token; everyone else is
+//! refused; an agent publishing as another, or into another tenant, stores
+//! nothing and leaves the other agent unaffected; a revoked agent is cut off.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dash_shared::wire::{self, Limits};
+use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
+use dash_tests::device::{self, rows_of};
+use dash_tests::pg::TestPostgres;
+use dash_tests::process::{self, Proc, binary};
+use dash_tests::{eventually, free_port, metrics_text};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+
+/// Runs `dash-aggregator ARGS` against the test database; panics with its
+/// output when it fails.
+fn cli(dir: &Path, pg: &TestPostgres, args: &[&str]) -> String {
+    let out = cli_output(dir, pg, args);
+    assert!(
+        out.status.success(),
+        "dash-aggregator {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli_output(dir: &Path, pg: &TestPostgres, args: &[&str]) -> Output {
+    std::process::Command::new(binary("dash-aggregator"))
+        .args(args)
+        .env("DASH_DATABASE_URL", &pg.url)
+        .env("DASH_DATA_DIR", dir.join("aggregator"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// `agent add` for `tenant/name`, files in `dir/tenant-name`; returns that directory.
+fn add_agent(
+    dir: &Path,
+    pg: &TestPostgres,
+    tenant: &str,
+    name: &str,
+    uplink: &str,
+    extra: &[&str],
+) -> PathBuf {
+    let out = dir.join(format!("{tenant}-{name}"));
+    let ca = dir.join("ca");
+    let mut args = vec![
+        "agent",
+        "add",
+        "--ca-dir",
+        ca.to_str().unwrap(),
+        "--tenant",
+        tenant,
+        "--name",
+        name,
+        "--uplink",
+        uplink,
+        "--out",
+        out.to_str().unwrap(),
+        "--install-dir",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let said = cli(dir, pg, &args);
+    assert!(
+        said.contains(&format!("agent {tenant}/{name} added")),
+        "{said}"
+    );
+    out
+}
+
+/// An agent whose identity and uplink come from its `agent add` snippet,
+/// with a device listener on `device_port`.
+fn provisioned_agent(dir: &Path, files: &Path, name: &str, device_port: u16) -> Proc {
+    let snippet = std::fs::read_to_string(files.join("agent.toml")).unwrap();
+    let config = files.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\nshutdown_grace_secs = 5\n{snippet}\
+             batch_max_samples = 500\nbatch_linger_ms = 200\nack_timeout_secs = 3\nreconnect_max_ms = 1000\n\n\
+             [devices]\nlisten = \"127.0.0.1:{device_port}\"\n\n\
+             [[devices.mappings]]\ntopic = \"sensors/{{device}}/{{metric}}\"\n",
+            data = dir.join(name).display()
+        ),
+    )
+    .unwrap();
+    let mut env = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(files.join("agent.env")) {
+        let value = text.trim().strip_prefix("DASH_UPLINK__PASSWORD=").unwrap();
+        env.push(("DASH_UPLINK__PASSWORD", value.to_owned()));
+    }
+    Proc::new(
+        "dash-agent",
+        &["run", "--config", config.to_str().unwrap()],
+        &env,
+        dir.join(format!("{name}.log")),
+    )
+}
+
+/// A client of the broker at `port` with the given TLS files and login.
+fn client(
+    id: &str,
+    port: u16,
+    ca: Option<&Path>,
+    cert: Option<(&Path, &Path)>,
+    login: Option<(&str, &str)>,
+) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    if let Some((user, password)) = login {
+        opts.set_credentials(user, password);
+    }
+    if let Some(ca) = ca {
+        let tls = dash_tls::client_config(&dash_tls::ClientFiles {
+            ca: Some(ca),
+            cert: cert.map(|c| c.0),
+            key: cert.map(|c| c.1),
+        })
+        .unwrap();
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
+    AsyncClient::new(opts, 64)
+}
+
+/// How the broker answers a connection attempt.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Accepted,
+    Refused(ConnectReturnCode),
+    /// The connection failed before CONNACK (TLS refused).
+    Failed(String),
+}
+
+async fn first_answer(mut events: rumqttc::EventLoop) -> Answer {
+    let polled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Answer::Accepted,
+                Ok(_) => continue,
+                Err(ConnectionError::ConnectionRefused(code)) => return Answer::Refused(code),
+                Err(e) => return Answer::Failed(e.to_string()),
+            }
+        }
+    })
+    .await;
+    polled.unwrap_or_else(|_| Answer::Failed("no answer within 10 s".into()))
+}
+
+/// A valid batch of `device/temp` readings (values 1000..1000+n).
+fn batch_payload(device: &str, n: i64) -> Vec<u8> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let batch = Batch::samples(
+        StreamId {
+            name: "telemetry".into(),
+            incarnation: 42,
+        },
+        1,
+        1,
+        vec![SeriesBlock {
+            key: SeriesKey::new(device, "temp"),
+            timestamps: (0..n).map(|i| now - i * 1000).collect(),
+            values: (0..n).map(|i| (1000 + i) as f64).collect(),
+        }],
+    );
+    wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+}
+
+/// Connects, publishes `payload` on `topic`, and reports whether the broker
+/// closed the connection afterwards.
+async fn publish_as(
+    client: AsyncClient,
+    mut events: rumqttc::EventLoop,
+    topic: &str,
+    payload: Vec<u8>,
+) -> bool {
+    assert_eq!(poll_connack(&mut events).await, Answer::Accepted);
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if events.poll().await.is_err() {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn poll_connack(events: &mut rumqttc::EventLoop) -> Answer {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Answer::Accepted,
+            Ok(Ok(_)) => continue,
+            Ok(Err(ConnectionError::ConnectionRefused(code))) => return Answer::Refused(code),
+            Ok(Err(e)) => return Answer::Failed(e.to_string()),
+            Err(_) => return Answer::Failed("timeout".into()),
+        }
+    }
+}
+
+async fn refused(http: u16, stage: &str, reason: &str) -> f64 {
+    let text = metrics_text(http).await;
+    let key = format!("dash_auth_refused_total{{stage=\"{stage}\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+async fn stored_for(pg: &TestPostgres, device: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM samples x JOIN series s ON s.id = x.series_id WHERE s.device = $1",
+    )
+    .bind(device)
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_embedded_broker() {
+    dash_tests::init_tracing();
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (tls_port, http, device_a, device_t) = (free_port(), free_port(), free_port(), free_port());
+    let ca = d.join("ca");
+    let said = cli(
+        d,
+        &pg,
+        &[
+            "ca",
+            "init",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+        ],
+    );
+    assert!(said.contains("auth = \"agents\""), "{said}");
+    let uplink = format!("mqtts://127.0.0.1:{tls_port}");
+    let gw1 = add_agent(d, &pg, "acme", "gw-1", &uplink, &[]);
+    let gw2 = add_agent(d, &pg, "acme", "gw-2", &uplink, &[]);
+    let tok = add_agent(
+        d,
+        &pg,
+        "acme",
+        "till-1",
+        &uplink,
+        &["--token", "--no-certificate"],
+    );
+    let gone = add_agent(d, &pg, "acme", "gw-3", &uplink, &[]);
+    let expired = add_agent(
+        d,
+        &pg,
+        "acme",
+        "gw-old",
+        &uplink,
+        &["--expires", "2026-01-01T00:00:00Z"],
+    );
+    assert!(!gw1.join("agent.env").exists() && tok.join("agent.env").exists());
+    let env_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(tok.join("agent.env"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(env_mode & 0o777, 0o600, "the token file is private");
+    cli(
+        d,
+        &pg,
+        &[
+            "agent",
+            "revoke",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--name",
+            "gw-3",
+        ],
+    );
+
+    let mut aggregator = process::aggregator(
+        d,
+        &pg.url,
+        free_port(),
+        http,
+        &[
+            ("DASH_BROKER__LISTEN", String::new()),
+            ("DASH_BROKER__TLS_LISTEN", format!("127.0.0.1:{tls_port}")),
+            (
+                "DASH_BROKER__TLS_CERT",
+                ca.join("server.pem").display().to_string(),
+            ),
+            (
+                "DASH_BROKER__TLS_KEY",
+                ca.join("server.key").display().to_string(),
+            ),
+            (
+                "DASH_BROKER__CLIENT_CA",
+                ca.join("ca.pem").display().to_string(),
+            ),
+            ("DASH_BROKER__AUTH", "agents".into()),
+        ],
+    );
+    aggregator.start();
+    let mut agent1 = provisioned_agent(d, &gw1, "gw-1", device_a);
+    agent1.start();
+    let mut till = provisioned_agent(d, &tok, "till-1", device_t);
+    till.start();
+
+    // The happy paths: a certificate, and a token over TLS.
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices: SocketAddr = format!("127.0.0.1:{device_a}").parse().unwrap();
+    let sensor = device::background(devices, "boiler", stop.clone());
+    let till_device: SocketAddr = format!("127.0.0.1:{device_t}").parse().unwrap();
+    let till_report = device::publish(
+        till_device,
+        "till",
+        "temp",
+        0..300,
+        Arc::new(AtomicBool::new(false)),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(till_report.acked.len(), 300);
+    eventually(
+        Duration::from_secs(60),
+        "the token agent's readings to be stored",
+        || async { (rows_of(&pg, "acme", "till").await.len() == 300).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the certificate agent's readings to be stored",
+        || async { (rows_of(&pg, "acme", "boiler").await.len() > 200).then_some(()) },
+    )
+    .await;
+
+    // Refused: no certificate and no token; another CA's certificate; an
+    // expired certificate; a revoked agent; a wrong token.
+    let ca_pem = ca.join("ca.pem");
+    let (_c, events) = client("anon", tls_port, Some(&ca_pem), None, None);
+    assert_eq!(
+        first_answer(events).await,
+        Answer::Refused(ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(refused(http, "connect", "no_identity").await, 1.0);
+
+    let other = d.join("other-ca");
+    cli(
+        d,
+        &pg,
+        &[
+            "ca",
+            "init",
+            "--ca-dir",
+            other.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ],
+    );
+    let foreign = dash_aggregator::pki::issue_agent(
+        &dash_aggregator::pki::CaDir::new(&other),
+        "acme",
+        "gw-1",
+        chrono::Utc::now() + chrono::Duration::days(1),
+    )
+    .unwrap();
+    std::fs::write(d.join("foreign.pem"), &foreign.cert_pem).unwrap();
+    std::fs::write(d.join("foreign.key"), &foreign.key_pem).unwrap();
+    let (_c, events) = client(
+        "foreign",
+        tls_port,
+        Some(&ca_pem),
+        Some((&d.join("foreign.pem"), &d.join("foreign.key"))),
+        None,
+    );
+    assert!(
+        matches!(first_answer(events).await, Answer::Failed(_)),
+        "another CA's certificate"
+    );
+    let (_c, events) = client(
+        "old",
+        tls_port,
+        Some(&ca_pem),
+        Some((&expired.join("agent.pem"), &expired.join("agent.key"))),
+        None,
+    );
+    assert!(
+        matches!(first_answer(events).await, Answer::Failed(_)),
+        "an expired certificate"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "two refused handshakes to be counted",
+        || async { (refused(http, "tls", "handshake").await == 2.0).then_some(()) },
+    )
+    .await;
+    assert!(
+        aggregator.log().to_lowercase().contains("expired"),
+        "the log names the expired certificate"
+    );
+
+    let (_c, events) = client(
+        "gone",
+        tls_port,
+        Some(&ca_pem),
+        Some((&gone.join("agent.pem"), &gone.join("agent.key"))),
+        None,
+    );
+    assert_eq!(
+        first_answer(events).await,
+        Answer::Refused(ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(refused(http, "connect", "revoked").await, 1.0);
+
+    let (_c, events) = client(
+        "guess",
+        tls_port,
+        Some(&ca_pem),
+        None,
+        Some(("acme/till-1", "not-the-token")),
+    );
+    assert_eq!(
+        first_answer(events).await,
+        Answer::Refused(ConnectReturnCode::BadUserNamePassword)
+    );
+    assert_eq!(refused(http, "connect", "bad_token").await, 1.0);
+    assert!(
+        !aggregator.log().contains("not-the-token"),
+        "a token is never logged"
+    );
+
+    // gw-2 publishing as gw-1, and into another tenant: disconnected,
+    // nothing stored, counted; gw-1 goes on.
+    let gw2_cert = (gw2.join("agent.pem"), gw2.join("agent.key"));
+    for (n, topic) in ["dash/v1/acme/gw-1/batch", "dash/v1/globex/gw-2/batch"]
+        .iter()
+        .enumerate()
+    {
+        let (c, events) = client(
+            &format!("intruder-{n}"),
+            tls_port,
+            Some(&ca_pem),
+            Some((&gw2_cert.0, &gw2_cert.1)),
+            None,
+        );
+        assert!(
+            publish_as(c, events, topic, batch_payload("intruder", 10)).await,
+            "{topic}: disconnected"
+        );
+    }
+    let (c, mut events) = client(
+        "eavesdropper",
+        tls_port,
+        Some(&ca_pem),
+        Some((&gw2_cert.0, &gw2_cert.1)),
+        None,
+    );
+    assert_eq!(poll_connack(&mut events).await, Answer::Accepted);
+    c.subscribe("dash/v1/acme/gw-1/ack", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "subscribing to another agent's acks closes the connection"
+    );
+    assert_eq!(refused(http, "publish", "foreign_topic").await, 2.0);
+    assert_eq!(refused(http, "subscribe", "foreign_topic").await, 1.0);
+    let before = rows_of(&pg, "acme", "boiler").await.len();
+    eventually(
+        Duration::from_secs(30),
+        "gw-1 to go on delivering",
+        || async { (rows_of(&pg, "acme", "boiler").await.len() > before + 100).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        stored_for(&pg, "intruder").await,
+        0,
+        "nothing the intruder sent is stored"
+    );
+
+    // Revoking gw-1 cuts it off: its connection closes and nothing more is stored.
+    let listed = cli(d, &pg, &["agent", "list"]);
+    let row = |who: &str| -> Vec<String> {
+        listed
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|cols| cols[0] == who)
+            .unwrap_or_else(|| panic!("{who} not listed: {listed}"))
+    };
+    // AGENT AUTH EXPIRES REVOKED LAST-SEEN ONLINE
+    let gw1_row = row("acme/gw-1");
+    assert_eq!(
+        (
+            gw1_row[1].as_str(),
+            gw1_row[3].as_str(),
+            gw1_row[5].as_str()
+        ),
+        ("cert", "-", "yes"),
+        "{listed}"
+    );
+    assert_ne!(gw1_row[4], "-", "gw-1 was seen: {listed}");
+    assert_eq!(row("acme/till-1")[1], "token");
+    assert_ne!(
+        row("acme/gw-3")[3],
+        "-",
+        "gw-3 shows its revocation: {listed}"
+    );
+    cli(
+        d,
+        &pg,
+        &[
+            "agent",
+            "revoke",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--name",
+            "gw-1",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at_revocation = rows_of(&pg, "acme", "boiler").await.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        rows_of(&pg, "acme", "boiler").await.len(),
+        at_revocation,
+        "a revoked agent's readings are not stored"
+    );
+    assert!(
+        agent1.log().contains("NotAuthorized")
+            || agent1.log().contains("not authorized")
+            || agent1.log().contains("refused"),
+        "the agent sees it is refused"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sensor.await;
+    let crl = std::fs::read_to_string(ca.join("crl.pem")).unwrap();
+    assert!(crl.contains("BEGIN X509 CRL"));
+    for p in [&mut agent1, &mut till, &mut aggregator] {
+        p.terminate(Duration::from_secs(10));
+    }
+}
+
+/// The fenced block after `<!-- NAME -->` in docs/security.md.
+fn documented(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let (_, rest) = doc
+        .split_once(&format!("<!-- {name} -->\n```\n"))
+        .unwrap_or_else(|| panic!("docs/security.md has no {name} block"));
+    rest.split("```").next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mosquitto_with_the_documented_certificates_and_acls_gives_the_same_guarantee() {
+    dash_tests::init_tracing();
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (port, http, device_a) = (free_port(), free_port(), free_port());
+    let ca = d.join("ca");
+    cli(
+        d,
+        &pg,
+        &[
+            "ca",
+            "init",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ],
+    );
+    let uplink = format!("mqtts://127.0.0.1:{port}");
+    let gw1 = add_agent(d, &pg, "acme", "gw-1", &uplink, &[]);
+    let gw2 = add_agent(d, &pg, "acme", "gw-2", &uplink, &[]);
+    let gone = add_agent(d, &pg, "acme", "gw-3", &uplink, &[]);
+
+    // docs/security.md's two files, with this test's paths and port.
+    let acl = d.join("dash.acl");
+    std::fs::write(&acl, documented("dash.acl")).unwrap();
+    let conf = documented("mosquitto.conf")
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+        .replace("/etc/mosquitto/certs/", &format!("{}/", ca.display()))
+        .replace("/etc/mosquitto/dash.acl", acl.to_str().unwrap());
+    // Mosquitto stays root here, so it reads the files where `ca init` put them.
+    let _mosquitto = process::Mosquitto::with_config(
+        d,
+        &format!("{conf}\npersistence false\nlog_type all\nuser root\n"),
+    );
+
+    let mut aggregator = process::aggregator(
+        d,
+        &pg.url,
+        free_port(),
+        http,
+        &[
+            ("DASH_BROKER__URL", uplink.clone()),
+            (
+                "DASH_BROKER__CA_FILE",
+                ca.join("ca.pem").display().to_string(),
+            ),
+            (
+                "DASH_BROKER__CERT_FILE",
+                ca.join("aggregator.pem").display().to_string(),
+            ),
+            (
+                "DASH_BROKER__KEY_FILE",
+                ca.join("aggregator.key").display().to_string(),
+            ),
+            ("DASH_BROKER__AUTH", "agents".into()),
+        ],
+    );
+    aggregator.start();
+    let mut agent1 = provisioned_agent(d, &gw1, "gw-1", device_a);
+    agent1.start();
+    let addr: SocketAddr = format!("127.0.0.1:{device_a}").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sensor = device::background(addr, "boiler", stop.clone());
+    eventually(
+        Duration::from_secs(60),
+        "readings through Mosquitto over mutual TLS",
+        || async { (rows_of(&pg, "acme", "boiler").await.len() > 200).then_some(()) },
+    )
+    .await;
+
+    // No certificate: Mosquitto refuses the handshake.
+    let ca_pem = ca.join("ca.pem");
+    let (_c, events) = client("anon", port, Some(&ca_pem), None, None);
+    assert!(
+        matches!(first_answer(events).await, Answer::Failed(_)),
+        "no certificate"
+    );
+
+    // gw-2 publishing as gw-1 or into another tenant: the ACL drops it.
+    let gw2_cert = (gw2.join("agent.pem"), gw2.join("agent.key"));
+    for (n, topic) in ["dash/v1/acme/gw-1/batch", "dash/v1/globex/gw-2/batch"]
+        .iter()
+        .enumerate()
+    {
+        let (c, mut events) = client(
+            &format!("intruder-{n}"),
+            port,
+            Some(&ca_pem),
+            Some((&gw2_cert.0, &gw2_cert.1)),
+            None,
+        );
+        assert_eq!(poll_connack(&mut events).await, Answer::Accepted);
+        c.publish(
+            *topic,
+            QoS::AtLeastOnce,
+            false,
+            batch_payload("intruder", 10),
+        )
+        .await
+        .unwrap();
+        // Drive the connection long enough for the publish to go out and be acked.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if events.poll().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    // gw-3, revoked, publishing on its own topic: Mosquitto (started before
+    // the revocation) lets it in; the aggregator refuses to store it.
+    cli(
+        d,
+        &pg,
+        &[
+            "agent",
+            "revoke",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--name",
+            "gw-3",
+        ],
+    );
+    let (c, mut events) = client(
+        "gw-3",
+        port,
+        Some(&ca_pem),
+        Some((&gone.join("agent.pem"), &gone.join("agent.key"))),
+        None,
+    );
+    assert_eq!(poll_connack(&mut events).await, Answer::Accepted);
+    c.publish(
+        "dash/v1/acme/gw-3/batch",
+        QoS::AtLeastOnce,
+        false,
+        batch_payload("revoked", 10),
+    )
+    .await
+    .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the revoked agent's batch to be refused",
+        || async { (refused(http, "ingest", "revoked").await >= 1.0).then_some(()) },
+    )
+    .await;
+    let before = rows_of(&pg, "acme", "boiler").await.len();
+    eventually(
+        Duration::from_secs(30),
+        "gw-1 to go on delivering",
+        || async { (rows_of(&pg, "acme", "boiler").await.len() > before + 100).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        stored_for(&pg, "intruder").await,
+        0,
+        "the ACL kept the intruder out"
+    );
+    assert_eq!(
+        stored_for(&pg, "revoked").await,
+        0,
+        "the revoked agent's batch is not stored"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sensor.await;
+    for p in [&mut agent1, &mut aggregator] {
+        p.terminate(Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agents_device_listener_takes_tls_and_asks_each_device_to_log_in() {
+    dash_tests::init_tracing();
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (broker, http, devices) = (free_port(), free_port(), free_port());
+    let ca = d.join("ca");
+    cli(
+        d,
+        &pg,
+        &[
+            "ca",
+            "init",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ],
+    );
+    let password = "f3a9c1d27b6e4058";
+    let digest = dash_aggregator::registry::token_digest(password);
+    let mut aggregator = process::aggregator(d, &pg.url, broker, http, &[]);
+    aggregator.start();
+    let mut agent = process::agent_with(
+        d,
+        "acme",
+        "gw-1",
+        process::DeviceSource::Listen(devices),
+        broker,
+        &format!(
+            "[[devices.credentials]]\nusername = \"sensor-7\"\npassword_sha256 = \"{digest}\"\n"
+        ),
+    )
+    .with_env(
+        "DASH_DEVICES__TLS_CERT",
+        ca.join("server.pem").display().to_string(),
+    )
+    .with_env(
+        "DASH_DEVICES__TLS_KEY",
+        ca.join("server.key").display().to_string(),
+    );
+    agent.start();
+    let ca_pem = ca.join("ca.pem");
+
+    // The right login over TLS: readings are acknowledged and stored.
+    let (c, mut events) = client(
+        "sensor-7",
+        devices,
+        Some(&ca_pem),
+        None,
+        Some(("sensor-7", password)),
+    );
+    let mut answer = Answer::Failed("agent not up".into());
+    for _ in 0..50 {
+        answer = poll_connack(&mut events).await;
+        if answer == Answer::Accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer, Answer::Accepted);
+    for v in 0..20 {
+        c.publish(
+            "sensors/sensor-7/temp",
+            QoS::AtLeastOnce,
+            false,
+            v.to_string(),
+        )
+        .await
+        .unwrap();
+    }
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut acked = 0;
+        while acked < 20 {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = events.poll().await {
+                acked += 1;
+            }
+        }
+        acked
+    })
+    .await
+    .unwrap();
+    assert_eq!(acked, 20);
+    eventually(
+        Duration::from_secs(30),
+        "the device's readings to be stored",
+        || async { (rows_of(&pg, "acme", "sensor-7").await.len() == 20).then_some(()) },
+    )
+    .await;
+
+    // A wrong password, no login, and plain MQTT on the TLS port: refused.
+    let (_c, events) = client(
+        "guess",
+        devices,
+        Some(&ca_pem),
+        None,
+        Some(("sensor-7", "wrong")),
+    );
+    assert_eq!(
+        first_answer(events).await,
+        Answer::Refused(ConnectReturnCode::BadUserNamePassword)
+    );
+    let (_c, events) = client("anon", devices, Some(&ca_pem), None, None);
+    assert_eq!(
+        first_answer(events).await,
+        Answer::Refused(ConnectReturnCode::BadUserNamePassword)
+    );
+    let (_c, events) = client("plain", devices, None, None, Some(("sensor-7", password)));
+    assert!(
+        matches!(first_answer(events).await, Answer::Failed(_)),
+        "plain MQTT on a TLS listener"
+    );
+    assert_eq!(rows_of(&pg, "acme", "sensor-7").await.len(), 20);
+    for p in [&mut agent, &mut aggregator] {
+        p.terminate(Duration::from_secs(10));
+    }
+}
