@@ -142,6 +142,16 @@ async fn main() {
             cpu * 1e3 / (samples / 1e3),
             committed
         );
+        dash_benches::row(
+            "agent ingest",
+            &format!("{shape}, durable"),
+            rate,
+            "samples/s",
+            dash_benches::Better::Higher,
+            "Mosquitto alone, in memory",
+            base,
+            (fields == 0).then_some(dash_benches::Target::AtLeast(100_000.0)),
+        );
     }
     assert!(aggregator.terminate(Duration::from_secs(30)));
 }

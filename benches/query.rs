@@ -275,4 +275,14 @@ async fn main() {
         "  ratio baseline / Dash                                                  {:.1}x faster",
         ms(baseline) / ms(dash)
     );
+    dash_benches::row(
+        "query",
+        "90-day chart, 1 of 1,000 series, median over HTTP",
+        ms(dash),
+        "ms",
+        dash_benches::Better::Lower,
+        "SQL over row-per-point samples",
+        ms(baseline),
+        Some(dash_benches::Target::AtMost(50.0)),
+    );
 }

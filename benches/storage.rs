@@ -183,4 +183,29 @@ async fn main() {
         compacted_bytes / n,
         n / compact_secs
     );
+    let db = if dash_tests::pg::timescaledb() {
+        "TimescaleDB"
+    } else {
+        "PostgreSQL"
+    };
+    dash_benches::row(
+        "storage",
+        &format!("writer with both rollups ({db})"),
+        writer,
+        "samples/s",
+        dash_benches::Better::Higher,
+        "row-per-point binary COPY, indexed",
+        baseline,
+        None,
+    );
+    dash_benches::row(
+        "storage",
+        &format!("raw tier on disk after compaction ({db})"),
+        compacted_bytes / n,
+        "bytes/sample",
+        dash_benches::Better::Lower,
+        "row-per-point table with (series, ts) index",
+        copy_bytes as f64 / n,
+        Some(dash_benches::Target::AtMost(12.0)),
+    );
 }

@@ -8,7 +8,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use dash_shared::wire::{self, Limits};
+use dash_benches::{Better, Target, row};
+use dash_shared::wire::{self, Limits, Window, WindowBlock};
 use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
 
 fn batch(series: usize, seconds: i64) -> Batch {
@@ -96,49 +97,228 @@ fn time<T>(rounds: u32, mut f: impl FnMut() -> T) -> f64 {
     start.elapsed().as_secs_f64() / f64::from(rounds)
 }
 
+/// Sensors that report on change: 100 series, each reading at irregular
+/// times (0.2 to 30 s apart, ms resolution) with values that jump.
+fn irregular(series: usize, per_series: usize) -> Batch {
+    let start = 1_764_000_000 * 1_000_000i64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let series = (0..series)
+        .map(|s| {
+            let mut t = start;
+            let mut timestamps = Vec::with_capacity(per_series);
+            let mut values = Vec::with_capacity(per_series);
+            for _ in 0..per_series {
+                t += (200 + rand() % 29_800) as i64 * 1_000;
+                timestamps.push(t);
+                values.push((rand() % 100_000) as f64 / 100.0);
+            }
+            SeriesBlock {
+                key: SeriesKey::with_tags(
+                    format!("valve-{s:05}"),
+                    "position",
+                    [("site".into(), "plant-2".into())],
+                ),
+                timestamps,
+                values,
+            }
+        })
+        .collect();
+    Batch::samples(
+        StreamId {
+            name: "telemetry".into(),
+            incarnation: 1,
+        },
+        1,
+        1,
+        series,
+    )
+}
+
+/// One-minute windows of the regular sensors' samples.
+fn windows_of(b: &Batch) -> (Batch, usize) {
+    let mut blocks = Vec::new();
+    let mut summarised = 0;
+    for s in &b.series {
+        let mut windows: Vec<Window> = Vec::new();
+        for (ts, v) in s.timestamps.iter().zip(&s.values) {
+            let start = ts - ts.rem_euclid(60_000_000);
+            let offset = (ts - start) as u32;
+            match windows.last_mut() {
+                Some(w) if w.start == start => {
+                    w.count += 1;
+                    w.sum += v;
+                    w.min = w.min.min(*v);
+                    w.max = w.max.max(*v);
+                    w.last = *v;
+                    w.last_offset = offset;
+                }
+                _ => windows.push(Window {
+                    start,
+                    count: 1,
+                    sum: *v,
+                    min: *v,
+                    max: *v,
+                    first: *v,
+                    first_offset: offset,
+                    last: *v,
+                    last_offset: offset,
+                }),
+            }
+            summarised += 1;
+        }
+        blocks.push(WindowBlock {
+            key: s.key.clone(),
+            width_secs: 60,
+            windows,
+        });
+    }
+    let mut batch = Batch::samples(b.stream.clone(), 1, 1, Vec::new());
+    batch.windows = blocks;
+    (batch, summarised)
+}
+
+fn windows_json(b: &Batch) -> Vec<u8> {
+    let mut out = Vec::new();
+    for block in &b.windows {
+        for w in &block.windows {
+            let obj = serde_json::json!({
+                "device": block.key.device, "metric": block.key.metric, "tags": {"site": "plant-2"},
+                "start": w.start / 1000, "width": block.width_secs, "count": w.count, "sum": w.sum,
+                "min": w.min, "max": w.max, "first": w.first, "last": w.last,
+            });
+            serde_json::to_writer(&mut out, &obj).unwrap();
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
 fn main() {
+    let limits = Limits::default();
+    let size = |b: &Batch| {
+        wire::encode(&Message::Batch(b.clone()), &limits)
+            .unwrap()
+            .len() as f64
+    };
+    let (group, per) = ("wire", "bytes/sample");
+
+    // Regular 1 Hz sensors, 100 series x 50 s, as an agent batches them.
     let b = batch(100, 50);
     let n = b.sample_count() as f64;
-    let msg = Message::Batch(b.clone());
-    let dash = wire::encode(&msg, &Limits::default()).unwrap();
-    let json = json_lines(&b);
-    let lp = line_protocol(&b);
-    let dash_b = dash.len() as f64 / n;
-    println!("wire size, {} samples per batch:", n);
-    println!("  dash      {dash_b:7.2} bytes/sample");
-    println!(
-        "  json      {:7.2} bytes/sample   ratio json/dash {:.1}x",
-        json.len() as f64 / n,
-        json.len() as f64 / dash.len() as f64
+    let dash = size(&b);
+    let json = json_lines(&b).len() as f64;
+    let lp = line_protocol(&b).len() as f64;
+    row(
+        group,
+        "1 Hz sensors (100 x 50 s)",
+        dash / n,
+        per,
+        Better::Lower,
+        "JSON, one object per sample",
+        json / n,
+        Some(Target::AtMost(4.0)),
     );
-    println!(
-        "  line prot {:7.2} bytes/sample   ratio lp/dash   {:.1}x",
-        lp.len() as f64 / n,
-        lp.len() as f64 / dash.len() as f64
+    row(
+        group,
+        "1 Hz sensors (100 x 50 s)",
+        dash / n,
+        per,
+        Better::Lower,
+        "InfluxDB line protocol",
+        lp / n,
+        Some(Target::AtMost(4.0)),
     );
 
+    // Irregular readings (report on change).
+    let irr = irregular(100, 50);
+    let n_irr = irr.sample_count() as f64;
+    row(
+        group,
+        "irregular readings (100 x 50)",
+        size(&irr) / n_irr,
+        per,
+        Better::Lower,
+        "JSON, one object per sample",
+        json_lines(&irr).len() as f64 / n_irr,
+        None,
+    );
+    row(
+        group,
+        "irregular readings (100 x 50)",
+        size(&irr) / n_irr,
+        per,
+        Better::Lower,
+        "InfluxDB line protocol",
+        line_protocol(&irr).len() as f64 / n_irr,
+        None,
+    );
+
+    // One-minute windows of a 10-minute stretch of the 1 Hz sensors.
+    let long = batch(100, 600);
+    let (win, summarised) = windows_of(&long);
+    let n_windows: usize = win.windows.iter().map(|w| w.windows.len()).sum();
+    let win_bytes = size(&win);
+    row(
+        group,
+        "1-minute windows (100 series x 10)",
+        win_bytes / n_windows as f64,
+        "bytes/window",
+        Better::Lower,
+        "JSON, one object per window",
+        windows_json(&win).len() as f64 / n_windows as f64,
+        None,
+    );
+    row(
+        group,
+        "1-minute windows, per sample summarised",
+        win_bytes / summarised as f64,
+        per,
+        Better::Lower,
+        "the raw samples in Dash's encoding",
+        size(&long) / long.sample_count() as f64,
+        None,
+    );
+
+    // Codec speed on the regular batch.
+    let msg = Message::Batch(b.clone());
+    let encoded = wire::encode(&msg, &limits).unwrap();
+    let json_bytes = json_lines(&b);
     let rounds = 200;
-    let enc = time(rounds, || wire::encode(&msg, &Limits::default()).unwrap());
-    let dec = time(rounds, || wire::decode(&dash, &Limits::default()).unwrap());
+    let enc = time(rounds, || wire::encode(&msg, &limits).unwrap());
+    let dec = time(rounds, || wire::decode(&encoded, &limits).unwrap());
     let jenc = time(rounds / 10, || json_lines(&b));
     let jdec = time(rounds / 10, || {
-        json.split(|c| *c == b'\n')
+        json_bytes
+            .split(|c| *c == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice::<serde_json::Value>(l).unwrap())
             .collect::<Vec<_>>()
     });
-    let rate = |secs: f64| n / secs / 1e6;
-    println!("speed (million samples/s):");
-    println!(
-        "  encode dash {:7.2}   json {:7.2}   ratio {:.1}x",
+    let rate = |secs: f64| n / secs;
+    row(
+        group,
+        "encode",
         rate(enc),
+        "samples/s",
+        Better::Higher,
+        "serde_json, one object per sample",
         rate(jenc),
-        jenc / enc
+        None,
     );
-    println!(
-        "  decode dash {:7.2}   json {:7.2}   ratio {:.1}x",
+    row(
+        group,
+        "decode",
         rate(dec),
+        "samples/s",
+        Better::Higher,
+        "serde_json, one object per sample",
         rate(jdec),
-        jdec / dec
+        None,
     );
 }
