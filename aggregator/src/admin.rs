@@ -99,9 +99,24 @@ pub async fn agent_add(registry: &Registry, ca: &CaDir, add: &AddAgent) -> anyho
     if add.not_after <= Utc::now() {
         tracing::warn!(expires = %add.not_after, "issuing a certificate that has already expired");
     }
-    std::fs::create_dir_all(&add.out)
-        .with_context(|| format!("cannot create {}", add.out.display()))?;
-    std::fs::set_permissions(&add.out, std::fs::Permissions::from_mode(0o700))?;
+    // Nothing is recorded unless every file can be written.
+    for name in [
+        "ca.pem",
+        "agent.pem",
+        "agent.key",
+        "agent.env",
+        "agent.toml",
+    ] {
+        let path = add.out.join(name);
+        if path.exists() {
+            bail!("{} exists; pick another --out", path.display());
+        }
+    }
+    if !add.out.exists() {
+        std::fs::create_dir_all(&add.out)
+            .with_context(|| format!("cannot create {}", add.out.display()))?;
+        std::fs::set_permissions(&add.out, std::fs::Permissions::from_mode(0o700))?;
+    }
     let issued = if add.certificate {
         Some(pki::issue_agent(
             ca,

@@ -124,7 +124,15 @@ struct Gate {
     /// Open connections per agent (numbered), to close them on revocation.
     live: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     next: AtomicU64,
+    /// Connections open now, bounded by [`MAX_CONNECTIONS`].
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// The largest CONNECT accepted (a client id, a login and a last will).
+const MAX_CONNECT: usize = 16 * 1024;
+
+/// Most connections open at once, admitted or not.
+const MAX_CONNECTIONS: usize = 8192;
 
 /// How long a client has to finish TLS and send CONNECT.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -158,6 +166,11 @@ pub async fn start(
         )),
         None => None,
     };
+    if config.auth == AuthMode::Agents && config.plain.is_some() {
+        tracing::warn!(
+            "broker.listen is on with broker.auth = \"agents\": tokens on it travel in clear; set broker.listen = \"\" outside a trusted network"
+        );
+    }
     if config.auth == AuthMode::None {
         tracing::warn!(
             "broker.auth = \"none\": any client that reaches the broker may publish as any agent"
@@ -169,6 +182,7 @@ pub async fn start(
         metrics,
         live: Mutex::default(),
         next: AtomicU64::new(0),
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
     if let Some(listener) = plain {
         tracing::info!(addr = %listener.local_addr()?, auth = ?gate.config.auth, "agents' MQTT listener (plain)");
@@ -207,9 +221,15 @@ async fn accept_loop(
                 }
             },
         };
+        let Ok(slot) = gate.slots.clone().try_acquire_owned() else {
+            gate.metrics.refused("connect", "too_many_connections");
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections: refused");
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let (gate, tls, stop) = (gate.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(tls) = tls else {
                 gate.connection(socket, peer, None, stop).await;
                 return;
@@ -312,11 +332,8 @@ impl Gate {
         let (mut rd, mut wr) = tokio::io::split(client);
         let mut buf = BytesMut::with_capacity(4096);
         let mut out = BytesMut::with_capacity(4096);
-        let first = tokio::time::timeout(
-            HANDSHAKE,
-            read_packet(&mut rd, &mut buf, self.config.max_packet),
-        )
-        .await;
+        let first =
+            tokio::time::timeout(HANDSHAKE, read_packet(&mut rd, &mut buf, MAX_CONNECT)).await;
         let connect = match first {
             Ok(Ok(Some(Packet::Connect(c)))) => c,
             Ok(Ok(None)) => return,
@@ -406,7 +423,7 @@ impl Gate {
                 Some(BadClientId),
                 format!(
                     "client id {:?} is empty or holds + $ # /",
-                    connect.client_id
+                    clip(&connect.client_id)
                 ),
             ));
         }
@@ -443,7 +460,7 @@ impl Gate {
                     "connect",
                     "bad_token",
                     Some(BadUserNamePassword),
-                    format!("username {:?} is not tenant/agent", login.username),
+                    format!("username {:?} is not tenant/agent", clip(&login.username)),
                 ));
             };
             let standing = registry
@@ -455,7 +472,7 @@ impl Gate {
                     "connect",
                     "bad_token",
                     Some(BadUserNamePassword),
-                    format!("wrong token for {:?}", login.username),
+                    format!("wrong token for {:?}", clip(&login.username)),
                 ));
             }
             (tenant.to_owned(), agent.to_owned(), standing)
@@ -494,7 +511,7 @@ impl Gate {
                 format!(
                     "{} may leave a last will only on its own status topic, not {:?}",
                     identity.label(),
-                    will.topic
+                    clip(&will.topic)
                 ),
             ));
         }
@@ -517,6 +534,12 @@ impl Gate {
         W: AsyncWrite + Send + Unpin + 'static,
     {
         let internal = |detail: String| refuse("broker", "unreachable", None, detail);
+        // MQTT: a client silent for 1.5 times its keep-alive is gone; one
+        // that asks for none is given ten minutes.
+        let idle = match connect.keep_alive {
+            0 => Duration::from_secs(600),
+            k => Duration::from_millis(u64::from(k) * 1500),
+        };
         if let Some(id) = identity {
             connect.client_id = id.client_id();
         }
@@ -531,15 +554,21 @@ impl Gate {
             .await
             .map_err(|e| internal(e.to_string()))?;
         // Broker to client: unchanged.
-        let down = tokio::spawn(async move {
+        let mut down = tokio::spawn(async move {
             let _ = tokio::io::copy(&mut broker_rd, &mut wr).await;
             let _ = wr.shutdown().await;
         });
         let prefix = identity.map(Identity::own_prefix);
+        let mut filters = 0usize;
         let result = loop {
             let packet = tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
-                p = read_packet(rd, &mut buf, self.config.max_packet) => p,
+                // The broker closed the session (a takeover, a refusal).
+                _ = &mut down => break Ok(()),
+                p = tokio::time::timeout(idle, read_packet(rd, &mut buf, self.config.max_packet)) => match p {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()),
+                },
             };
             let packet = match packet {
                 Ok(Some(p)) => p,
@@ -550,6 +579,17 @@ impl Gate {
                 && let Err(r) = check(&packet, id, prefix)
             {
                 break Err(r);
+            }
+            if let Packet::Subscribe(s) = &packet {
+                filters += s.filters.len();
+                if filters > MAX_FILTERS {
+                    break Err(refuse(
+                        "subscribe",
+                        "too_many",
+                        None,
+                        format!("more than {MAX_FILTERS} subscriptions on one connection"),
+                    ));
+                }
             }
             if let Err(e) = write_packet(&mut broker_wr, &packet, &mut out).await {
                 break Err(internal(e.to_string()));
@@ -564,31 +604,67 @@ impl Gate {
     }
 }
 
+/// Most subscriptions one connection may make.
+const MAX_FILTERS: usize = 16;
+
+/// At most this much of a string the client chose goes into a log line.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(100).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether `filter` is one an agent may subscribe to: its own ack topic, or
+/// literal levels (and a final `#`) below its own `cmd/`.
+fn own_filter(filter: &str, prefix: &str) -> bool {
+    let Some(rest) = filter.strip_prefix(prefix) else {
+        return false;
+    };
+    if rest == "ack" {
+        return true;
+    }
+    let Some(cmd) = rest.strip_prefix("cmd/") else {
+        return false;
+    };
+    let levels: Vec<&str> = cmd.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| {
+        (*l == "#" && i == levels.len() - 1) || (!l.is_empty() && !l.contains(['+', '#']))
+    })
+}
+
 /// Whether an admitted agent may send `packet`.
 fn check(packet: &Packet, id: &Identity, prefix: &str) -> Result<(), Refusal> {
     match packet {
         Packet::Publish(p) => {
-            let own = [TopicKind::Batch, TopicKind::Status]
-                .iter()
-                .any(|k| p.topic == topic::topic(&id.tenant, &id.agent, *k));
-            if own {
+            let batch = topic::topic(&id.tenant, &id.agent, TopicKind::Batch);
+            let status = topic::topic(&id.tenant, &id.agent, TopicKind::Status);
+            if p.topic == batch && p.retain {
+                Err(refuse(
+                    "publish",
+                    "retained_batch",
+                    None,
+                    format!("{} published a retained batch", id.label()),
+                ))
+            } else if p.topic == batch || p.topic == status {
                 Ok(())
             } else {
                 Err(refuse(
                     "publish",
                     "foreign_topic",
                     None,
-                    format!("{} published to {:?}", id.label(), p.topic),
+                    format!("{} published to {:?}", id.label(), clip(&p.topic)),
                 ))
             }
         }
-        Packet::Subscribe(s) => match s.filters.iter().find(|f| !f.path.starts_with(prefix)) {
+        Packet::Subscribe(s) => match s.filters.iter().find(|f| !own_filter(&f.path, prefix)) {
             None => Ok(()),
             Some(f) => Err(refuse(
                 "subscribe",
                 "foreign_topic",
                 None,
-                format!("{} subscribed to {:?}", id.label(), f.path),
+                format!("{} subscribed to {:?}", id.label(), clip(&f.path)),
             )),
         },
         Packet::Connect(_) => Err(refuse(
@@ -642,8 +718,13 @@ mod tests {
             )]))
         };
         assert!(check(&subscribe("dash/v1/acme/gw-1/ack"), &id, &prefix).is_ok());
-        assert!(check(&subscribe("dash/v1/acme/gw-1/#"), &id, &prefix).is_ok());
+        assert!(check(&subscribe("dash/v1/acme/gw-1/cmd/#"), &id, &prefix).is_ok());
+        assert!(check(&subscribe("dash/v1/acme/gw-1/cmd/reboot"), &id, &prefix).is_ok());
         for foreign in [
+            "dash/v1/acme/gw-1/#",
+            "dash/v1/acme/gw-1/#/x1",
+            "dash/v1/acme/gw-1/cmd/+/x",
+            "dash/v1/acme/gw-1/batch",
             "dash/v1/acme/+/ack",
             "dash/v1/#",
             "dash/v1/acme/gw-10/ack",

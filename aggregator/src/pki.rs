@@ -126,9 +126,13 @@ pub fn init(ca: &CaDir, hosts: &[String]) -> anyhow::Result<()> {
     if hosts.is_empty() {
         bail!("name at least one --host that agents connect to");
     }
-    std::fs::create_dir_all(&ca.dir)
-        .with_context(|| format!("cannot create {}", ca.dir.display()))?;
-    std::fs::set_permissions(&ca.dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut server = CertificateParams::new(hosts.to_vec())
+        .context("a --host is neither a DNS name nor an IP address")?;
+    if !ca.dir.exists() {
+        std::fs::create_dir_all(&ca.dir)
+            .with_context(|| format!("cannot create {}", ca.dir.display()))?;
+        std::fs::set_permissions(&ca.dir, std::fs::Permissions::from_mode(0o700))?;
+    }
 
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
@@ -152,8 +156,6 @@ pub fn init(ca: &CaDir, hosts: &[String]) -> anyhow::Result<()> {
     write_new(&ca.ca_cert(), &cert.pem(), 0o644)?;
     let issuer = Issuer::new(params, key);
 
-    let mut server = CertificateParams::new(hosts.to_vec())
-        .context("a --host is neither a DNS name nor an IP address")?;
     server
         .distinguished_name
         .push(DnType::CommonName, hosts[0].as_str());
@@ -255,7 +257,7 @@ pub fn write_crl(ca: &CaDir, revoked: &[(String, DateTime<Utc>)]) -> anyhow::Res
     };
     let crl = params.signed_by(&issuer)?;
     let path = ca.crl();
-    let tmp = ca.dir.join("crl.pem.tmp");
+    let tmp = ca.dir.join(format!("crl.pem.{}.tmp", std::process::id()));
     std::fs::write(&tmp, crl.pem()?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)

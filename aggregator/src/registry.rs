@@ -139,10 +139,11 @@ impl Registry {
             Some((revoked,)) => standing(revoked),
             None => Standing::Unknown,
         };
-        self.cache
-            .lock()
-            .expect("registry cache")
-            .insert(key, (Instant::now(), s));
+        let mut cache = self.cache.lock().expect("registry cache");
+        if cache.len() >= 10_000 {
+            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+        }
+        cache.insert(key, (Instant::now(), s));
         Ok(s)
     }
 

@@ -126,10 +126,15 @@ where
     let mut idle_limit: Option<Duration> = Some(Duration::from_secs(60));
     let mut connected = false;
     let mut awaiting_rel: HashSet<u16> = HashSet::new();
+    // A device has this long to send its CONNECT, however it trickles bytes.
+    let connect_by = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let packet = match Packet::read(&mut buf, max_payload) {
             Ok(p) => p,
             Err(CodecError::InsufficientBytes(_)) => {
+                if !connected && tokio::time::Instant::now() > connect_by {
+                    anyhow::bail!("no CONNECT within 10 s");
+                }
                 let read = rd.read_buf(&mut buf);
                 let n = tokio::select! {
                     _ = stop.cancelled() => break,

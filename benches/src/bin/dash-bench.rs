@@ -79,7 +79,9 @@ fn main() {
         .iter()
         .any(|a| a == "--help" || a == "-h" || a == "--list")
     {
-        println!("dash-bench [--write] [SCENARIO...]\n\nScenarios (default: all):");
+        println!(
+            "dash-bench [--write [--append]] [SCENARIO...]\n\n--write: write benches/RESULTS.md; --append: add this run below the one there.\n\nScenarios (default: all):"
+        );
         for (name, _, what) in SCENARIOS {
             println!("  {name:<13} {what}");
         }
@@ -143,7 +145,25 @@ fn main() {
     }
     if write {
         let path = root.join("benches/RESULTS.md");
-        std::fs::write(&path, results_md(&rows, &table, &failed)).expect("writing RESULTS.md");
+        let text = results_md(&rows, &table, &failed);
+        if args.iter().any(|a| a == "--append") {
+            // A later run of some scenarios, added below the full run.
+            let mut old = std::fs::read_to_string(&path).unwrap_or_default();
+            let body = text
+                .split_once("\n- Machine:")
+                .map_or(text.as_str(), |(_, b)| b);
+            old.push_str(&format!(
+                "\n## A later run of: {}\n\n- Machine:{body}",
+                wanted
+                    .iter()
+                    .map(|w| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            std::fs::write(&path, old).expect("writing RESULTS.md");
+        } else {
+            std::fs::write(&path, text).expect("writing RESULTS.md");
+        }
         println!("written: {}", path.display());
     }
     if !failed.is_empty() {
