@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dash_aggregator::storage::BinaryCopy;
-use dash_benches::{Better, quantile, row};
+use dash_benches::{Better, copy_baseline, probe, quantile, row, watch};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, Proc};
 use dash_tests::{free_port, metric};
@@ -59,93 +58,6 @@ async fn publish_day(addr: SocketAddr, start_secs: i64) {
     acks.await.unwrap();
 }
 
-/// A probe publishing every 50 ms (value: ms since `epoch`) until `stop`.
-fn probe(addr: SocketAddr, epoch: Instant, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        while !stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            let v = epoch.elapsed().as_millis() as i64;
-            dash_tests::device::publish(
-                addr,
-                "probe",
-                "latency",
-                [v],
-                Arc::new(AtomicBool::new(false)),
-                Duration::from_secs(5),
-            )
-            .await;
-        }
-    })
-}
-
-/// Publish -> committed latencies of probe readings appearing until `stop`.
-fn watch(
-    pg: Arc<TestPostgres>,
-    epoch: Instant,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<f64>> {
-    tokio::spawn(async move {
-        let mut latencies = Vec::new();
-        let mut last: f64 = sqlx::query_scalar(
-            "SELECT coalesce(max(x.value), -1) FROM samples x JOIN series s ON s.id = x.series_id WHERE s.device = 'probe'",
-        )
-        .fetch_one(&pg.pool)
-        .await
-        .unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            let rows: Vec<f64> = sqlx::query_scalar(
-                "SELECT x.value FROM samples x JOIN series s ON s.id = x.series_id WHERE s.device = 'probe' AND x.value > $1",
-            )
-            .bind(last)
-            .fetch_all(&pg.pool)
-            .await
-            .unwrap_or_default();
-            let now = epoch.elapsed().as_secs_f64() * 1e3;
-            for v in rows {
-                latencies.push(now - v);
-                last = last.max(v);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        latencies
-    })
-}
-
-async fn copy_baseline(pg: &TestPostgres, n: i64) -> Duration {
-    let mut conn = pg.pool.acquire().await.unwrap();
-    sqlx::query("CREATE TABLE baseline_rows (tenant text NOT NULL, series_id bigint NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("CREATE INDEX ON baseline_rows (series_id, ts)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let mut rows = BinaryCopy::new(4);
-    for j in 0..n {
-        rows.row();
-        rows.text("base");
-        rows.int8(j % SERIES as i64);
-        rows.timestamptz(1_764_000_000_000_000 + (j / SERIES as i64) * 1_000_000);
-        rows.float8((j % 1000) as f64);
-    }
-    let rows = rows.finish();
-    let start = Instant::now();
-    let mut copy = conn
-        .copy_in_raw("COPY baseline_rows (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
-        .await
-        .unwrap();
-    copy.send(rows).await.unwrap();
-    copy.finish().await.unwrap();
-    let took = start.elapsed();
-    sqlx::query("DROP TABLE baseline_rows")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    took
-}
-
 fn agent(dir: &Path, devices: u16, uplink: u16) -> Proc {
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -174,7 +86,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pg = Arc::new(TestPostgres::start().await);
-    let copy = copy_baseline(&pg, n).await;
+    let copy = copy_baseline(&pg, n, SERIES as i64).await;
     let (broker, http, devices) = (free_port(), free_port(), free_port());
     let mut aggregator = process::aggregator(d, &pg.url, broker, http, &[]);
     aggregator.start();
@@ -202,7 +114,7 @@ async fn main() {
     // Live latency with no backlog.
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch(pg.clone(), epoch, stop.clone());
-    let prober = probe(addr, epoch, stop.clone());
+    let prober = probe(addr, Duration::from_millis(50), epoch, stop.clone());
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     prober.await.unwrap();
@@ -237,7 +149,7 @@ async fn main() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch(pg.clone(), epoch, stop.clone());
-    let prober = probe(addr, epoch, stop.clone());
+    let prober = probe(addr, Duration::from_millis(50), epoch, stop.clone());
     dash_tests::eventually(
         Duration::from_secs(900),
         "the day to be committed",

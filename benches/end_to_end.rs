@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dash_aggregator::storage::BinaryCopy;
-use dash_benches::{Better, Target, quantile, row};
+use dash_benches::{Better, Target, copy_baseline, probe, quantile, row, watch};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, Mosquitto, Proc, binary};
 use dash_tests::{free_port, metric};
@@ -35,42 +34,7 @@ const DEVICES: i64 = 20;
 const MESSAGES: i64 = 40_000;
 const FIELDS: usize = 10;
 const LINGER_MS: u64 = 200;
-
-async fn copy_baseline(pg: &TestPostgres, n: i64) -> Duration {
-    let mut conn = pg.pool.acquire().await.unwrap();
-    let mut copy = BinaryCopy::new(4);
-    for i in 0..n {
-        copy.row();
-        copy.text("base");
-        copy.int8(i % 200);
-        copy.timestamptz(1_764_000_000_000_000 + i * 1_000_000);
-        copy.float8(i as f64);
-    }
-    let buf = copy.finish();
-    sqlx::query(
-        "CREATE TABLE baseline_rows (tenant text NOT NULL, series_id bigint NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL)",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query("CREATE INDEX ON baseline_rows (series_id, ts)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let start = Instant::now();
-    let mut copy = conn
-        .copy_in_raw("COPY baseline_rows (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
-        .await
-        .unwrap();
-    copy.send(buf).await.unwrap();
-    copy.finish().await.unwrap();
-    let took = start.elapsed();
-    sqlx::query("DROP TABLE baseline_rows")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    took
-}
+const PROBE_EVERY: Duration = Duration::from_millis(20);
 
 fn aggregator_cli(dir: &Path, pg: &TestPostgres, args: &[&str]) {
     let out = std::process::Command::new(binary("dash-aggregator"))
@@ -115,58 +79,13 @@ async fn drive(addr: SocketAddr) -> (f64, usize) {
     (start.elapsed().as_secs_f64(), acked)
 }
 
-/// Publishes a probe reading every 20 ms until `stop`; each value is the
-/// publish time in ms since `epoch`.
-fn probe(addr: SocketAddr, epoch: Instant, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while !stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            let v = epoch.elapsed().as_millis() as i64;
-            dash_tests::device::publish(
-                addr,
-                "probe",
-                "latency",
-                [v],
-                Arc::new(AtomicBool::new(false)),
-                Duration::from_secs(5),
-            )
-            .await;
-        }
-    })
-}
-
-/// Polls PostgreSQL for new probe readings; returns publish -> commit
-/// latencies in ms.
-async fn watch(pg: &TestPostgres, epoch: Instant, stop: Arc<AtomicBool>) -> Vec<f64> {
-    let mut latencies = Vec::new();
-    let mut last = -1.0f64;
-    while !stop.load(Ordering::Relaxed) {
-        let rows: Vec<f64> = sqlx::query_scalar(
-            "SELECT x.value FROM samples x JOIN series s ON s.id = x.series_id
-             WHERE s.device = 'probe' AND x.value > $1",
-        )
-        .bind(last)
-        .fetch_all(&pg.pool)
-        .await
-        .unwrap_or_default();
-        let now = epoch.elapsed().as_secs_f64() * 1e3;
-        for v in rows {
-            latencies.push(now - v);
-            last = last.max(v);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    latencies
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = DEVICES * MESSAGES * FIELDS as i64;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pg = Arc::new(TestPostgres::start().await);
-    let copy = n as f64 / copy_baseline(&pg, n).await.as_secs_f64();
+    let copy = n as f64 / copy_baseline(&pg, n, 200).await.as_secs_f64();
 
     // Identities: a CA, the broker's certificate, one agent.
     let (tls, http, devices) = (free_port(), free_port(), free_port());
@@ -275,11 +194,8 @@ async fn main() {
     let bytes_before = metric(http, "dash_ingest_payload_bytes_total").await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let prober = probe(addr, epoch, stop.clone());
-    let watcher = {
-        let (pg, stop) = (pg.clone(), stop.clone());
-        tokio::spawn(async move { watch(&pg, epoch, stop).await })
-    };
+    let prober = probe(addr, PROBE_EVERY, epoch, stop.clone());
+    let watcher = watch(pg.clone(), epoch, stop.clone());
     let start = Instant::now();
     let (acked_secs, acked) = drive(addr).await;
     assert_eq!(
@@ -309,7 +225,7 @@ async fn main() {
     let mosquitto = SocketAddr::from(([127, 0, 0, 1], mosquitto_port));
     let stop = Arc::new(AtomicBool::new(false));
     let listener = subscriber(mosquitto_port, epoch, stop.clone()).await;
-    let prober = probe(mosquitto, epoch, stop.clone());
+    let prober = probe(mosquitto, PROBE_EVERY, epoch, stop.clone());
     let (broker_secs, broker_acked) = drive(mosquitto).await;
     stop.store(true, Ordering::Relaxed);
     prober.await.unwrap();

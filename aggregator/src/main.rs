@@ -114,10 +114,6 @@ enum AgentCommand {
     List,
 }
 
-fn load(config: Option<&std::path::Path>) -> anyhow::Result<dash_aggregator::Config> {
-    dash_aggregator::Config::load(config)
-}
-
 fn ca_dir(config: &dash_aggregator::Config, given: Option<PathBuf>) -> CaDir {
     CaDir::new(given.unwrap_or_else(|| config.data_dir.join("ca")))
 }
@@ -148,14 +144,14 @@ fn main() -> anyhow::Result<()> {
                     ca_dir: dir,
                     hosts,
                 } => {
-                    let config = load(config.as_deref())?;
+                    let config = dash_aggregator::Config::load(config.as_deref())?;
                     print!("{}", admin::ca_init(&ca_dir(&config, dir), &hosts)?);
                 }
                 CaCommand::Crl {
                     config,
                     ca_dir: dir,
                 } => {
-                    let config = load(config.as_deref())?;
+                    let config = dash_aggregator::Config::load(config.as_deref())?;
                     let ca = ca_dir(&config, dir);
                     let path = block_on(admin::with_registry(&config, async |r| {
                         dash_aggregator::pki::write_crl(&ca, &r.revoked_serials().await?)
@@ -171,7 +167,7 @@ fn main() -> anyhow::Result<()> {
             command,
         } => {
             init_tracing();
-            let config = load(config.as_deref())?;
+            let config = dash_aggregator::Config::load(config.as_deref())?;
             let ca = ca_dir(&config, dir);
             let text = block_on(admin::with_registry(
                 &config,

@@ -5,7 +5,12 @@
 //! table and writes `benches/RESULTS.md`.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use dash_aggregator::storage::BinaryCopy;
+use dash_tests::pg::TestPostgres;
 use serde::{Deserialize, Serialize};
 
 /// Which way is better for a figure.
@@ -185,6 +190,106 @@ pub fn rss(pid: u32) -> (f64, f64) {
             * 1024.0
     };
     (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// A device publishing one reading every `every` until `stop`; its value is
+/// the publish time in ms since `epoch` (device `probe`, metric `latency`).
+pub fn probe(
+    addr: std::net::SocketAddr,
+    every: Duration,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let v = epoch.elapsed().as_millis() as i64;
+            dash_tests::device::publish(
+                addr,
+                "probe",
+                "latency",
+                [v],
+                Arc::new(AtomicBool::new(false)),
+                Duration::from_secs(5),
+            )
+            .await;
+        }
+    })
+}
+
+/// Publish -> committed latencies (ms) of [`probe`] readings that appear in
+/// PostgreSQL until `stop`, polling every 5 ms.
+pub fn watch(
+    pg: Arc<TestPostgres>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    const PROBES: &str =
+        "FROM samples x JOIN series s ON s.id = x.series_id WHERE s.device = 'probe'";
+    tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let mut last: f64 =
+            sqlx::query_scalar(&format!("SELECT coalesce(max(x.value), -1) {PROBES}"))
+                .fetch_one(&pg.pool)
+                .await
+                .unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let rows: Vec<f64> =
+                sqlx::query_scalar(&format!("SELECT x.value {PROBES} AND x.value > $1"))
+                    .bind(last)
+                    .fetch_all(&pg.pool)
+                    .await
+                    .unwrap_or_default();
+            let now = epoch.elapsed().as_secs_f64() * 1e3;
+            for v in rows {
+                latencies.push(now - v);
+                last = last.max(v);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies
+    })
+}
+
+/// The storage limit: one binary COPY of `n` rows (tenant, series, ts,
+/// value; `series` series, one reading a second each) into a table indexed
+/// on (series, ts), the plain row-per-point way. Returns how long the COPY
+/// took; the table is dropped after.
+pub async fn copy_baseline(pg: &TestPostgres, n: i64, series: i64) -> Duration {
+    let mut conn = pg.pool.acquire().await.unwrap();
+    let mut rows = BinaryCopy::new(4);
+    for i in 0..n {
+        rows.row();
+        rows.text("base");
+        rows.int8(i % series);
+        rows.timestamptz(1_764_000_000_000_000 + (i / series) * 1_000_000);
+        rows.float8((i % 1000) as f64);
+    }
+    let rows = rows.finish();
+    sqlx::query(
+        "CREATE TABLE baseline_rows (tenant text NOT NULL, series_id bigint NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("CREATE INDEX ON baseline_rows (series_id, ts)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY baseline_rows (tenant, series_id, ts, value) FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    copy.send(rows).await.unwrap();
+    copy.finish().await.unwrap();
+    let took = start.elapsed();
+    sqlx::query("DROP TABLE baseline_rows")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    took
 }
 
 #[cfg(test)]

@@ -191,15 +191,16 @@ async fn publish_as(
         .publish(topic, QoS::AtLeastOnce, false, payload)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if events.poll().await.is_err() {
-                return true;
-            }
-        }
+    closed_within(&mut events, 5).await
+}
+
+/// Drives the connection for up to `secs`; true when the broker closed it.
+async fn closed_within(events: &mut rumqttc::EventLoop, secs: u64) -> bool {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        while events.poll().await.is_ok() {}
     })
     .await
-    .unwrap_or(false)
+    .is_ok()
 }
 
 async fn poll_connack(events: &mut rumqttc::EventLoop) -> Answer {
@@ -480,16 +481,8 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
     c.subscribe("dash/v1/acme/gw-1/ack", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if events.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed_within(&mut events, 5).await,
         "subscribing to another agent's acks closes the connection"
     );
     assert_eq!(refused(http, "publish", "foreign_topic").await, 2.0);
@@ -685,14 +678,7 @@ async fn mosquitto_with_the_documented_certificates_and_acls_gives_the_same_guar
         .await
         .unwrap();
         // Drive the connection long enough for the publish to go out and be acked.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                if events.poll().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        closed_within(&mut events, 2).await;
     }
     // gw-3, revoked, publishing on its own topic: Mosquitto (started before
     // the revocation) lets it in; the aggregator refuses to store it.
@@ -726,14 +712,7 @@ async fn mosquitto_with_the_documented_certificates_and_acls_gives_the_same_guar
     )
     .await
     .unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            if events.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
+    closed_within(&mut events, 2).await;
     eventually(
         Duration::from_secs(20),
         "the revoked agent's batch to be refused",
