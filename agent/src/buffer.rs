@@ -77,6 +77,9 @@ const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// The buffer format this build writes.
 const FORMAT: u64 = 3;
 
+/// Runs that sled may end by a panic before the buffer is moved aside.
+pub const MAX_SLED_PANICS: usize = 3;
+
 /// Name of the one stream this agent sends today.
 pub const TELEMETRY: &str = "telemetry";
 
@@ -209,6 +212,9 @@ pub struct Buffer {
     /// sled failed a write: it refuses every write after that (its error
     /// is sticky) until the buffer is opened again.
     broken: AtomicBool,
+    /// sled found its own files corrupt while writing (a damaged page it
+    /// must rewrite): no reopen makes it write again.
+    corrupted: AtomicBool,
     /// Acked batches sled could not delete while broken: not sent again
     /// until the buffer is reopened (then once more, as duplicates).
     ghosts: Mutex<(u64, std::collections::BTreeSet<u64>)>,
@@ -359,6 +365,7 @@ impl Buffer {
             fault: Mutex::new(None),
             damage: Mutex::new(None),
             broken: AtomicBool::new(false),
+            corrupted: AtomicBool::new(false),
             ghosts: Mutex::new((0, std::collections::BTreeSet::new())),
         };
         buffer.check_mark()?;
@@ -374,18 +381,34 @@ impl Buffer {
     /// keeps the agent in a crash loop. Returns where the old one went.
     /// Other errors (a lock held by another running agent, permissions) are
     /// returned as they are.
+    ///
+    /// sled panics on some damage instead of returning an error (a flipped
+    /// bit, a misdirected write; see `tests/src/damage.rs`): such a panic
+    /// while opening counts as corruption. `sled_panics` is how many of the
+    /// last runs sled ended by a panic (see [`crate::crashes`]): after one,
+    /// the open also reads every record, so damage that only shows when a
+    /// page is read is found here, not again in a running agent; after
+    /// [`MAX_SLED_PANICS`], the buffer is moved aside whatever it holds.
     pub fn open_or_recover(
         dir: &Path,
+        sled_panics: usize,
     ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
-        // sled panics on some damage instead of returning an error.
-        let opened = std::panic::catch_unwind(|| Buffer::open(dir)).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
+        if sled_panics >= MAX_SLED_PANICS && dir.exists() {
+            let e = BufferError::Corrupt(format!(
+                "sled panicked in {sled_panics} runs in a row while using it"
+            ));
+            return Self::move_aside(dir, &e);
+        }
+        let opened = dash_runtime::panics::catch(|| {
+            let buffer = Buffer::open(dir)?;
+            if sled_panics > 0 {
+                buffer.read_everything()?;
+            }
+            Ok(buffer)
+        })
+        .unwrap_or_else(|panic| {
             Err(BufferError::Corrupt(format!(
-                "sled panicked while opening: {what}"
+                "sled panicked while opening: {panic}"
             )))
         });
         match opened {
@@ -410,6 +433,32 @@ impl Buffer {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Reads every key and value of every tree (after a run that sled
+    /// ended by a panic).
+    fn read_everything(&self) -> Result<u64, BufferError> {
+        let mut bytes = 0u64;
+        for name in self.db.tree_names() {
+            for item in self.db.open_tree(&name)?.iter() {
+                let (k, v) = item?;
+                bytes += entry_bytes(&k, &v);
+            }
+        }
+        tracing::info!(
+            bytes,
+            "every record of the buffer read back after a panic in sled"
+        );
+        Ok(bytes)
+    }
+
+    /// Moves a buffer that sled reported corrupt while writing aside and
+    /// starts a fresh one (see [`Buffer::open_or_recover`]).
+    pub fn replace_corrupt(
+        dir: &Path,
+        why: &str,
+    ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
+        Self::move_aside(dir, &BufferError::Corrupt(why.to_owned()))
     }
 
     fn move_aside(
@@ -872,6 +921,9 @@ impl Buffer {
                 if matches!(e, BufferError::Sled(_) | BufferError::Io(_)) {
                     self.broken.store(true, Ordering::SeqCst);
                 }
+                if matches!(e, BufferError::Sled(sled::Error::Corruption { .. })) {
+                    self.corrupted.store(true, Ordering::SeqCst);
+                }
                 *fault = Some(format!("buffer cannot write: {e}"));
             }
         }
@@ -886,6 +938,12 @@ impl Buffer {
     /// opened again (once the disk has room or is writable again).
     pub fn needs_reopen(&self) -> bool {
         self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Whether sled found its files corrupt while writing: the buffer must
+    /// be moved aside ([`Buffer::replace_corrupt`]), not just reopened.
+    pub fn is_corrupted(&self) -> bool {
+        self.corrupted.load(Ordering::SeqCst)
     }
 
     /// Damage found when the buffer was opened, if any.
@@ -1880,7 +1938,7 @@ mod tests {
         std::fs::create_dir(&path).unwrap();
         std::fs::write(path.join("conf"), b"garbage garbage garbage").unwrap();
         std::fs::write(path.join("db"), vec![0x5a; 100_000]).unwrap();
-        let (buf, moved) = Buffer::open_or_recover(&path).unwrap();
+        let (buf, moved) = Buffer::open_or_recover(&path, 0).unwrap();
         let moved = moved.expect("the broken buffer was moved aside");
         assert!(
             moved.join("db").exists(),
@@ -1891,13 +1949,13 @@ mod tests {
         assert_eq!(buf.seal(10).await.unwrap(), Some(1));
         // A healthy buffer is opened as it is.
         drop(buf);
-        let mut again = Buffer::open_or_recover(&path);
+        let mut again = Buffer::open_or_recover(&path, 0);
         for _ in 0..100 {
             if again.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            again = Buffer::open_or_recover(&path);
+            again = Buffer::open_or_recover(&path, 0);
         }
         let (buf, moved) = again.unwrap();
         assert!(moved.is_none());

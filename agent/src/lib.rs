@@ -29,6 +29,7 @@ pub mod buffer;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod crashes;
 pub mod devices;
 pub mod http;
 pub mod modbus;
@@ -61,14 +62,16 @@ use crate::uplink::UplinkSettings;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut first = true;
+    let mut corrupt = None;
     loop {
-        if !first {
+        if !first && corrupt.is_none() {
             tracing::info!("the disk takes writes again: reopening the buffer");
         }
         first = false;
-        match run_once(&config, shutdown.as_mut()).await? {
+        match run_once(&config, shutdown.as_mut(), corrupt.take()).await? {
             Exit::Shutdown => return Ok(()),
             Exit::Reopen => continue,
+            Exit::Corrupt(why) => corrupt = Some(why),
         }
     }
 }
@@ -86,13 +89,22 @@ pub(crate) fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 enum Exit {
     Shutdown,
     Reopen,
+    /// sled found the buffer corrupt while writing: move it aside.
+    Corrupt(String),
 }
 
 /// Opens the buffer, retrying while the previous run's sled still holds its lock.
-async fn open_buffer(dir: &std::path::Path) -> anyhow::Result<Buffer> {
+async fn open_buffer(dir: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<Buffer> {
     let mut tries = 0;
+    let sled_panics = crashes::sled_panics(data_dir);
+    if sled_panics > 0 {
+        tracing::warn!(
+            runs = sled_panics,
+            "sled ended earlier runs by a panic; the buffer is read back in full"
+        );
+    }
     loop {
-        match Buffer::open_or_recover(dir) {
+        match Buffer::open_or_recover(dir, sled_panics) {
             Ok((buffer, _moved_aside)) => return Ok(buffer),
             Err(buffer::BufferError::Sled(sled::Error::Io(e)))
                 if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
@@ -126,9 +138,13 @@ async fn disk_writable(dir: std::path::PathBuf) -> bool {
 async fn run_once(
     config: &Config,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    corrupt: Option<String>,
 ) -> anyhow::Result<Exit> {
     let dir = config.data_dir.join("buffer");
-    let buffer = open_buffer(&dir).await?;
+    let buffer = match corrupt {
+        None => open_buffer(&dir, &config.data_dir).await?,
+        Some(why) => Buffer::replace_corrupt(&dir, &why)?.0,
+    };
     let budget = buffer::Budget {
         max_bytes: config.buffer.max_bytes,
         telemetry: config.buffer.telemetry_when_full,
@@ -189,10 +205,17 @@ async fn run_once(
     tracing::info!(tenant = %config.tenant, agent = %config.agent_id, "agent ready");
 
     let mut check = tokio::time::interval(Duration::from_secs(5));
+    let forget_panics = tokio::time::sleep(crashes::CLEAR_AFTER);
+    tokio::pin!(forget_panics);
     let exit = loop {
         tokio::select! {
             _ = shutdown.as_mut() => break Exit::Shutdown,
+            // Up long enough: earlier panics were not a loop.
+            _ = &mut forget_panics, if !forget_panics.is_elapsed() => crashes::clear(&config.data_dir),
             _ = check.tick() => {
+                if buffer.is_corrupted() {
+                    break Exit::Corrupt(buffer.fault().unwrap_or_default());
+                }
                 if buffer.needs_reopen() && disk_writable(config.data_dir.clone()).await {
                     break Exit::Reopen;
                 }
@@ -202,6 +225,9 @@ async fn run_once(
     match exit {
         Exit::Shutdown => tracing::info!("shutting down: closing inputs"),
         Exit::Reopen => tracing::info!("restarting the pipeline: closing inputs"),
+        Exit::Corrupt(_) => tracing::error!(
+            "sled found the buffer corrupt while writing; it is moved aside and a fresh one started"
+        ),
     }
     let grace = config.shutdown_grace();
     stop_inputs.cancel();
@@ -221,6 +247,7 @@ async fn run_once(
     if matches!(exit, Exit::Shutdown) {
         flushed?;
         buffer.flush().await?;
+        crashes::clear(&config.data_dir);
     }
     tracing::info!(
         unsealed = buffer.unsealed(),

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: dash_runtime::logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -31,7 +33,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::PrintDefaultConfig => {
             print!("{}", dash_agent::config::default_toml());
             Ok(())
@@ -50,13 +53,11 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run { config } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into());
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_target(false)
-                .init();
+            dash_runtime::logging::init(cli.log.log_format, "info");
             let config = dash_agent::Config::load(&config)?;
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+            dash_runtime::panics::install(Some(dash_agent::crashes::record_path(&config.data_dir)));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -16,6 +16,8 @@ use dash_aggregator::pki::CaDir;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: dash_runtime::logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +126,12 @@ fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> an
         .block_on(work)
 }
 
+fn init_tracing(format: dash_runtime::logging::LogFormat) {
+    dash_runtime::logging::init(format, "info,rumqttd=warn,sqlx=warn");
+}
+
 fn main() -> anyhow::Result<()> {
+    dash_runtime::panics::install(None);
     let cli = Cli::parse();
     match cli.command {
         Command::PrintDefaultConfig => {
@@ -137,7 +144,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ca { command } => {
-            init_tracing();
+            init_tracing(cli.log.log_format);
             match command {
                 CaCommand::Init {
                     config,
@@ -166,7 +173,7 @@ fn main() -> anyhow::Result<()> {
             ca_dir: dir,
             command,
         } => {
-            init_tracing();
+            init_tracing(cli.log.log_format);
             let config = dash_aggregator::Config::load(config.as_deref())?;
             let ca = ca_dir(&config, dir);
             let text = block_on(admin::with_registry(
@@ -208,21 +215,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
-            init_tracing();
+            init_tracing(cli.log.log_format);
             let config = dash_aggregator::Config::load(config.as_deref())?;
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(dash_aggregator::run(config, shutdown_signal()))
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rumqttd=warn,sqlx=warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

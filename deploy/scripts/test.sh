@@ -32,6 +32,8 @@ step "fmt" cargo fmt --all --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "advisories (cargo audit)" deploy/scripts/audit.sh
 step "build" cargo build --workspace --bins --locked
+# The profile users run: tests/tests/release.rs starts this build.
+step "release agent" cargo build --release --locked -p dash-agent --bin dash-agent
 step "suite on PostgreSQL 15" cargo nextest run --workspace --locked --no-fail-fast
 step "Debian 13 root" deploy/scripts/debian13-root.sh
 # The whole suite again on PostgreSQL 17 + TimescaleDB (hypertables) from the

@@ -64,11 +64,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    dash_runtime::logging::init(dash_runtime::logging::LogFormat::Text, "info");
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -6,6 +6,7 @@
 //! (`target/debug/`), so `cargo build --workspace --bins` must run first; the
 //! README's test command does.
 
+pub mod damage;
 pub mod device;
 pub mod pg;
 pub mod process;
@@ -13,6 +14,40 @@ pub mod proxy;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
+
+/// A small xorshift generator; the seed is printed so a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `DASH_TEST_SEED`, or else from the clock (printed).
+    pub fn seeded() -> Rng {
+        let seed = std::env::var("DASH_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("random seed {seed} (DASH_TEST_SEED={seed} replays it)");
+        Rng(seed)
+    }
+
+    /// A generator for one numbered case, independent of the others.
+    pub fn case(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A number below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {

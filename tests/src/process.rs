@@ -20,6 +20,19 @@ pub fn binary(name: &str) -> PathBuf {
     bin
 }
 
+/// `target/release/NAME`: the profile users run (see [`Proc::release`]).
+pub fn release_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap();
+    let bin = target.join("release").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p {name}` first (deploy/scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A child process whose output goes to `log`.
 pub struct Proc {
     name: String,
@@ -27,6 +40,7 @@ pub struct Proc {
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
+    release: bool,
 }
 
 impl Proc {
@@ -40,7 +54,14 @@ impl Proc {
                 .collect(),
             log,
             child: None,
+            release: false,
         }
+    }
+
+    /// Runs the release build (`target/release`) instead of the debug one.
+    pub fn release(mut self) -> Proc {
+        self.release = true;
+        self
     }
 
     pub fn start(&mut self) {
@@ -50,7 +71,11 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary(&self.name))
+        let bin = match self.release {
+            true => release_binary(&self.name),
+            false => binary(&self.name),
+        };
+        let child = Command::new(bin)
             .args(&self.cmd)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,rumqttd=warn,sqlx=warn")
@@ -91,6 +116,22 @@ impl Proc {
     /// The running child's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut()?.try_wait().unwrap();
+            if let Some(status) = status {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -10,39 +10,12 @@ use dash_tests::device::{self, Report};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource, Proc};
 use dash_tests::proxy::Proxy;
-use dash_tests::{eventually, free_port};
+use dash_tests::{Rng, eventually, free_port};
 
 const TENANT: &str = "acme";
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A small xorshift generator; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("DASH_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("random seed {seed} (DASH_TEST_SEED={seed} replays it)");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// The status the aggregator recorded for `agent`, once it has one.

@@ -1,0 +1,15 @@
+//! What `dash-agent` and `dash-aggregator` do the same way at run time,
+//! outside the protocol (`dash-shared`) and TLS (`dash-tls`):
+//!
+//! - [`logging`]: one tracing set-up for both binaries, plain text without
+//!   colour codes when the output is not a terminal (a file, the journal),
+//!   or one JSON object per line for log shippers.
+//! - [`panics`]: a panic ends the process, except inside [`panics::catch`]
+//!   (the release profile unwinds so that this can work).
+//!
+//! Builds with rustc 1.85, like the agent.
+
+#![forbid(unsafe_code)]
+
+pub mod logging;
+pub mod panics;
