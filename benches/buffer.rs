@@ -3,7 +3,9 @@
 //! sled's files beside the disk budget. Baselines are measured in the same
 //! run, on the same disk.
 //!
-//! Run: `cargo bench -p dash-benches --bench buffer`
+//! Run: `cargo bench -p dash-benches --bench buffer`; `-- --hang-hunt N`
+//! repeats only the latency phase N times, each bounded by a minute, and
+//! reports how many runs hung (sled's flush once hung here).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,8 +125,39 @@ async fn amplification(mib: u64) -> (u64, u64) {
     (status.bytes, status.disk_bytes)
 }
 
+/// Repeats the latency phase `runs` times; a part that takes over a
+/// minute is a hang (sled cannot be cancelled: the process exits).
+async fn hang_hunt(runs: usize) {
+    let started = Instant::now();
+    for run in 0..runs {
+        for (name, delay) in [
+            ("committer, no linger", Some(Duration::ZERO)),
+            ("committer, 5 ms linger", Some(Duration::from_millis(5))),
+            ("each input its own flush", None),
+        ] {
+            let part = latencies(8, 250, delay);
+            if tokio::time::timeout(Duration::from_secs(60), part)
+                .await
+                .is_err()
+            {
+                println!("hang hunt: run {run} of {runs} hung in '{name}' (no progress in 60 s)");
+                std::process::exit(2);
+            }
+        }
+    }
+    println!(
+        "hang hunt: {runs} latency phases, none hung, in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--hang-hunt") {
+        let runs = args.get(at + 1).and_then(|n| n.parse().ok()).unwrap_or(100);
+        return hang_hunt(runs).await;
+    }
     println!("buffer throughput (fsync per flush, this machine's disk):");
     let grouped = throughput(100_000, 1_000).await;
     let single = throughput(2_000, 1).await;

@@ -192,6 +192,8 @@ pub struct Buffer {
     removed: AtomicU64,
     /// Records about to be taken out (`removed` already counts them).
     removing: AtomicU64,
+    /// Held while sled flushes (see [`Buffer::flush`]).
+    flushing: tokio::sync::Mutex<()>,
     /// The mark last written; the lock orders mark writes.
     mark_state: Mutex<Mark>,
     /// Batches handed to the uplink and not yet acked: never dropped for room.
@@ -356,6 +358,7 @@ impl Buffer {
             bytes: bytes.map(AtomicU64::new),
             removed: AtomicU64::new(0),
             removing: AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
             mark_state: Mutex::new(Mark::default()),
             in_flight: Mutex::new(std::collections::BTreeSet::new()),
             counts: Mutex::new(counts),
@@ -897,6 +900,15 @@ impl Buffer {
     }
 
     async fn try_flush(&self) -> Result<(), BufferError> {
+        // One flush at a time. sled 0.34 runs each flush_async on its I/O
+        // pool and the flush waits there for log writes that need a pool
+        // thread too; its pool counts a busy thread as -1 waiting, so with
+        // about 4 or more flushes at once it stops adding threads and every
+        // thread waits for a write none is left to do (the hang seen in the
+        // buffer bench, whose baseline had 8 inputs flushing at once: 2 of
+        // 2 hunts hung within 4 runs). Serialized, nothing is lost: a flush
+        // makes everything written before it durable.
+        let _one = self.flushing.lock().await;
         self.db.flush_async().await?;
         let log = self.log.try_clone()?;
         tokio::task::spawn_blocking(move || log.sync_data())

@@ -11,6 +11,10 @@
 //! An acknowledgement waits for at most the flush in progress, its own
 //! flush, and `max_delay` (0 by default: a linger measured slower, see
 //! `benches/buffer.rs`).
+//!
+//! Each commit is timed by a [`CommitWatch`] for the watchdog, and the loop
+//! sends systemd's keep-alives after commits and while idle (see
+//! [`crate::watchdog`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::buffer::Buffer;
 use crate::sample::{Class, Record};
+use crate::watchdog::{CommitWatch, KeepAlive};
+
+/// Fault injection for the watchdog's test: with a number N, every group
+/// commit after the N-th never finishes.
+pub const STALL_AFTER_ENV: &str = "DASH_TEST_STALL_COMMIT_AFTER";
 
 struct Pending {
     class: Class,
@@ -56,6 +65,7 @@ pub struct Committer {
     /// Records dropped because the protocol would refuse them (a clock
     /// from 1970, a key made too long by a transform).
     invalid: Arc<std::sync::atomic::AtomicU64>,
+    watch: Arc<CommitWatch>,
 }
 
 impl Committer {
@@ -69,14 +79,38 @@ impl Committer {
         full: Arc<Notify>,
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(buffer, rx, max_delay, max_samples, seal_at, full));
+        let watch = Arc::new(CommitWatch::default());
+        let stall_after = std::env::var(STALL_AFTER_ENV)
+            .ok()
+            .and_then(|n| n.parse().ok());
+        let task = tokio::spawn(run(
+            buffer,
+            rx,
+            Group {
+                max_delay,
+                max_samples,
+            },
+            seal_at,
+            full,
+            Watch {
+                watch: watch.clone(),
+                keep_alive: KeepAlive::from_env(),
+                stall_after,
+            },
+        ));
         (
             Committer {
                 queue,
                 invalid: Arc::default(),
+                watch,
             },
             task,
         )
+    }
+
+    /// The timing of the commit in progress, for [`crate::watchdog::spawn`].
+    pub fn watch(&self) -> &Arc<CommitWatch> {
+        &self.watch
     }
 
     /// The counter behind [`Committer::invalid`], for the status; holding it
@@ -132,37 +166,56 @@ impl Ticket {
     }
 }
 
+/// How groups are formed.
+struct Group {
+    max_delay: Duration,
+    max_samples: usize,
+}
+
+/// What the loop reports to the watchdogs.
+struct Watch {
+    watch: Arc<CommitWatch>,
+    keep_alive: KeepAlive,
+    /// Fault injection ([`STALL_AFTER_ENV`]).
+    stall_after: Option<u64>,
+}
+
 async fn run(
     buffer: Arc<Buffer>,
     mut rx: mpsc::Receiver<Pending>,
-    max_delay: Duration,
-    max_samples: usize,
+    group_by: Group,
     seal_at: u64,
     full: Arc<Notify>,
+    mut watch: Watch,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut count = first.records.len();
-        let mut group = vec![first];
-        let deadline = tokio::time::Instant::now() + max_delay;
-        while count < max_samples {
-            let next = match rx.try_recv() {
-                Ok(p) => Some(p),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                // No linger: flush now (a zero timeout would still wait
-                // for the timer's next millisecond tick).
-                Err(mpsc::error::TryRecvError::Empty) if max_delay.is_zero() => None,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    tokio::time::timeout_at(deadline, rx.recv())
-                        .await
-                        .ok()
-                        .flatten()
-                }
-            };
-            let Some(p) = next else { break };
-            count += p.records.len();
-            group.push(p);
+    // While idle, wake up to send keep-alives (an hour when not asked for).
+    let idle = watch
+        .keep_alive
+        .interval()
+        .map_or(Duration::from_secs(3600), |every| every / 2);
+    let mut commits = 0u64;
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(p) => p,
+                None => break,
+            },
+            // Idle, and turning: tell systemd.
+            _ = tokio::time::sleep(idle) => {
+                watch.keep_alive.tick(std::time::Instant::now());
+                continue;
+            }
+        };
+        let (group, count) = gather(first, &mut rx, &group_by).await;
+        watch.watch.begin();
+        if watch.stall_after.is_some_and(|n| commits >= n) {
+            tracing::warn!("{STALL_AFTER_ENV}: this group commit never finishes");
+            std::future::pending::<()>().await;
         }
         let result = store(&buffer, &group).await;
+        watch.watch.end();
+        commits += 1;
+        watch.keep_alive.tick(std::time::Instant::now());
         match result {
             Ok(outcomes) => {
                 for (p, outcome) in group.into_iter().zip(outcomes) {
@@ -180,6 +233,35 @@ async fn run(
             full.notify_one();
         }
     }
+}
+
+/// Takes `first` and whatever else is queued (or arrives within
+/// `max_delay`), up to `max_samples`; returns the group and its records.
+async fn gather(
+    first: Pending,
+    rx: &mut mpsc::Receiver<Pending>,
+    by: &Group,
+) -> (Vec<Pending>, usize) {
+    let mut count = first.records.len();
+    let mut group = vec![first];
+    let deadline = tokio::time::Instant::now() + by.max_delay;
+    while count < by.max_samples {
+        let next = match rx.try_recv() {
+            Ok(p) => Some(p),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            // No linger: flush now (a zero timeout would still wait
+            // for the timer's next millisecond tick).
+            Err(mpsc::error::TryRecvError::Empty) if by.max_delay.is_zero() => None,
+            Err(mpsc::error::TryRecvError::Empty) => tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let Some(p) = next else { break };
+        count += p.records.len();
+        group.push(p);
+    }
+    (group, count)
 }
 
 /// Appends the group's records, one write per class (skipping requests

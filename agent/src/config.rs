@@ -54,6 +54,10 @@ pub struct BufferConfig {
     pub commit_max_delay_ms: u64,
     /// Group commit: at most this many samples per flush.
     pub commit_max_samples: usize,
+    /// Watchdog: a group commit (append, flush, fsync) still running after
+    /// this many seconds is logged at ERROR, recorded in `status.json`, and
+    /// ends the agent with exit status 75 so its service restarts it. 0: off.
+    pub commit_stall_secs: u64,
     /// Disk budget: bytes of records and batches held, at most. sled's
     /// files take 4 to 9 times this under churn (measured; see the README),
     /// so give it a fifth to a ninth of the space the buffer may use. 0: no budget.
@@ -155,6 +159,7 @@ impl Default for BufferConfig {
         BufferConfig {
             commit_max_delay_ms: 0,
             commit_max_samples: 20_000,
+            commit_stall_secs: 30,
             max_bytes: 256 * 1024 * 1024,
             telemetry_when_full: WhenFull::DropOldest,
             transactions_when_full: WhenFull::Reject,

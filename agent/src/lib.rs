@@ -36,6 +36,7 @@ pub mod modbus;
 pub mod sample;
 pub mod transform;
 pub mod uplink;
+pub mod watchdog;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -170,6 +171,13 @@ async fn run_once(
         batch_max as u64,
         full.clone(),
     );
+    if config.buffer.commit_stall_secs > 0 {
+        watchdog::spawn(
+            committer.watch(),
+            Duration::from_secs(config.buffer.commit_stall_secs),
+            Some(config.data_dir.join("status.json")),
+        );
+    }
     let transforms = Arc::new(transform::Transforms::new(config.transform.clone()));
     let router = Arc::new(
         Router::new(config.devices.mappings.clone()).with_transforms((*transforms).clone()),
@@ -203,6 +211,7 @@ async fn run_once(
         stop.clone(),
     ));
     tracing::info!(tenant = %config.tenant, agent = %config.agent_id, "agent ready");
+    watchdog::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut check = tokio::time::interval(Duration::from_secs(5));
     let forget_panics = tokio::time::sleep(crashes::CLEAR_AFTER);
@@ -223,7 +232,10 @@ async fn run_once(
         }
     };
     match exit {
-        Exit::Shutdown => tracing::info!("shutting down: closing inputs"),
+        Exit::Shutdown => {
+            watchdog::notify(&[sd_notify::NotifyState::Stopping]);
+            tracing::info!("shutting down: closing inputs");
+        }
         Exit::Reopen => tracing::info!("restarting the pipeline: closing inputs"),
         Exit::Corrupt(_) => tracing::error!(
             "sled found the buffer corrupt while writing; it is moved aside and a fresh one started"
