@@ -13,23 +13,26 @@ use crate::Config;
 use crate::pki::{self, CaDir};
 use crate::registry::{self, NewAgent, Registry};
 
-/// The registry on the configured database (the private cluster is started
-/// for the command and stopped after, unless `serve` already runs it).
+/// The registry on the configured database. The private cluster is used
+/// as a running `serve` owns it, never stopped; with no `serve` running the
+/// command takes the data directory's lock, starts the cluster, and stops
+/// it after (see [`crate::postgres`]).
 pub async fn with_registry<T>(
     config: &Config,
     work: impl AsyncFnOnce(&Registry) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let (url, private) = crate::database(config).await?;
+    let lock = match config.database_url.is_empty() {
+        true => crate::postgres::DataDirLock::try_take(&config.data_dir)?.ok(),
+        false => None,
+    };
+    let (url, private) = crate::database(config, lock.is_some()).await?;
     let pool = crate::db::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
     let result = work(&Registry::new(pool.clone())).await;
     pool.close().await;
     if let Some(mut pg) = private {
-        if pg.adopted() {
-            pg.leave_running();
-        } else {
-            tokio::task::spawn_blocking(move || pg.stop()).await??;
-        }
+        tokio::task::spawn_blocking(move || pg.stop()).await??;
     }
+    drop(lock);
     result
 }
 

@@ -11,6 +11,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
+use crate::health::NotReady;
 use crate::metrics::Metrics;
 
 /// Binds `listen` and serves until `stop`. Returns the bound address.
@@ -20,6 +21,10 @@ pub async fn serve(
     api: Arc<Api>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
+    let ready = Ready {
+        metrics: metrics.clone(),
+        pool: api.pool.clone(),
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -27,6 +32,7 @@ pub async fn serve(
             get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
         )
         .with_state(metrics)
+        .route("/readyz", get(readyz).with_state(ready))
         .merge(router(api));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -40,8 +46,41 @@ pub async fn serve(
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tracing::info!(%addr, "HTTP listening (/healthz, /metrics, /api/v1)");
+    tracing::info!(%addr, "HTTP listening (/healthz, /readyz, /metrics, /api/v1)");
     Ok(addr)
+}
+
+#[derive(Clone)]
+struct Ready {
+    metrics: Arc<Metrics>,
+    pool: sqlx::PgPool,
+}
+
+/// 200 "ready" when the database answers, the broker link is up and
+/// ingest moves; 503 with the reason otherwise (see [`crate::health`]).
+async fn readyz(State(r): State<Ready>) -> (axum::http::StatusCode, String) {
+    let database = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&r.pool),
+    )
+    .await;
+    let checked = match database {
+        Ok(Ok(_)) => r.metrics.health.check(dash_shared::now_micros()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            Err(NotReady::Database(
+                "an error (see the aggregator's log)".into(),
+            ))
+        }
+        Err(_) => Err(NotReady::Database("no answer within 2 s".into())),
+    };
+    match checked {
+        Ok(()) => (axum::http::StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {e}\n"),
+        ),
+    }
 }
 
 /// The query API's routes.

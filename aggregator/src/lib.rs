@@ -34,6 +34,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod gate;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
@@ -68,8 +69,10 @@ use crate::tiers::TieredWriter;
 /// Runs the aggregator until `shutdown` resolves, then drains within the
 /// configured grace period and stops the private PostgreSQL (if any).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config.data_dir).await?;
     let metrics = Arc::new(Metrics::default());
-    let (url, mut private_pg) = database(&config).await?;
+    let (url, private_pg) = database(&config, true).await?;
+    let private_pg = private_pg.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
     let pool = db::connect(&url, config.ingest.max_connections, Duration::from_secs(30)).await?;
     let stop = CancellationToken::new();
     let api = Arc::new(api::Api {
@@ -113,6 +116,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.retention.clone(),
         stop.clone(),
     ));
+    let supervisor = private_pg
+        .clone()
+        .map(|pg| tokio::spawn(database_supervisor(pg, stop.clone())));
     tracing::info!("aggregator ready");
 
     shutdown.await;
@@ -122,24 +128,78 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = tokio::time::timeout(config.shutdown_grace(), compactor).await;
     let _ = tokio::time::timeout(config.shutdown_grace(), retention).await;
     pool.close().await;
-    if let Some(mut pg) = private_pg.take() {
-        tokio::task::spawn_blocking(move || pg.stop()).await??;
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    if let Some(pg) = private_pg {
+        tokio::task::spawn_blocking(move || pg.lock().unwrap_or_else(|e| e.into_inner()).stop())
+            .await??;
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The database URL to use, starting the private cluster when none is configured.
-pub async fn database(config: &Config) -> anyhow::Result<(String, Option<PrivatePostgres>)> {
+/// Takes the data directory's lock (see [`postgres`]), waiting up to 10 s
+/// for a short command (`agent add`) that holds it.
+async fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<postgres::DataDirLock> {
+    for _ in 0..50 {
+        match postgres::DataDirLock::try_take(dir)? {
+            Ok(lock) => return Ok(lock),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let holder = postgres::DataDirLock::try_take(dir)?;
+    match holder {
+        Ok(lock) => Ok(lock),
+        Err(pid) => anyhow::bail!(
+            "another dash-aggregator (pid {pid}) runs with data_dir {}; stop it first, or give this one its own data_dir",
+            dir.display()
+        ),
+    }
+}
+
+/// Every 5 s until `stop`: starts the private cluster again if it died.
+async fn database_supervisor(pg: Arc<std::sync::Mutex<PrivatePostgres>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pg = pg.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            pg.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restart_if_down()
+        })
+        .await;
+        match checked {
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the private PostgreSQL could not be started again; retrying in 5 s")
+            }
+            Err(e) => tracing::error!(error = %e, "the database supervisor failed"),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The database URL to use, starting the private cluster when none is
+/// configured. `owner`: this process holds the data directory's lock (see
+/// [`postgres`]), so it may start the cluster and stops it at the end.
+pub async fn database(
+    config: &Config,
+    owner: bool,
+) -> anyhow::Result<(String, Option<PrivatePostgres>)> {
     if !config.database_url.is_empty() {
         return Ok((config.database_url.clone(), None));
     }
     let dir = config.data_dir.join("postgres");
     let bin: Option<std::path::PathBuf> =
         (!config.postgres_bin_dir.is_empty()).then(|| config.postgres_bin_dir.clone().into());
-    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, bin.as_deref()))
-        .await?
-        .context("starting the private PostgreSQL (set database_url to use another)")?;
+    let pg =
+        tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, bin.as_deref(), owner))
+            .await?
+            .context("starting the private PostgreSQL (set database_url to use another)")?;
     pg.ensure_database(postgres::DATABASE).await?;
     Ok((pg.url(postgres::DATABASE), Some(pg)))
 }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ingest::{Delivery, Ingestor};
+use crate::metrics::Metrics;
 use crate::storage::SampleWriter;
 
 /// Where and how the aggregator connects.
@@ -91,7 +92,8 @@ pub async fn run<W: SampleWriter>(
     let (client, eventloop) = AsyncClient::new(config.options(), 4096);
     let workers = TaskTracker::new();
     let (done, done_rx) = mpsc::unbounded_channel::<Done>();
-    let acks = tokio::spawn(acker(done_rx, client.clone()));
+    let metrics = ingestor.metrics().clone();
+    let acks = tokio::spawn(acker(done_rx, client.clone(), metrics.clone()));
     let mut queues = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
         let (tx, rx) = mpsc::channel::<InHand>(4096);
@@ -122,6 +124,7 @@ pub async fn run<W: SampleWriter>(
             statuses,
             done,
         },
+        metrics,
         stop.clone(),
     ));
     stop.cancelled().await;
@@ -152,8 +155,10 @@ async fn poll(
     client: AsyncClient,
     config: LinkConfig,
     dispatch: Dispatch,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let health = &metrics.health;
     let Dispatch {
         queues,
         statuses,
@@ -174,6 +179,8 @@ async fn poll(
                 generation += 1;
                 index = 0;
                 let _ = done.send(Done::Reset(generation));
+                health.forget_in_hand(dash_shared::now_micros());
+                health.link(true);
                 tracing::info!(host = %config.host, port = config.port, "connected to broker");
                 if filters
                     .iter()
@@ -191,6 +198,7 @@ async fn poll(
                     publish,
                 };
                 index += 1;
+                health.received(dash_shared::now_micros());
                 // Statuses have their own worker: a slow database or the
                 // broker replaying every retained status never holds up batches.
                 let queue = if hand.publish.topic.ends_with("/status") {
@@ -210,6 +218,7 @@ async fn poll(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
+                health.link(false);
                 failures += 1;
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 tracing::warn!(error = %e, retry_in = ?wait, "broker connection lost");
@@ -244,7 +253,7 @@ struct Dispatch {
 /// Sends PUBACKs in arrival order: a message finished early waits for those
 /// before it. Messages of a connection that is gone are forgotten (the
 /// broker redelivers them on the new one).
-async fn acker(mut rx: mpsc::UnboundedReceiver<Done>, client: AsyncClient) {
+async fn acker(mut rx: mpsc::UnboundedReceiver<Done>, client: AsyncClient, metrics: Arc<Metrics>) {
     let (mut generation, mut next) = (0u64, 0u64);
     let mut finished: BTreeMap<u64, Publish> = BTreeMap::new();
     while let Some(d) = rx.recv().await {
@@ -254,6 +263,7 @@ async fn acker(mut rx: mpsc::UnboundedReceiver<Done>, client: AsyncClient) {
                 finished.clear();
             }
             Done::Ack(hand) if hand.generation == generation => {
+                metrics.health.finished(dash_shared::now_micros());
                 finished.insert(hand.index, hand.publish);
             }
             Done::Ack(_) => {}

@@ -6,10 +6,22 @@
 //! directory only (no TCP port to collide with or to expose), and trusts local
 //! connections because only the socket's owner can reach it.
 //!
+//! # Ownership
+//!
+//! `dash-aggregator serve` holds an exclusive lock on `data_dir/serve.lock`
+//! ([`DataDirLock`]) for as long as it runs, so a second `serve` on the same
+//! directory refuses to start instead of sharing (and then stopping) the
+//! first one's cluster. The lock holder owns the cluster: it starts it (or
+//! adopts the one a killed predecessor left running), restarts it if it
+//! dies ([`PrivatePostgres::supervise`]), and stops it on exit. Anything
+//! else on the same directory (`agent add`, `agent list`) uses the cluster
+//! when a `serve` runs and never stops it; with no `serve` running it takes
+//! the lock itself for its few seconds.
+//!
 //! # Recovery
 //!
 //! If the aggregator was killed, its server is still running: `pg_ctl status`
-//! finds it and the aggregator reuses it. A stale `postmaster.pid` of a dead
+//! finds it and the next owner adopts it. A stale `postmaster.pid` of a dead
 //! server is handled by `pg_ctl start` itself.
 //!
 //! PostgreSQL refuses to run as root; when the aggregator runs as root, the
@@ -24,7 +36,46 @@ use nix::unistd::{Gid, Uid, User};
 /// Database name and role inside the private cluster.
 pub const DATABASE: &str = "dash";
 
-/// A running private cluster. Stop it with [`PrivatePostgres::stop`].
+/// The exclusive lock of one `data_dir` (see the module docs); released
+/// when dropped or when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl DataDirLock {
+    /// Takes the lock, or says which process holds it (`Ok(Err(pid))`).
+    pub fn try_take(data_dir: &Path) -> anyhow::Result<Result<DataDirLock, String>> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+        let path = data_dir.join("serve.lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0)?;
+                lock.rewind()?;
+                write!(lock, "{}", std::process::id())?;
+                Ok(Ok(DataDirLock { _lock: lock }))
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Ok(Err(pid.trim().to_owned()))
+            }
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+}
+
+/// A running private cluster. Its owner stops it with [`PrivatePostgres::stop`]
+/// (or by dropping it); a handle that does not own it never stops it.
 #[derive(Debug)]
 pub struct PrivatePostgres {
     bin: PathBuf,
@@ -32,13 +83,16 @@ pub struct PrivatePostgres {
     run_as: Option<(Uid, Gid)>,
     stopped: bool,
     adopted: bool,
+    owner: bool,
 }
 
 impl PrivatePostgres {
     /// Creates the cluster under `dir` if needed and starts it (or adopts a
     /// server already running there). `bin` is where initdb and pg_ctl live;
-    /// `None` picks the newest /usr/lib/postgresql/*/bin.
-    pub fn start(dir: &Path, bin: Option<&Path>) -> anyhow::Result<PrivatePostgres> {
+    /// `None` picks the newest /usr/lib/postgresql/*/bin. `owner`: this
+    /// process holds the [`DataDirLock`], so it stops the cluster at the end;
+    /// otherwise the cluster must already run (a `serve` owns it).
+    pub fn start(dir: &Path, bin: Option<&Path>, owner: bool) -> anyhow::Result<PrivatePostgres> {
         let bin = match bin {
             Some(b) => b.to_owned(),
             None => find_bin_dir()?,
@@ -54,27 +108,51 @@ impl PrivatePostgres {
             bin,
             dir,
             run_as,
-            stopped: false,
+            stopped: !owner,
             adopted: false,
+            owner,
         };
         if !pg.data().join("PG_VERSION").exists() {
+            anyhow::ensure!(owner, "no private PostgreSQL under {}", pg.dir.display());
             pg.initdb()?;
         }
         pg.adopted = pg.is_running();
         if !pg.adopted {
-            pg.pg_ctl(&[
-                "start",
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                &pg.dir.join("postgres.log").to_string_lossy(),
-                "-o",
-                &pg.server_options(),
-            ])?;
+            anyhow::ensure!(
+                owner,
+                "the private PostgreSQL under {} is not running, although a dash-aggregator serve holds the data directory",
+                pg.dir.display()
+            );
+            pg.pg_start()?;
         }
-        tracing::info!(dir = %pg.dir.display(), "private PostgreSQL running");
+        tracing::info!(dir = %pg.dir.display(), adopted = pg.adopted, owner, "private PostgreSQL running");
         Ok(pg)
+    }
+
+    fn pg_start(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &self.dir.join("postgres.log").to_string_lossy(),
+            "-o",
+            &self.server_options(),
+        ])
+    }
+
+    /// Whether the server is down and this owner started it again.
+    /// Called by the owner's supervisor every few seconds (see
+    /// [`crate::database_supervisor`]).
+    pub fn restart_if_down(&self) -> anyhow::Result<bool> {
+        if !self.owner || self.stopped || self.is_running() {
+            return Ok(false);
+        }
+        tracing::error!(dir = %self.dir.display(), "the private PostgreSQL stopped under a running aggregator; starting it again");
+        self.pg_start()?;
+        tracing::info!("the private PostgreSQL runs again");
+        Ok(true)
     }
 
     fn data(&self) -> PathBuf {
@@ -171,7 +249,7 @@ impl PrivatePostgres {
         self.stopped = true;
     }
 
-    /// Stops the server, waiting for a clean shutdown.
+    /// Stops the server (if this handle owns it), waiting for a clean shutdown.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if self.stopped {
             return Ok(());

@@ -126,6 +126,24 @@ pub async fn get_json(port: u16, path: &str, token: Option<&str>) -> (u16, serde
     response(&out)
 }
 
+/// `GET path` on 127.0.0.1:`port`: the status and the body as text, or
+/// `None` when nothing answers.
+pub async fn get_text(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
+}
+
 /// `POST path` with a JSON body, a bearer token and an optional
 /// Idempotency-Key: the status and the body as JSON (`Null` when not JSON).
 pub async fn post_json(

@@ -37,6 +37,8 @@ enum Server {
     Chroot {
         _pg: ChrootPostgres,
     },
+    /// Someone else's (an aggregator's private cluster).
+    Elsewhere,
 }
 
 /// Whether this run tests against TimescaleDB (`DASH_TEST_DB=timescaledb`).
@@ -76,7 +78,7 @@ impl TestPostgres {
             // When tests run as root, the cluster runs as `postgres`, which must reach the directory.
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
             let path = dir.path().join("pg");
-            let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&path, None))
+            let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&path, None, true))
                 .await
                 .unwrap()
                 .unwrap();
@@ -90,6 +92,19 @@ impl TestPostgres {
             url,
             pool,
             _server: server,
+        }
+    }
+
+    /// A database someone else runs (an aggregator's private cluster), for
+    /// the helpers that read it.
+    pub async fn connect(url: &str) -> TestPostgres {
+        let pool = dash_aggregator::db::connect(url, 2, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        TestPostgres {
+            url: url.to_owned(),
+            pool,
+            _server: Server::Elsewhere,
         }
     }
 

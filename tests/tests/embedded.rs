@@ -165,3 +165,127 @@ async fn rows(pool: &sqlx::PgPool) -> std::collections::HashMap<i64, i64> {
             .unwrap();
     counts.into_iter().map(|(v, n)| (v as i64, n)).collect()
 }
+
+/// The private cluster's postmaster, from its pid file.
+fn postmaster(pg_dir: &std::path::Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(pg_dir.join("data/postmaster.pid")).ok()?;
+    pid.lines().next()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_start_harms_nothing_and_readyz_follows_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (broker, http, devices) = (free_port(), free_port(), free_port());
+    let mut first = process::aggregator(dir.path(), "", broker, http, &[]);
+    first.start();
+    let ready = || async {
+        let (status, body) = dash_tests::get_text(http, "/readyz").await?;
+        Some((status, body))
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the first aggregator ready",
+        || async { ready().await.filter(|(s, _)| *s == 200) },
+    )
+    .await;
+    let mut agent = process::agent(
+        dir.path(),
+        "solo",
+        "gw-1",
+        DeviceSource::Listen(devices),
+        broker,
+    );
+    agent.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = device::background(
+        SocketAddr::from(([127, 0, 0, 1], devices)),
+        "th-1",
+        stop.clone(),
+    );
+    let pg_dir = dir.path().join("aggregator/postgres");
+    let url = format!("postgres://dash@localhost/dash?host={}", pg_dir.display());
+    let stored = eventually(Duration::from_secs(60), "readings stored", || async {
+        count(&url).await.filter(|n| *n > 100)
+    })
+    .await;
+
+    // A second serve on the same data_dir (other ports): refused at once,
+    // and the first one's PostgreSQL keeps running.
+    let mut second = process::Proc::new(
+        "dash-aggregator",
+        &["serve"],
+        &[
+            (
+                "DASH_DATA_DIR",
+                dir.path().join("aggregator").display().to_string(),
+            ),
+            ("DASH_BROKER__LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("DASH_HTTP__LISTEN", format!("127.0.0.1:{}", free_port())),
+        ],
+        dir.path().join("second.log"),
+    );
+    second.start();
+    let status = second
+        .wait_exit(Duration::from_secs(30))
+        .expect("the second aggregator kept running");
+    assert!(!status.success());
+    let log = second.log();
+    assert!(
+        log.contains("another dash-aggregator")
+            && log.contains(&format!("pid {}", first.pid().unwrap())),
+        "{log}"
+    );
+    assert!(
+        postmaster(&pg_dir).is_some(),
+        "the second start stopped the cluster"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the first aggregator still storing",
+        || async { count(&url).await.filter(|n| *n > stored + 100) },
+    )
+    .await;
+    assert_eq!(ready().await.map(|r| r.0), Some(200));
+
+    // The cluster dies under the first aggregator: not ready, then
+    // restarted by it, ready again, and storing.
+    let pid = postmaster(&pg_dir).expect("a postmaster");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (status, body) = eventually(Duration::from_secs(30), "/readyz failing", || async {
+        ready().await.filter(|(s, _)| *s != 200)
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(
+        dash_tests::get_text(http, "/healthz").await.map(|r| r.0),
+        Some(200),
+        "the process is up"
+    );
+    eventually(Duration::from_secs(90), "/readyz ready again", || async {
+        ready().await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let before = count(&url).await.expect("the database answers again");
+    eventually(Duration::from_secs(60), "storing again", || async {
+        count(&url).await.filter(|n| *n > before + 100)
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = running.await.unwrap();
+    let pg = dash_tests::pg::TestPostgres::connect(&url).await;
+    device::assert_delivered(&pg, "solo", &[("th-1", &report)]).await;
+    let log = first.log();
+    assert!(log.contains("starting it again"), "{log}");
+    assert!(agent.terminate(Duration::from_secs(10)));
+    assert!(first.terminate(Duration::from_secs(20)), "{}", first.log());
+    assert!(
+        postmaster(&pg_dir).is_none(),
+        "the owner stopped its cluster on exit"
+    );
+}
