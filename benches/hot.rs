@@ -122,14 +122,14 @@ fn one(path: &str) {
             });
         }
         "merge" => measured(&mut || {
-            let mut rollup: BTreeMap<(usize, i64), dash_aggregator::tiers::Partial> =
+            let mut rollup: BTreeMap<(usize, i64), dash_aggregator::storage::tiers::Partial> =
                 BTreeMap::new();
             for (i, s) in b.series.iter().enumerate() {
                 for (ts, v) in s.timestamps.iter().zip(&s.values) {
                     rollup
-                        .entry((i, dash_aggregator::tiers::hour_of(*ts)))
+                        .entry((i, dash_aggregator::storage::tiers::hour_of(*ts)))
                         .and_modify(|p| p.add(*ts, *v))
-                        .or_insert_with(|| dash_aggregator::tiers::Partial::new(*ts, *v));
+                        .or_insert_with(|| dash_aggregator::storage::tiers::Partial::new(*ts, *v));
                 }
             }
             black_box(rollup);
@@ -140,7 +140,7 @@ fn one(path: &str) {
             for (i, s) in b.series.iter().enumerate() {
                 for (ts, v) in s.timestamps.iter().zip(&s.values) {
                     buckets
-                        .entry((i, dash_aggregator::tiers::hour_of(*ts)))
+                        .entry((i, dash_aggregator::storage::tiers::hour_of(*ts)))
                         .or_default()
                         .push((*ts, *v));
                 }

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use dash_aggregator::api::{Api, hex};
 use dash_aggregator::config::{QueryToken, RetentionConfig};
 use dash_aggregator::ingest::Delivery;
-use dash_aggregator::metrics::Metrics;
-use dash_aggregator::retention::{self, Layout};
 use dash_aggregator::storage::BinaryCopy;
+use dash_aggregator::storage::retention::{self, Layout};
+use dash_aggregator::telemetry::metrics::Metrics;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
 use dash_tests::get_json;
@@ -168,7 +168,7 @@ async fn main() {
         retention: RetentionConfig::default(),
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr = dash_aggregator::http::serve(
+    let addr = dash_aggregator::api::http::serve(
         "127.0.0.1:0".parse().unwrap(),
         Arc::new(Metrics::default()),
         api,

@@ -140,7 +140,7 @@ async fn main() {
     let tier_bytes = size(&pg, "'rollup_hourly', 'rollup_daily'").await as f64;
     // Compaction merges each closed 30-minute span into one block per series.
     let start = Instant::now();
-    while dash_aggregator::tiers::compact(&pg.pool, Duration::ZERO, 5_000)
+    while dash_aggregator::storage::tiers::compact(&pg.pool, Duration::ZERO, 5_000)
         .await
         .unwrap()
         > 0

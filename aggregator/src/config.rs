@@ -56,7 +56,7 @@ pub struct BrokerConfig {
     /// `agents`: only agents in the registry (`dash-aggregator agent add`),
     /// each only as itself; revoked agents are refused, and their batches
     /// are not stored (with an external broker too).
-    pub auth: crate::gate::AuthMode,
+    pub auth: crate::broker::gate::AuthMode,
     /// An external `mqtts://` broker: the CA that signed its certificate
     /// (empty: the system's roots), and the aggregator's certificate and key.
     pub ca_file: String,
@@ -170,7 +170,7 @@ impl Default for BrokerConfig {
             tls_key: String::new(),
             client_ca: String::new(),
             require_client_cert: false,
-            auth: crate::gate::AuthMode::None,
+            auth: crate::broker::gate::AuthMode::None,
             ca_file: String::new(),
             cert_file: String::new(),
             key_file: String::new(),

@@ -4,21 +4,34 @@
 //! # Layout
 //!
 //! ```text
-//! broker (embedded rumqttd | external) --dash/v1/+/+/batch--> link (one session, N workers)
-//!     --> ingest: decode, series ids, BEGIN; ledger row FOR UPDATE; COPY raw blocks; merge rollups; ledger update; COMMIT
+//! agents --MQTT/TLS--> broker::gate (identity, ACL) --> broker::embedded (rumqttd, loopback)
+//!        (or an external broker: Mosquitto, EMQX)
+//!     --dash/v1/+/+/batch--> ingest::link (one session, N workers, PUBACKs in arrival order)
+//!     --> ingest: decode, series ids, BEGIN; ledger row FOR UPDATE; COPY raw blocks;
+//!         merge rollups; ledger update; COMMIT            (storage::{ledger, tiers})
 //!     --> ack on dash/v1/{tenant}/{agent}/ack, then PUBACK
+//! query API (api::http, api) --> query --> storage tiers
 //! ```
 //!
-//! - [`config`]: TOML + `DASH_` environment.
-//! - [`postgres`]: the private cluster used when no database URL is given.
-//! - [`db`]: pool and embedded migrations.
-//! - [`ledger`]: the per-stream dedupe ledger (the exactly-once core).
-//! - [`storage`]: series registry and the [`storage::SampleWriter`] seam.
-//! - [`tiers`]: raw blocks and exact hourly/daily rollups, written in the ingest transaction.
-//! - [`ingest`]: one payload in, one ack out.
-//! - [`link`]: the MQTT session and its workers.
-//! - [`broker`]: the embedded rumqttd.
-//! - [`metrics`], [`http`]: counters on `/metrics`.
+//! Modules, by what they do:
+//!
+//! - [`config`]: one TOML file plus `DASH_` environment variables.
+//! - [`broker`]: the embedded rumqttd ([`broker::embedded`]) behind the
+//!   gate ([`broker::gate`]: TLS, agent identity, what each may publish).
+//! - [`ingest`]: one payload in, at most one ack out; the MQTT session and
+//!   its workers ([`ingest::link`]).
+//! - [`storage`]: PostgreSQL: the pool and migrations ([`storage::pool`]),
+//!   the private cluster ([`storage::private`]), series and the
+//!   [`storage::SampleWriter`] seam, the dedupe ledger ([`storage::ledger`],
+//!   the exactly-once core), raw blocks and exact rollups
+//!   ([`storage::tiers`]), retention ([`storage::retention`]).
+//! - [`query`]: tier-aware queries; [`api`]: the HTTP query API and the
+//!   server around it ([`api::http`]: `/healthz`, `/readyz`, `/metrics`).
+//! - [`auth`]: the agents registry ([`auth::registry`]) and the CA
+//!   ([`auth::pki`]).
+//! - [`telemetry`]: counters ([`telemetry::metrics`]) and readiness
+//!   ([`telemetry::health`]).
+//! - [`cli`]: the admin commands behind `dash-aggregator ca|agent`.
 //!
 //! # Guarantee
 //!
@@ -28,25 +41,15 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod config;
-pub mod db;
-pub mod gate;
-pub mod health;
-pub mod http;
 pub mod ingest;
-pub mod ledger;
-pub mod link;
-pub mod metrics;
-pub mod pki;
-pub mod postgres;
 pub mod query;
-pub mod registry;
-pub mod retention;
 pub mod storage;
-pub mod tiers;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,11 +63,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::api::http;
+use crate::auth::registry;
+use crate::broker::{embedded, gate};
 use crate::ingest::Ingestor;
-use crate::link::LinkConfig;
-use crate::metrics::Metrics;
-use crate::postgres::PrivatePostgres;
-use crate::tiers::TieredWriter;
+use crate::ingest::link::{self, LinkConfig};
+use crate::storage::private::{self, PrivatePostgres};
+use crate::storage::tiers::{self, TieredWriter};
+use crate::storage::{pool, retention};
+use crate::telemetry::metrics::Metrics;
 
 /// Runs the aggregator until `shutdown` resolves, then drains within the
 /// configured grace period and stops the private PostgreSQL (if any).
@@ -73,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = Arc::new(Metrics::default());
     let (url, private_pg) = database(&config, true).await?;
     let private_pg = private_pg.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
-    let pool = db::connect(&url, config.ingest.max_connections, Duration::from_secs(30)).await?;
+    let pool = pool::connect(&url, config.ingest.max_connections, Duration::from_secs(30)).await?;
     let stop = CancellationToken::new();
     let api = Arc::new(api::Api {
         pool: pool.clone(),
@@ -139,16 +146,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// Takes the data directory's lock (see [`postgres`]), waiting up to 10 s
+/// Takes the data directory's lock (see [`storage::private`]), waiting up to 10 s
 /// for a short command (`agent add`) that holds it.
-async fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<postgres::DataDirLock> {
+async fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<private::DataDirLock> {
     for _ in 0..50 {
-        match postgres::DataDirLock::try_take(dir)? {
+        match private::DataDirLock::try_take(dir)? {
             Ok(lock) => return Ok(lock),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let holder = postgres::DataDirLock::try_take(dir)?;
+    let holder = private::DataDirLock::try_take(dir)?;
     match holder {
         Ok(lock) => Ok(lock),
         Err(pid) => anyhow::bail!(
@@ -185,7 +192,7 @@ async fn database_supervisor(pg: Arc<std::sync::Mutex<PrivatePostgres>>, stop: C
 
 /// The database URL to use, starting the private cluster when none is
 /// configured. `owner`: this process holds the data directory's lock (see
-/// [`postgres`]), so it may start the cluster and stops it at the end.
+/// [`storage::private`]), so it may start the cluster and stops it at the end.
 pub async fn database(
     config: &Config,
     owner: bool,
@@ -200,8 +207,8 @@ pub async fn database(
         tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, bin.as_deref(), owner))
             .await?
             .context("starting the private PostgreSQL (set database_url to use another)")?;
-    pg.ensure_database(postgres::DATABASE).await?;
-    Ok((pg.url(postgres::DATABASE), Some(pg)))
+    pg.ensure_database(private::DATABASE).await?;
+    Ok((pg.url(private::DATABASE), Some(pg)))
 }
 
 /// Starts the embedded broker behind the gate unless an external one is
@@ -233,7 +240,7 @@ async fn start_broker(
             password: secret(),
         };
         let link_password = secret();
-        broker::start_embedded(
+        embedded::start_embedded(
             internal,
             max_payload,
             Some(HashMap::from([

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dash_aggregator::admin;
-use dash_aggregator::pki::CaDir;
+use dash_aggregator::auth::pki::CaDir;
+use dash_aggregator::cli::admin;
 
 #[derive(Parser)]
 #[command(
@@ -161,7 +161,7 @@ fn main() -> anyhow::Result<()> {
                     let config = dash_aggregator::Config::load(config.as_deref())?;
                     let ca = ca_dir(&config, dir);
                     let path = block_on(admin::with_registry(&config, async |r| {
-                        dash_aggregator::pki::write_crl(&ca, &r.revoked_serials().await?)
+                        dash_aggregator::auth::pki::write_crl(&ca, &r.revoked_serials().await?)
                     }))?;
                     println!("{} written", path.display());
                 }

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use dash_aggregator::config::RetentionConfig;
 use dash_aggregator::ingest::Ingestor;
-use dash_aggregator::metrics::Metrics;
-use dash_aggregator::postgres::{DATABASE, PrivatePostgres};
-use dash_aggregator::retention::Layout;
-use dash_aggregator::tiers::TieredWriter;
+use dash_aggregator::storage::private::{DATABASE, PrivatePostgres};
+use dash_aggregator::storage::retention::Layout;
+use dash_aggregator::storage::tiers::TieredWriter;
+use dash_aggregator::telemetry::metrics::Metrics;
 use dash_shared::Limits;
 use sqlx::PgPool;
 
@@ -85,9 +85,10 @@ impl TestPostgres {
             pg.ensure_database(DATABASE).await.unwrap();
             (pg.url(DATABASE), Server::Host { _pg: pg, _dir: dir })
         };
-        let pool = dash_aggregator::db::connect(&url, 4, std::time::Duration::from_secs(10))
-            .await
-            .unwrap();
+        let pool =
+            dash_aggregator::storage::pool::connect(&url, 4, std::time::Duration::from_secs(10))
+                .await
+                .unwrap();
         TestPostgres {
             url,
             pool,
@@ -98,9 +99,10 @@ impl TestPostgres {
     /// A database someone else runs (an aggregator's private cluster), for
     /// the helpers that read it.
     pub async fn connect(url: &str) -> TestPostgres {
-        let pool = dash_aggregator::db::connect(url, 2, std::time::Duration::from_secs(10))
-            .await
-            .unwrap();
+        let pool =
+            dash_aggregator::storage::pool::connect(url, 2, std::time::Duration::from_secs(10))
+                .await
+                .unwrap();
         TestPostgres {
             url: url.to_owned(),
             pool,

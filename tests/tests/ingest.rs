@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dash_aggregator::ingest::{Delivery, Ingestor};
-use dash_aggregator::metrics::Metrics;
-use dash_aggregator::tiers::TieredWriter;
+use dash_aggregator::storage::tiers::TieredWriter;
+use dash_aggregator::telemetry::metrics::Metrics;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{
     AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dash_aggregator::api::{Api, hex};
 use dash_aggregator::config::{QueryToken, RetentionConfig};
-use dash_aggregator::metrics::Metrics;
+use dash_aggregator::telemetry::metrics::Metrics;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
 use dash_tests::get_json;
@@ -114,7 +114,7 @@ async fn fixture(retention: RetentionConfig) -> Fixture {
         retention,
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr = dash_aggregator::http::serve(
+    let addr = dash_aggregator::api::http::serve(
         "127.0.0.1:0".parse().unwrap(),
         Arc::new(Metrics::default()),
         api,

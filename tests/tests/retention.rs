@@ -4,7 +4,7 @@
 //! retention is left out of that tier only.
 
 use dash_aggregator::config::RetentionConfig;
-use dash_aggregator::retention::{self, Layout};
+use dash_aggregator::storage::retention::{self, Layout};
 use dash_shared::wire::{self, Limits};
 use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
 use dash_tests::pg::{TestPostgres, expected_layout};

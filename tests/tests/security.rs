@@ -379,8 +379,8 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
             "127.0.0.1",
         ],
     );
-    let foreign = dash_aggregator::pki::issue_agent(
-        &dash_aggregator::pki::CaDir::new(&other),
+    let foreign = dash_aggregator::auth::pki::issue_agent(
+        &dash_aggregator::auth::pki::CaDir::new(&other),
         "acme",
         "gw-1",
         chrono::Utc::now() + chrono::Duration::days(1),
@@ -764,7 +764,7 @@ async fn the_agents_device_listener_takes_tls_and_asks_each_device_to_log_in() {
         ],
     );
     let password = "f3a9c1d27b6e4058";
-    let digest = dash_aggregator::registry::token_digest(password);
+    let digest = dash_aggregator::auth::registry::token_digest(password);
     let mut aggregator = process::aggregator(d, &pg.url, broker, http, &[]);
     aggregator.start();
     let mut agent = process::agent_with(

@@ -3,7 +3,7 @@
 
 use dash_aggregator::ingest::Delivery;
 use dash_aggregator::query::{self, Step};
-use dash_aggregator::retention::Horizons;
+use dash_aggregator::storage::retention::Horizons;
 use dash_shared::events::EventMetric;
 use dash_shared::wire::{self, Limits};
 use dash_shared::{
@@ -258,7 +258,7 @@ async fn compaction_merges_closed_spans_without_changing_samples_or_rollups() {
     let hourly = stored(&pg, "rollup_hourly", "c").await;
     let mut merged = 0;
     loop {
-        let n = dash_aggregator::tiers::compact(&pg.pool, std::time::Duration::ZERO, 1)
+        let n = dash_aggregator::storage::tiers::compact(&pg.pool, std::time::Duration::ZERO, 1)
             .await
             .unwrap();
         if n == 0 {

@@ -40,8 +40,8 @@ pub struct Metrics {
     connections: AtomicU64,
     /// Refusals by (stage, reason).
     refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    /// What `/readyz` reads (see [`crate::health`]).
-    pub health: crate::health::Health,
+    /// What `/readyz` reads (see [`crate::telemetry::health`]).
+    pub health: crate::telemetry::health::Health,
 }
 
 impl Metrics {

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ingest::{Delivery, Ingestor};
-use crate::metrics::Metrics;
 use crate::storage::SampleWriter;
+use crate::telemetry::metrics::Metrics;
 
 /// Where and how the aggregator connects.
 #[derive(Debug, Clone)]

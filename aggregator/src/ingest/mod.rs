@@ -12,6 +12,8 @@
 //! A database error is returned as [`IngestError::Store`]; the caller retries
 //! and does not acknowledge the MQTT message until it succeeds.
 
+pub mod link;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -23,9 +25,9 @@ use dash_shared::{
 };
 use sqlx::PgPool;
 
-use crate::ledger::{Admission, LedgerKey, StreamLedger};
-use crate::metrics::{BatchOutcome, Metrics};
+use crate::storage::ledger::{Admission, LedgerKey, StreamLedger};
 use crate::storage::{Admitted, SampleWriter, SeriesRegistry};
+use crate::telemetry::metrics::{BatchOutcome, Metrics};
 
 /// Why a message could not be handled now.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +64,7 @@ pub struct Ingestor<W> {
     /// The faults each agent reported last, to log changes only.
     faults: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>,
     /// With `broker.auth = "agents"`: only registered, unrevoked agents' messages are stored.
-    agents: Option<crate::registry::Registry>,
+    agents: Option<crate::auth::registry::Registry>,
 }
 
 /// Readings stamped outside `[now - max_past, now + max_future]` when they
@@ -178,7 +180,7 @@ impl<W: SampleWriter> Ingestor<W> {
     }
 
     /// Stores messages only from agents `registry` knows and has not revoked.
-    pub fn with_registry(mut self, registry: Option<crate::registry::Registry>) -> Self {
+    pub fn with_registry(mut self, registry: Option<crate::auth::registry::Registry>) -> Self {
         self.agents = registry;
         self
     }
@@ -193,7 +195,7 @@ impl<W: SampleWriter> Ingestor<W> {
             return true;
         };
         match registry.standing(tenant.as_str(), agent.as_str()).await {
-            Ok(crate::registry::Standing::Active) => true,
+            Ok(crate::auth::registry::Standing::Active) => true,
             Ok(s) => {
                 self.metrics.refused("ingest", s.reason());
                 tracing::warn!(%tenant, %agent, what, reason = s.reason(), "message from an agent that may not publish: not stored");

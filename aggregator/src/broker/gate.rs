@@ -43,8 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::registry::{Registry, Standing};
+use crate::auth::registry::{Registry, Standing};
+use crate::telemetry::metrics::Metrics;
 
 /// Who may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

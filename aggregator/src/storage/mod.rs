@@ -1,13 +1,19 @@
 //! Storage: the series registry and the writer for samples.
 //!
 //! The ingest transaction calls a [`SampleWriter`] with a batch whose series
-//! are already resolved to ids. [`crate::tiers::TieredWriter`] is the one
+//! are already resolved to ids. [`crate::storage::tiers::TieredWriter`] is the one
 //! Dash uses: raw blocks plus hourly and daily rollups.
 //!
 //! Series ids are resolved outside the ingest transaction (an orphan series
 //! row from a batch that then failed is harmless, and a resend reuses it), in
 //! key order, so concurrent workers registering the same new series cannot
 //! deadlock.
+
+pub mod ledger;
+pub mod pool;
+pub mod private;
+pub mod retention;
+pub mod tiers;
 
 use std::collections::HashMap;
 use std::future::Future;

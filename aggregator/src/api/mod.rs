@@ -13,6 +13,8 @@
 //! must be configured for that tenant in `http.tokens`. A bad parameter is a
 //! 400 whose JSON `error` names it and says why.
 
+pub mod http;
+
 use std::sync::Arc;
 
 use axum::Json;
@@ -28,7 +30,7 @@ use sqlx::PgPool;
 
 use crate::config::{QueryToken, RetentionConfig};
 use crate::query::{self, Agg, Buckets, MAX_POINTS, MAX_SERIES, Step};
-use crate::retention::Horizons;
+use crate::storage::retention::Horizons;
 
 /// What the handlers share.
 #[derive(Debug)]

@@ -10,23 +10,23 @@ use chrono::{DateTime, Utc};
 use dash_shared::{AgentId, TenantId};
 
 use crate::Config;
-use crate::pki::{self, CaDir};
-use crate::registry::{self, NewAgent, Registry};
+use crate::auth::pki::{self, CaDir};
+use crate::auth::registry::{self, NewAgent, Registry};
 
 /// The registry on the configured database. The private cluster is used
 /// as a running `serve` owns it, never stopped; with no `serve` running the
 /// command takes the data directory's lock, starts the cluster, and stops
-/// it after (see [`crate::postgres`]).
+/// it after (see [`crate::storage::private`]).
 pub async fn with_registry<T>(
     config: &Config,
     work: impl AsyncFnOnce(&Registry) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let lock = match config.database_url.is_empty() {
-        true => crate::postgres::DataDirLock::try_take(&config.data_dir)?.ok(),
+        true => crate::storage::private::DataDirLock::try_take(&config.data_dir)?.ok(),
         false => None,
     };
     let (url, private) = crate::database(config, lock.is_some()).await?;
-    let pool = crate::db::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
+    let pool = crate::storage::pool::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
     let result = work(&Registry::new(pool.clone())).await;
     pool.close().await;
     if let Some(mut pg) = private {

@@ -31,9 +31,9 @@ use dash_shared::{Micros, TenantId};
 use sqlx::PgConnection;
 
 use crate::config::RetentionConfig;
-use crate::metrics::Metrics;
-use crate::retention::{self, Horizons, Layout};
+use crate::storage::retention::{self, Horizons, Layout};
 use crate::storage::{Admitted, BinaryCopy, SampleWriter};
+use crate::telemetry::metrics::Metrics;
 
 /// Span of one raw block, in µs (fits `int4` offsets).
 pub const BLOCK_SPAN: Micros = 30 * 60 * 1_000_000;

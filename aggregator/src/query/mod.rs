@@ -28,8 +28,8 @@ use dash_shared::Micros;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::retention::Horizons;
-use crate::tiers::{BLOCK_SPAN, Partial, day_of, hour_of};
+use crate::storage::retention::Horizons;
+use crate::storage::tiers::{BLOCK_SPAN, Partial, day_of, hour_of};
 
 const HOUR: Micros = 3_600 * 1_000_000;
 const DAY: Micros = 24 * HOUR;

@@ -11,8 +11,8 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
-use crate::health::NotReady;
-use crate::metrics::Metrics;
+use crate::telemetry::health::NotReady;
+use crate::telemetry::metrics::Metrics;
 
 /// Binds `listen` and serves until `stop`. Returns the bound address.
 pub async fn serve(
@@ -57,7 +57,7 @@ struct Ready {
 }
 
 /// 200 "ready" when the database answers, the broker link is up and
-/// ingest moves; 503 with the reason otherwise (see [`crate::health`]).
+/// ingest moves; 503 with the reason otherwise (see [`crate::telemetry::health`]).
 async fn readyz(State(r): State<Ready>) -> (axum::http::StatusCode, String) {
     let database = tokio::time::timeout(
         std::time::Duration::from_secs(2),
