@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dash_aggregator::api::{Api, hex};
+use dash_aggregator::api::Api;
 use dash_aggregator::config::{QueryToken, RetentionConfig};
 use dash_aggregator::ingest::Delivery;
 use dash_aggregator::storage::BinaryCopy;
@@ -25,7 +25,6 @@ use dash_shared::wire::{self, Limits};
 use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
 use dash_tests::get_json;
 use dash_tests::pg::TestPostgres;
-use sha2::{Digest, Sha256};
 
 const SERIES: usize = 1_000;
 const DAYS: i64 = 90;
@@ -163,7 +162,7 @@ async fn main() {
         pool: pg.pool.clone(),
         tokens: vec![QueryToken {
             tenant: "bench".into(),
-            sha256: hex(&Sha256::digest(token.as_bytes())),
+            sha256: dash_runtime::secret::sha256_hex(token),
         }],
         retention: RetentionConfig::default(),
     });

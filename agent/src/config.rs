@@ -9,8 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use dash_shared::topic::parse_broker_url;
 use dash_shared::{AgentId, TenantId};
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use crate::buffer::WhenFull;
@@ -220,19 +218,7 @@ const TOP_LEVEL: &[&str] = &[
 impl Config {
     /// Reads `file`, then `DASH_*` variables, then validates.
     pub fn load(file: &Path) -> anyhow::Result<Config> {
-        if !file.exists() {
-            bail!("config file {} does not exist", file.display());
-        }
-        let env = Env::prefixed("DASH_").split("__").filter(|k| {
-            TOP_LEVEL
-                .iter()
-                .any(|t| k.as_str().to_ascii_lowercase().starts_with(t))
-        });
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(file))
-            .merge(env)
-            .extract()
-            .with_context(|| format!("invalid configuration in {}", file.display()))?;
+        let config: Config = dash_runtime::config::load(Some(file), TOP_LEVEL)?;
         config.validate()?;
         Ok(config)
     }

@@ -31,7 +31,6 @@ use dash_shared::wire::{MAX_EVENT_BODY, MAX_EVENT_NAME};
 use dash_shared::{Event, MAX_TIMESTAMP, MIN_TIMESTAMP, Micros};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Buffer;
@@ -104,7 +103,7 @@ impl HttpSource {
     pub fn example() -> HttpSource {
         HttpSource {
             name: "pos".into(),
-            token_sha256: format!("{:x}", Sha256::digest(b"change-me")),
+            token_sha256: dash_runtime::secret::sha256_hex("change-me"),
             kind: "sale".into(),
             time_field: "time".into(),
             source_field: "till".into(),
@@ -263,11 +262,9 @@ async fn ingest(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(dash_runtime::secret::bearer)
         .ok_or_else(unauthorized)?;
-    if !format!("{:x}", Sha256::digest(token.trim().as_bytes()))
-        .eq_ignore_ascii_case(&source.token_sha256)
-    {
+    if !dash_runtime::secret::token_matches(token, &source.token_sha256) {
         return Err(unauthorized());
     }
     let key = match headers.get("idempotency-key") {

@@ -218,13 +218,8 @@ fn status_bytes(status: &StatusFn, online: bool) -> Vec<u8> {
     let mut s = status(online);
     s.faults.truncate(dash_shared::wire::MAX_FAULTS);
     for f in &mut s.faults {
-        if f.len() > dash_shared::wire::MAX_TEXT_LEN {
-            let mut end = dash_shared::wire::MAX_TEXT_LEN;
-            while !f.is_char_boundary(end) {
-                end -= 1;
-            }
-            f.truncate(end);
-        }
+        let clipped = dash_runtime::text::clip(f, dash_shared::wire::MAX_TEXT_LEN).len();
+        f.truncate(clipped);
     }
     wire::encode(&Message::Status(s), &Limits::default()).expect("status always encodes")
 }
@@ -358,7 +353,7 @@ async fn poll(mut eventloop: EventLoop, events: mpsc::Sender<Link>, reconnect_ma
             Ok(_) => continue,
             Err(e) => {
                 failures += 1;
-                let wait = backoff(failures, reconnect_max);
+                let wait = dash_runtime::backoff::delay(failures, RECONNECT_BASE, reconnect_max);
                 tracing::warn!(error = %e, retry_in = ?wait, "uplink disconnected");
                 if events.send(Link::Lost).await.is_err() {
                     return;
@@ -373,13 +368,8 @@ async fn poll(mut eventloop: EventLoop, events: mpsc::Sender<Link>, reconnect_ma
     }
 }
 
-/// Exponential backoff with jitter, from 0.25 s up to `max`.
-fn backoff(failures: u32, max: Duration) -> Duration {
-    let max = max.as_millis().min(u128::from(u32::MAX)) as u64;
-    let base = 250u64.saturating_mul(1 << failures.min(10)).min(max);
-    let jitter = rand::random::<u64>() % (base / 2 + 1);
-    Duration::from_millis(base / 2 + jitter)
-}
+/// The first reconnect waits about this long; each failure doubles it.
+const RECONNECT_BASE: Duration = Duration::from_millis(500);
 
 fn send_due(
     client: &AsyncClient,

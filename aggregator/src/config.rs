@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dash_shared::topic::parse_broker_url;
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Everything `dash-aggregator serve` needs.
@@ -219,19 +217,7 @@ const TOP_LEVEL: &[&str] = &[
 impl Config {
     /// Reads `file` (if given), then `DASH_*` variables, then validates.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            if !file.exists() {
-                bail!("config file {} does not exist", file.display());
-            }
-            fig = fig.merge(Toml::file(file));
-        }
-        let env = Env::prefixed("DASH_").split("__").filter(|k| {
-            TOP_LEVEL
-                .iter()
-                .any(|t| k.as_str().to_ascii_lowercase().starts_with(t))
-        });
-        let config: Config = fig.merge(env).extract().context("invalid configuration")?;
+        let config: Config = dash_runtime::config::load(file, TOP_LEVEL)?;
         config.validate()?;
         Ok(config)
     }

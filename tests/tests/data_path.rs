@@ -10,7 +10,6 @@ use dash_tests::device;
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource, Mosquitto};
 use dash_tests::{eventually, free_port};
-use sha2::Digest;
 
 const TENANT: &str = "acme";
 
@@ -82,7 +81,7 @@ async fn readings_taken_while_the_aggregator_is_down_arrive_exactly_once_when_it
     assert_eq!(pg.total().await, 0);
 
     // With a query token for the tenant, given as a DASH_ variable.
-    let token_hash = dash_aggregator::api::hex(&sha2::Sha256::digest(b"e2e-token"));
+    let token_hash = dash_runtime::secret::sha256_hex("e2e-token");
     let tokens = format!("[{{tenant=\"{TENANT}\", sha256=\"{token_hash}\"}}]");
     let mut aggregator = process::aggregator(
         dir.path(),

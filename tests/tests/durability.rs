@@ -334,7 +334,7 @@ async fn a_full_buffer_refuses_transactions_and_loses_none_it_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await;
     let (broker, http, devices, pos) = (free_port(), free_port(), free_port(), free_port());
-    let hash = dash_aggregator::api::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"till-token"));
+    let hash = dash_runtime::secret::sha256_hex("till-token");
     let mut agent = process::agent_with(
         dir.path(),
         TENANT,

@@ -7,7 +7,6 @@ use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource};
 use dash_tests::{eventually, free_port, post_json};
 use serde_json::json;
-use sha2::Digest;
 
 const TOKEN: &str = "till-secret";
 
@@ -25,7 +24,7 @@ async fn setup() -> Setup {
     let (broker, agg_http, devices, http) = (free_port(), free_port(), free_port(), free_port());
     let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, agg_http, &[]);
     aggregator.start();
-    let hash = dash_aggregator::api::hex(&sha2::Sha256::digest(TOKEN.as_bytes()));
+    let hash = dash_runtime::secret::sha256_hex(TOKEN);
     let extra = format!(
         r#"[http]
 listen = "127.0.0.1:{http}"

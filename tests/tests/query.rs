@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dash_aggregator::api::{Api, hex};
+use dash_aggregator::api::Api;
 use dash_aggregator::config::{QueryToken, RetentionConfig};
 use dash_aggregator::telemetry::metrics::Metrics;
 use dash_shared::wire::{self, Limits};
@@ -16,7 +16,6 @@ use dash_tests::pg::TestPostgres;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// 2026-03-27T00:00:00Z: four days holding Berlin's spring DST change.
 const START: i64 = 1_774_569_600;
@@ -36,7 +35,7 @@ fn forever() -> RetentionConfig {
 fn token_for(tenant: &str, token: &str) -> QueryToken {
     QueryToken {
         tenant: tenant.into(),
-        sha256: hex(&Sha256::digest(token.as_bytes())),
+        sha256: dash_runtime::secret::sha256_hex(token),
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource};
 use dash_tests::{eventually, free_port};
-use sha2::Digest;
 
 #[tokio::test]
 async fn simulated_mqtt_devices_and_pos_sales_reach_postgresql() {
@@ -15,7 +14,7 @@ async fn simulated_mqtt_devices_and_pos_sales_reach_postgresql() {
     let (broker, agg_http, devices, http) = (free_port(), free_port(), free_port(), free_port());
     let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, agg_http, &[]);
     aggregator.start();
-    let hash = dash_aggregator::api::hex(&sha2::Sha256::digest(b"sim-token"));
+    let hash = dash_runtime::secret::sha256_hex("sim-token");
     let extra = format!(
         "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[http.sources]]\nname = \"pos\"\ntoken_sha256 = \"{hash}\"\nkind = \"sale\"\ntime_field = \"time\"\nsource_field = \"till\"\n\n[[http.sources.metrics]]\nfield = \"amount\"\nmetric = \"sales.amount\"\n"
     );

@@ -91,7 +91,8 @@ async fn a_stalled_group_commit_restarts_the_agent_and_loses_nothing_acknowledge
         AGENT,
         DeviceSource::Listen(devices),
         broker,
-    );
+    )
+    .with_env("DASH_UPLINK__STATUS_INTERVAL_SECS", "1");
     agent.start();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

@@ -25,7 +25,6 @@ use rumqttc::mqttbytes::v4::{
     SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -56,8 +55,9 @@ impl DeviceAuth {
             return true;
         }
         let Some(login) = login else { return false };
-        let digest: [u8; 32] = Sha256::digest(login.password.as_bytes()).into();
-        self.credentials.get(&login.username) == Some(&digest)
+        self.credentials.get(&login.username).is_some_and(|stored| {
+            dash_runtime::secret::token_matches_digest(&login.password, stored)
+        })
     }
 }
 

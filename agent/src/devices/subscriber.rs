@@ -69,7 +69,11 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
-                let wait = Duration::from_millis(250 * u64::from(failures.min(40)));
+                let wait = dash_runtime::backoff::delay(
+                    failures,
+                    Duration::from_millis(250),
+                    Duration::from_secs(10),
+                );
                 tracing::warn!(error = %e, retry_in = ?wait, "device broker connection lost");
                 tokio::select! {
                     _ = stop.cancelled() => break,

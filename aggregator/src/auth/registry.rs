@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 /// Where an agent stands.
@@ -72,7 +71,7 @@ pub struct Registry {
 
 /// SHA-256 of a token, hex.
 pub fn token_digest(token: &str) -> String {
-    dash_tls::hex(&Sha256::digest(token.as_bytes()))
+    dash_runtime::secret::sha256_hex(token)
 }
 
 fn standing(revoked: Option<DateTime<Utc>>) -> Standing {

@@ -609,11 +609,7 @@ const MAX_FILTERS: usize = 16;
 
 /// At most this much of a string the client chose goes into a log line.
 fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(100).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
+    dash_runtime::text::clip_for_log(s, 100)
 }
 
 /// Whether `filter` is one an agent may subscribe to: its own ack topic, or

@@ -220,7 +220,11 @@ async fn poll(
             Err(e) => {
                 health.link(false);
                 failures += 1;
-                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                let wait = dash_runtime::backoff::delay(
+                    failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(5),
+                );
                 tracing::warn!(error = %e, retry_in = ?wait, "broker connection lost");
                 tokio::time::sleep(wait).await;
             }

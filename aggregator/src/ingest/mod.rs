@@ -570,11 +570,7 @@ impl<W: SampleWriter> Ingestor<W> {
 }
 
 fn truncate(reason: &str) -> String {
-    let mut end = reason.len().min(wire::MAX_TEXT_LEN);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
+    dash_runtime::text::clip(reason, wire::MAX_TEXT_LEN).to_owned()
 }
 
 fn ack(stream: &StreamId, seq: u64, outcome: AckOutcome, through: u64) -> Ack {
