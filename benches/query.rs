@@ -172,6 +172,7 @@ async fn main() {
         Arc::new(Metrics::default()),
         api,
         stop.clone(),
+        &tokio_util::task::TaskTracker::new(),
     )
     .await
     .unwrap();

@@ -73,24 +73,70 @@ use crate::storage::tiers::{self, TieredWriter};
 use crate::storage::{pool, retention};
 use crate::telemetry::metrics::Metrics;
 
+/// Where a running aggregator listens: a configured port 0 becomes a free
+/// port, and this says which.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// `http.listen`: the query API, `/healthz`, `/readyz`, `/metrics`.
+    pub http: SocketAddr,
+    /// The embedded broker's gate for agents (`broker.listen`,
+    /// `broker.tls_listen`); `None` when off or with an external broker.
+    pub broker: Option<SocketAddr>,
+    pub broker_tls: Option<SocketAddr>,
+}
+
 /// Runs the aggregator until `shutdown` resolves, then drains within the
 /// configured grace period and stops the private PostgreSQL (if any).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_reporting(config, shutdown, |_| {}).await
+}
+
+/// [`run`], telling `bound` where it listens once it does (before it is
+/// ready to take batches). Everything it starts runs on tracked tasks;
+/// after `shutdown` they get one grace period (`shutdown_grace_secs`) in
+/// all, then the pool closes and the private PostgreSQL stops. In-process
+/// (tests), one thing outlives it: the embedded rumqttd's thread, which
+/// rumqttd 0.20 cannot stop; it holds only a loopback port and memory.
+pub async fn run_reporting(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir).await?;
     let metrics = Arc::new(Metrics::default());
     let (url, private_pg) = database(&config, true).await?;
     let private_pg = private_pg.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
     let pool = pool::connect(&url, config.ingest.max_connections, Duration::from_secs(30)).await?;
     let stop = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     let api = Arc::new(api::Api {
         pool: pool.clone(),
         tokens: config.http.tokens.clone(),
         retention: config.retention.clone(),
     });
-    http::serve(config.http.listen, metrics.clone(), api, stop.clone()).await?;
+    let http = http::serve(
+        config.http.listen,
+        metrics.clone(),
+        api,
+        stop.clone(),
+        &tasks,
+    )
+    .await?;
     let registry = (config.broker.auth == gate::AuthMode::Agents)
         .then(|| registry::Registry::new(pool.clone()));
-    let link = start_broker(&config, registry.clone(), metrics.clone(), stop.clone()).await?;
+    let (link, gate) = start_broker(
+        &config,
+        registry.clone(),
+        metrics.clone(),
+        stop.clone(),
+        &tasks,
+    )
+    .await?;
+    bound(Bound {
+        http,
+        broker: gate.plain,
+        broker_tls: gate.tls,
+    });
     let limits = Limits {
         max_message_bytes: config.ingest.max_message_bytes,
         ..Limits::default()
@@ -110,34 +156,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .then(|| config.ingest.max_past_days as i64 * 86_400 * 1_000_000),
         }),
     );
-    let session = tokio::spawn(link::run(
-        link,
-        ingestor,
-        stop.clone(),
-        config.shutdown_grace(),
-    ));
+    let grace = config.shutdown_grace();
+    let session = tokio::spawn(link::run(link, ingestor, stop.clone(), grace));
     let compaction = Duration::from_secs(config.ingest.compact_every_secs);
-    let compactor = tokio::spawn(tiers::compact_loop(pool.clone(), compaction, stop.clone()));
-    let retention = tokio::spawn(retention::run_loop(
+    tasks.spawn(tiers::compact_loop(pool.clone(), compaction, stop.clone()));
+    tasks.spawn(retention::run_loop(
         pool.clone(),
         config.retention.clone(),
         stop.clone(),
     ));
-    let supervisor = private_pg
-        .clone()
-        .map(|pg| tokio::spawn(database_supervisor(pg, stop.clone())));
+    if let Some(pg) = private_pg.clone() {
+        tasks.spawn(database_supervisor(pg, stop.clone()));
+    }
+    tasks.close();
     tracing::info!("aggregator ready");
 
     shutdown.await;
     tracing::info!("shutting down");
     stop.cancel();
-    session.await.context("link task panicked")??; // bounded by the grace period
-    let _ = tokio::time::timeout(config.shutdown_grace(), compactor).await;
-    let _ = tokio::time::timeout(config.shutdown_grace(), retention).await;
-    pool.close().await;
-    if let Some(supervisor) = supervisor {
-        let _ = supervisor.await;
+    // One grace period for everything: the link's batches in hand, HTTP
+    // requests, the gate's relays, compaction and retention.
+    let deadline = tokio::time::Instant::now() + grace;
+    let drained = tokio::time::timeout_at(deadline, async {
+        let linked = session.await;
+        tasks.wait().await;
+        linked
+    })
+    .await;
+    match drained {
+        Ok(linked) => linked.context("link task panicked")??,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "shutdown grace elapsed with tasks still running; they are dropped"
+        ),
     }
+    pool.close().await;
     if let Some(pg) = private_pg {
         tokio::task::spawn_blocking(move || pg.lock().unwrap_or_else(|e| e.into_inner()).stop())
             .await??;
@@ -218,10 +271,12 @@ async fn start_broker(
     registry: Option<registry::Registry>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> anyhow::Result<LinkConfig> {
+    tasks: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<(LinkConfig, gate::Listening)> {
     let b = &config.broker;
     let tls = config.broker_tls()?;
     let max_payload = config.ingest.max_message_bytes;
+    let mut listening = gate::Listening::default();
     let (host, port, username, password) = if !b.url.is_empty() {
         let url = dash_shared::topic::parse_broker_url(&b.url)?;
         (url.host, url.port, b.username.clone(), b.password.clone())
@@ -234,7 +289,7 @@ async fn start_broker(
                 .context("no free loopback port for the embedded broker")?;
             probe.local_addr()?
         };
-        let secret = || dash_tls::hex(&rand::random::<[u8; 24]>());
+        let secret = || dash_runtime::secret::hex(&rand::random::<[u8; 24]>());
         let gate_login = rumqttc::mqttbytes::v4::Login {
             username: "dash-gate".into(),
             password: secret(),
@@ -256,7 +311,7 @@ async fn start_broker(
         };
         let plain = parse(&b.listen, "broker.listen")?;
         let tls_listen = parse(&b.tls_listen, "broker.tls_listen")?;
-        gate::start(
+        listening = gate::start(
             gate::GateConfig {
                 plain,
                 tls: tls_listen.zip(tls.server.clone()),
@@ -268,6 +323,7 @@ async fn start_broker(
             registry,
             metrics,
             stop,
+            tasks,
         )
         .await?;
         (
@@ -277,7 +333,7 @@ async fn start_broker(
             link_password,
         )
     };
-    Ok(LinkConfig {
+    let link = LinkConfig {
         host,
         port,
         tls: tls.client,
@@ -287,5 +343,6 @@ async fn start_broker(
         password,
         max_message_bytes: config.ingest.max_message_bytes,
         workers: config.ingest.workers,
-    })
+    };
+    Ok((link, listening))
 }

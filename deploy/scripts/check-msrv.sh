@@ -10,4 +10,4 @@ mkdir -p "$ROOT/build/dash"
 tar -C "$HERE" --exclude=./target --exclude=./.git -cf - . | tar -C "$ROOT/build/dash" -xf -
 chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root CARGO_HOME=/root/.cargo \
   CARGO_TARGET_DIR=/build/target \
-  sh -c 'cd /build/dash && rustc --version && cargo build --locked -p dash-shared -p dash-agent --bins && cargo test --locked -p dash-shared -p dash-agent'
+  sh -c 'cd /build/dash && rustc --version && cargo build --locked -p dash-shared -p dash-runtime -p dash-agent --bins && cargo test --locked -p dash-shared -p dash-runtime -p dash-agent'

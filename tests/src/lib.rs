@@ -6,6 +6,7 @@
 //! (`target/debug/`), so `cargo build --workspace --bins` must run first; the
 //! README's test command does.
 
+pub mod app;
 pub mod damage;
 pub mod device;
 pub mod pg;

@@ -118,6 +118,7 @@ async fn fixture(retention: RetentionConfig) -> Fixture {
         Arc::new(Metrics::default()),
         api,
         stop.clone(),
+        &tokio_util::task::TaskTracker::new(),
     )
     .await
     .unwrap();

@@ -9,17 +9,20 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, Api};
 use crate::telemetry::health::NotReady;
 use crate::telemetry::metrics::Metrics;
 
-/// Binds `listen` and serves until `stop`. Returns the bound address.
+/// Binds `listen` and serves until `stop`, on a task of `tasks`. Returns
+/// the bound address (`listen` may ask for port 0).
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     api: Arc<Api>,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> anyhow::Result<SocketAddr> {
     let ready = Ready {
         metrics: metrics.clone(),
@@ -38,7 +41,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;

@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::registry::{Registry, Standing};
 use crate::telemetry::metrics::Metrics;
@@ -139,12 +140,22 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Binds the listeners (failing with the address that could not be bound)
 /// and serves until `stop`. `registry` is needed with [`AuthMode::Agents`].
+/// Where the gate listens for agents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listening {
+    pub plain: Option<std::net::SocketAddr>,
+    pub tls: Option<std::net::SocketAddr>,
+}
+
+/// Binds the configured listeners (port 0 gives a free one) and serves
+/// them on tasks of `tasks` until `stop`.
 pub async fn start(
     config: GateConfig,
     registry: Option<Registry>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+    tasks: &TaskTracker,
+) -> anyhow::Result<Listening> {
     anyhow::ensure!(
         config.auth == AuthMode::None || registry.is_some(),
         "broker.auth = \"agents\" needs the registry of agents"
@@ -184,23 +195,31 @@ pub async fn start(
         next: AtomicU64::new(0),
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
+    let mut listening = Listening::default();
     if let Some(listener) = plain {
-        tracing::info!(addr = %listener.local_addr()?, auth = ?gate.config.auth, "agents' MQTT listener (plain)");
-        tokio::spawn(accept_loop(listener, None, gate.clone(), stop.clone()));
+        let addr = listener.local_addr()?;
+        listening.plain = Some(addr);
+        tracing::info!(%addr, auth = ?gate.config.auth, "agents' MQTT listener (plain)");
+        let accept = accept_loop(listener, None, gate.clone(), stop.clone(), tasks.clone());
+        tasks.spawn(accept);
     }
     if let Some((listener, acceptor)) = tls {
-        tracing::info!(addr = %listener.local_addr()?, auth = ?gate.config.auth, "agents' MQTT listener (TLS)");
-        tokio::spawn(accept_loop(
+        let addr = listener.local_addr()?;
+        listening.tls = Some(addr);
+        tracing::info!(%addr, auth = ?gate.config.auth, "agents' MQTT listener (TLS)");
+        let accept = accept_loop(
             listener,
             Some(acceptor),
             gate.clone(),
             stop.clone(),
-        ));
+            tasks.clone(),
+        );
+        tasks.spawn(accept);
     }
     if gate.config.auth == AuthMode::Agents {
-        tokio::spawn(watch_revocations(gate, stop));
+        tasks.spawn(watch_revocations(gate, stop));
     }
-    Ok(())
+    Ok(listening)
 }
 
 async fn accept_loop(
@@ -208,6 +227,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     gate: Arc<Gate>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 ) {
     loop {
         let (socket, peer) = tokio::select! {
@@ -228,7 +248,7 @@ async fn accept_loop(
         };
         let _ = socket.set_nodelay(true);
         let (gate, tls, stop) = (gate.clone(), tls.clone(), stop.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _slot = slot;
             let Some(tls) = tls else {
                 gate.connection(socket, peer, None, stop).await;

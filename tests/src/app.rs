@@ -1,0 +1,65 @@
+//! The aggregator in-process, for the API and browser suites: its real
+//! [`dash_aggregator::run_reporting`] on ports it binds itself (port 0, so
+//! no free-port probing), stopped by [`TestApp::stop`]. The kill and fault
+//! suites keep real processes ([`crate::process`]).
+
+use std::net::SocketAddr;
+
+use dash_aggregator::{Bound, Config};
+use tokio_util::sync::CancellationToken;
+
+/// A running in-process aggregator.
+pub struct TestApp {
+    /// The query API, `/healthz`, `/readyz`, `/metrics`.
+    pub http: SocketAddr,
+    /// The embedded broker's gate (plain MQTT).
+    pub broker: SocketAddr,
+    pub config: Config,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// Starts an aggregator on `database_url` with the defaults, loopback
+    /// listeners on port 0, a grace of 5 s, and whatever `tweak` changes.
+    pub async fn spawn(database_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("aggregator"),
+            database_url: database_url.to_owned(),
+            shutdown_grace_secs: 5,
+            ..Config::default()
+        };
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.broker.listen = "127.0.0.1:0".into();
+        tweak(&mut config);
+        let stop = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Bound>();
+        let task = tokio::spawn(dash_aggregator::run_reporting(
+            config.clone(),
+            stop.clone().cancelled_owned(),
+            move |bound| {
+                let _ = tx.send(bound);
+            },
+        ));
+        let bound = match rx.await {
+            Ok(bound) => bound,
+            Err(_) => panic!("the aggregator did not start: {:?}", task.await),
+        };
+        TestApp {
+            http: bound.http,
+            broker: bound.broker.expect("the embedded broker's plain listener"),
+            config,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Stops it and waits for `run` to return (it bounds itself by the grace).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}
