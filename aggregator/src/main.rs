@@ -134,6 +134,13 @@ fn main() -> anyhow::Result<()> {
     dash_runtime::panics::install(None);
     let cli = Cli::parse();
     match cli.command {
+        // The service: tracing, config, run until SIGTERM, drain.
+        Command::Serve { config } => {
+            init_tracing(cli.log.log_format);
+            let config = dash_aggregator::Config::load(config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(dash_aggregator::run(config, shutdown_signal()))
+        }
         Command::PrintDefaultConfig => {
             print!("{}", dash_aggregator::config::default_toml());
             Ok(())
@@ -213,12 +220,6 @@ fn main() -> anyhow::Result<()> {
             ))?;
             println!("{text}");
             Ok(())
-        }
-        Command::Serve { config } => {
-            init_tracing(cli.log.log_format);
-            let config = dash_aggregator::Config::load(config.as_deref())?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            runtime.block_on(dash_aggregator::run(config, shutdown_signal()))
         }
     }
 }
