@@ -353,9 +353,10 @@ impl Config {
         };
         let mut credentials = std::collections::HashMap::new();
         for (i, c) in d.credentials.iter().enumerate() {
-            let digest = sha256_hex(&c.password_sha256).with_context(|| {
-                format!("devices.credentials[{i}].password_sha256: 64 hex digits")
-            })?;
+            let digest = dash_runtime::secret::parse_digest(c.password_sha256.trim())
+                .with_context(|| {
+                    format!("devices.credentials[{i}].password_sha256: 64 hex digits")
+                })?;
             if c.username.is_empty() {
                 bail!("devices.credentials[{i}].username is empty");
             }
@@ -402,20 +403,6 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
-}
-
-/// A commented example covering every key.
-/// A SHA-256 digest from 64 hex digits.
-fn sha256_hex(text: &str) -> anyhow::Result<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        bail!("not 64 hex digits");
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).context("not hex")?;
-    }
-    Ok(out)
 }
 
 pub fn default_toml() -> String {

@@ -94,23 +94,39 @@ enum Exit {
     Corrupt(String),
 }
 
-/// Opens the buffer, retrying while the previous run's sled still holds its lock.
-async fn open_buffer(dir: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<Buffer> {
-    let mut tries = 0;
-    let sled_panics = crashes::sled_panics(data_dir);
-    if sled_panics > 0 {
+/// Opens the buffer, retrying while the previous run's sled still holds its
+/// lock. `corrupt`: sled found it corrupt while writing (move it aside);
+/// otherwise the panics of earlier runs decide (see [`buffer::Recovery`]).
+async fn open_buffer(config: &Config, corrupt: Option<String>) -> anyhow::Result<Buffer> {
+    let dir = config.data_dir.join("buffer");
+    let mut recovery = match corrupt {
+        Some(why) => buffer::Recovery::MoveAside(why),
+        None => buffer::Recovery::after_sled_panics(crashes::sled_panics(&config.data_dir)),
+    };
+    if recovery != buffer::Recovery::Open {
         tracing::warn!(
-            runs = sled_panics,
-            "sled ended earlier runs by a panic; the buffer is read back in full"
+            ?recovery,
+            "the buffer is opened with care after earlier runs"
         );
     }
+    let mut tries = 0;
     loop {
-        match Buffer::open_or_recover(dir, sled_panics) {
-            Ok((buffer, _moved_aside)) => return Ok(buffer),
+        match Buffer::open_or_recover(&dir, recovery.clone()) {
+            Ok((buffer, moved_aside)) => {
+                if moved_aside.is_some() {
+                    // The panics were the old buffer's; the fresh one starts clean.
+                    crashes::clear(&config.data_dir);
+                }
+                return Ok(buffer);
+            }
             Err(buffer::BufferError::Sled(sled::Error::Io(e)))
                 if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
             {
                 tries += 1;
+                // Only sled's lock held the open up; what was moved aside is gone.
+                if let buffer::Recovery::MoveAside(_) = recovery {
+                    recovery = buffer::Recovery::Open;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
@@ -141,11 +157,7 @@ async fn run_once(
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     corrupt: Option<String>,
 ) -> anyhow::Result<Exit> {
-    let dir = config.data_dir.join("buffer");
-    let buffer = match corrupt {
-        None => open_buffer(&dir, &config.data_dir).await?,
-        Some(why) => Buffer::replace_corrupt(&dir, &why)?.0,
-    };
+    let buffer = open_buffer(config, corrupt).await?;
     let budget = buffer::Budget {
         max_bytes: config.buffer.max_bytes,
         telemetry: config.buffer.telemetry_when_full,

@@ -202,19 +202,17 @@ pub async fn run_reporting(
 /// Takes the data directory's lock (see [`storage::private`]), waiting up to 10 s
 /// for a short command (`agent add`) that holds it.
 async fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<private::DataDirLock> {
-    for _ in 0..50 {
+    let mut tries = 0;
+    loop {
         match private::DataDirLock::try_take(dir)? {
             Ok(lock) => return Ok(lock),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) if tries < 50 => tries += 1,
+            Err(pid) => anyhow::bail!(
+                "another dash-aggregator (pid {pid}) runs with data_dir {}; stop it first, or give this one its own data_dir",
+                dir.display()
+            ),
         }
-    }
-    let holder = private::DataDirLock::try_take(dir)?;
-    match holder {
-        Ok(lock) => Ok(lock),
-        Err(pid) => anyhow::bail!(
-            "another dash-aggregator (pid {pid}) runs with data_dir {}; stop it first, or give this one its own data_dir",
-            dir.display()
-        ),
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

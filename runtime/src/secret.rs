@@ -35,7 +35,7 @@ pub fn bearer(header: &str) -> Option<&str> {
 /// The digests are compared in constant time; a malformed digest matches
 /// nothing.
 pub fn token_matches(token: &str, digest_hex: &str) -> bool {
-    unhex32(digest_hex).is_some_and(|stored| token_matches_digest(token, &stored))
+    parse_digest(digest_hex).is_some_and(|stored| token_matches_digest(token, &stored))
 }
 
 /// Whether `token` hashes to the digest `stored`, compared in constant time.
@@ -48,7 +48,8 @@ pub fn token_matches_digest(token: &str, stored: &[u8; 32]) -> bool {
         == 0
 }
 
-fn unhex32(text: &str) -> Option<[u8; 32]> {
+/// A SHA-256 digest from its 64 hex digits (either case).
+pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
     let text = text.as_bytes();
     if text.len() != 64 {
         return None;

@@ -174,12 +174,7 @@ pub fn server_config(
 /// SHA-256 of a certificate's DER, lower-case hex: how the registry of
 /// agents names a client certificate.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    hex(&Sha256::digest(cert.as_ref()))
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    dash_runtime::secret::hex(&Sha256::digest(cert.as_ref()))
 }
 
 #[cfg(test)]

@@ -69,7 +69,6 @@ impl Buffer {
                             .map_err(tx_error)
                     },
                 )
-                .map(Some)
             })?;
             tracing::warn!(
                 seq = read_u64(&k)?,
@@ -98,7 +97,6 @@ impl Buffer {
                         .map_err(tx_error)
                 },
             )
-            .map(Some)
         })?;
         tracing::warn!(
             records,

@@ -86,19 +86,21 @@ impl Buffer {
     /// the mark from ever claiming more than a crash can leave:
     ///
     /// 1. lower the mark by `removal.records` (and count them as removing);
-    /// 2. `delete` them from sled: `Ok(Some(_))` when it did, `Ok(None)`
-    ///    when there was nothing to delete;
-    /// 3. lower the counters, only when something was deleted;
+    /// 2. `delete` them from sled;
+    /// 3. lower the counters, only when the delete succeeded;
     /// 4. end the removal window, whatever happened, so a failed delete
     ///    leaves no records counted as removing.
+    ///
+    /// Callers hold the writer lock, so what they found to delete is still
+    /// there when `delete` runs.
     pub(super) fn remove<T>(
         &self,
         removal: Removal,
-        delete: impl FnOnce() -> Result<Option<T>, BufferError>,
-    ) -> Result<Option<T>, BufferError> {
+        delete: impl FnOnce() -> Result<T, BufferError>,
+    ) -> Result<T, BufferError> {
         self.lower_mark(removal.records);
         let deleted = delete();
-        if let Ok(Some(_)) = &deleted {
+        if deleted.is_ok() {
             sub(&self.unsealed, removal.unsealed);
             sub(&self.pending_count, removal.pending);
             sub(&self.outbox_records, removal.outbox);

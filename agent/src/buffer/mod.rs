@@ -102,6 +102,32 @@ use migrate::*;
 /// Runs that sled may end by a panic before the buffer is moved aside.
 pub const MAX_SLED_PANICS: usize = 3;
 
+/// How to open a buffer that earlier runs may have found damaged (see
+/// [`Buffer::open_or_recover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Open it; if sled cannot (an error or a panic), move it aside.
+    Open,
+    /// The last run ended by a panic in sled: also read every record back
+    /// while opening, so damage that only shows when a page is read is
+    /// found there, not again in a running agent.
+    ReadBack,
+    /// Move it aside whatever it holds, for this reason: sled found it
+    /// corrupt while writing, or panicked in [`MAX_SLED_PANICS`] runs in a row.
+    MoveAside(String),
+}
+
+impl Recovery {
+    /// What `sled_panics` runs in a row ended by a panic in sled call for.
+    pub fn after_sled_panics(sled_panics: usize) -> Recovery {
+        match sled_panics {
+            0 => Recovery::Open,
+            n if n < MAX_SLED_PANICS => Recovery::ReadBack,
+            n => Recovery::MoveAside(format!("sled panicked in {n} runs in a row while using it")),
+        }
+    }
+}
+
 /// Name of the one stream this agent sends today.
 pub const TELEMETRY: &str = "telemetry";
 
@@ -319,7 +345,7 @@ impl Buffer {
     }
 
     /// Whether sled found its files corrupt while writing: the buffer must
-    /// be moved aside ([`Buffer::replace_corrupt`]), not just reopened.
+    /// be moved aside ([`Recovery::MoveAside`]), not just reopened.
     pub fn is_corrupted(&self) -> bool {
         self.corrupted.load(Ordering::SeqCst)
     }

@@ -101,7 +101,6 @@ impl Buffer {
                         .map_err(tx_error)
                 },
             )
-            .map(Some)
         })?;
         tracing::error!(
             seq,
@@ -148,12 +147,12 @@ impl Buffer {
                 .map_or((Class::Telemetry, 0, entry_bytes(&key, &bytes)), |i| {
                     (i.class, i.records, i.bytes)
                 });
-            let removed = self.remove(Removal::batch(class, records, size), || {
-                let removed = self.outbox.remove(&key)?;
+            self.remove(Removal::batch(class, records, size), || {
+                self.outbox.remove(&key)?;
                 let _ = self.batches.remove(&key);
-                Ok(removed)
+                Ok(())
             })?;
-            n += usize::from(removed.is_some());
+            n += 1;
         }
         Ok(n)
     }

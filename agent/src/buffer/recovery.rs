@@ -141,24 +141,22 @@ impl Buffer {
     ///
     /// sled panics on some damage instead of returning an error (a flipped
     /// bit, a misdirected write; see `tests/src/damage.rs`): such a panic
-    /// while opening counts as corruption. `sled_panics` is how many of the
-    /// last runs sled ended by a panic (see [`crate::crashes`]): after one,
-    /// the open also reads every record, so damage that only shows when a
-    /// page is read is found here, not again in a running agent; after
-    /// [`MAX_SLED_PANICS`], the buffer is moved aside whatever it holds.
+    /// while opening counts as corruption. `recovery` says what the last
+    /// runs showed (see [`Recovery`]).
     pub fn open_or_recover(
         dir: &Path,
-        sled_panics: usize,
+        recovery: Recovery,
     ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
-        if sled_panics >= MAX_SLED_PANICS && dir.exists() {
-            let e = BufferError::Corrupt(format!(
-                "sled panicked in {sled_panics} runs in a row while using it"
-            ));
-            return Self::move_aside(dir, &e);
-        }
+        let read_back = match recovery {
+            Recovery::MoveAside(why) if dir.exists() => {
+                return Self::move_aside(dir, &BufferError::Corrupt(why));
+            }
+            Recovery::MoveAside(_) | Recovery::Open => false,
+            Recovery::ReadBack => true,
+        };
         let opened = dash_runtime::panics::catch(|| {
             let buffer = Buffer::open(dir)?;
-            if sled_panics > 0 {
+            if read_back {
                 buffer.read_everything()?;
             }
             Ok(buffer)
@@ -207,15 +205,6 @@ impl Buffer {
             "every record of the buffer read back after a panic in sled"
         );
         Ok(bytes)
-    }
-
-    /// Moves a buffer that sled reported corrupt while writing aside and
-    /// starts a fresh one (see [`Buffer::open_or_recover`]).
-    pub fn replace_corrupt(
-        dir: &Path,
-        why: &str,
-    ) -> Result<(Buffer, Option<std::path::PathBuf>), BufferError> {
-        Self::move_aside(dir, &BufferError::Corrupt(why.to_owned()))
     }
 
     pub(super) fn move_aside(

@@ -76,8 +76,7 @@ impl Buffer {
             };
             removal.bytes[class.index()] = taken.bytes;
             removal.bytes[PENDING] = closed.bytes;
-            let sealed = self.remove(removal, || self.try_seal(class, &taken, &closed).map(Some));
-            match sealed.map(|s| s.expect("a seal either seals or fails")) {
+            match self.remove(removal, || self.try_seal(class, &taken, &closed)) {
                 Ok((seq, info)) => {
                     self.outbox_records
                         .fetch_add(info.records, Ordering::SeqCst);
@@ -189,7 +188,6 @@ impl Buffer {
                         .map_err(tx_error)
                 },
             )
-            .map(Some)
         })?;
         tracing::error!(
             id = read_u64(key).unwrap_or_default(),

@@ -217,7 +217,7 @@ async fn a_buffer_that_cannot_be_opened_is_moved_aside_and_a_fresh_one_started()
     std::fs::create_dir(&path).unwrap();
     std::fs::write(path.join("conf"), b"garbage garbage garbage").unwrap();
     std::fs::write(path.join("db"), vec![0x5a; 100_000]).unwrap();
-    let (buf, moved) = Buffer::open_or_recover(&path, 0).unwrap();
+    let (buf, moved) = Buffer::open_or_recover(&path, Recovery::Open).unwrap();
     let moved = moved.expect("the broken buffer was moved aside");
     assert!(
         moved.join("db").exists(),
@@ -228,17 +228,56 @@ async fn a_buffer_that_cannot_be_opened_is_moved_aside_and_a_fresh_one_started()
     assert_eq!(buf.seal(10).await.unwrap(), Some(1));
     // A healthy buffer is opened as it is.
     drop(buf);
-    let mut again = Buffer::open_or_recover(&path, 0);
+    let mut again = Buffer::open_or_recover(&path, Recovery::Open);
     for _ in 0..100 {
         if again.is_ok() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        again = Buffer::open_or_recover(&path, 0);
+        again = Buffer::open_or_recover(&path, Recovery::Open);
     }
     let (buf, moved) = again.unwrap();
     assert!(moved.is_none());
     assert_eq!(buf.unacked(), 1);
+}
+
+#[tokio::test]
+async fn after_sled_panics_a_buffer_is_read_back_then_moved_aside_with_its_records_counted() {
+    assert_eq!(Recovery::after_sled_panics(0), Recovery::Open);
+    assert_eq!(
+        Recovery::after_sled_panics(MAX_SLED_PANICS - 1),
+        Recovery::ReadBack
+    );
+    assert!(matches!(
+        Recovery::after_sled_panics(MAX_SLED_PANICS),
+        Recovery::MoveAside(_)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer");
+    let buf = Buffer::open(&path).unwrap();
+    buf.append(&(0..5).map(sample).collect::<Vec<_>>()).unwrap();
+    buf.flush().await.unwrap();
+    drop(buf);
+    // Read back after one panic: opened as it is, nothing lost.
+    let mut opened = Buffer::open_or_recover(&path, Recovery::ReadBack);
+    for _ in 0..100 {
+        if opened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        opened = Buffer::open_or_recover(&path, Recovery::ReadBack);
+    }
+    let (buf, moved) = opened.unwrap();
+    assert!(moved.is_none());
+    assert_eq!(buf.unsealed(), 5);
+    drop(buf);
+    // After too many: moved aside whatever it holds; its records are counted.
+    let (buf, moved) =
+        Buffer::open_or_recover(&path, Recovery::after_sled_panics(MAX_SLED_PANICS)).unwrap();
+    assert!(moved.expect("moved aside").join("db").exists());
+    assert_eq!(buf.unsealed(), 0);
+    assert_eq!(buf.counts().corrupt, 5);
+    assert!(buf.status().unwrap().recreated);
 }
 
 /// Every record the buffer holds, sealed or not, by value.

@@ -137,7 +137,10 @@ pub fn init(ca: &CaDir, hosts: &[String]) -> anyhow::Result<()> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     // A name of its own, so two CAs are never confused by name.
-    let ca_name = format!("Dash CA {}", dash_tls::hex(&rand::random::<[u8; 4]>()));
+    let ca_name = format!(
+        "Dash CA {}",
+        dash_runtime::secret::hex(&rand::random::<[u8; 4]>())
+    );
     params.distinguished_name.push(DnType::CommonName, ca_name);
     params
         .distinguished_name
@@ -217,7 +220,8 @@ pub fn issue_agent(
     let issuer = ca.issuer()?;
     let not_after = to_time(not_after)?;
     let params = client_params(&format!("{tenant}/{agent}"), Some(tenant), not_after);
-    let serial = dash_tls::hex(params.serial_number.as_ref().expect("serial set").as_ref());
+    let serial =
+        dash_runtime::secret::hex(params.serial_number.as_ref().expect("serial set").as_ref());
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(Issued {

@@ -132,7 +132,7 @@ pub async fn agent_add(registry: &Registry, ca: &CaDir, add: &AddAgent) -> anyho
     };
     let token = add
         .token
-        .then(|| dash_tls::hex(&rand::random::<[u8; 32]>()));
+        .then(|| dash_runtime::secret::hex(&rand::random::<[u8; 32]>()));
     registry
         .add(&NewAgent {
             tenant: tenant.to_string(),

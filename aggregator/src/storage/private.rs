@@ -81,9 +81,9 @@ pub struct PrivatePostgres {
     bin: PathBuf,
     dir: PathBuf,
     run_as: Option<(Uid, Gid)>,
-    stopped: bool,
-    adopted: bool,
-    owner: bool,
+    /// This handle restarts and stops the server: it was started by the
+    /// lock holder and has not been stopped yet.
+    managed: bool,
 }
 
 impl PrivatePostgres {
@@ -104,20 +104,18 @@ impl PrivatePostgres {
             nix::unistd::chown(&dir, Some(uid), Some(gid))
                 .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
         }
-        let mut pg = PrivatePostgres {
+        let pg = PrivatePostgres {
             bin,
             dir,
             run_as,
-            stopped: !owner,
-            adopted: false,
-            owner,
+            managed: owner,
         };
         if !pg.data().join("PG_VERSION").exists() {
             anyhow::ensure!(owner, "no private PostgreSQL under {}", pg.dir.display());
             pg.initdb()?;
         }
-        pg.adopted = pg.is_running();
-        if !pg.adopted {
+        let adopted = pg.is_running();
+        if !adopted {
             anyhow::ensure!(
                 owner,
                 "the private PostgreSQL under {} is not running, although a dash-aggregator serve holds the data directory",
@@ -125,7 +123,7 @@ impl PrivatePostgres {
             );
             pg.pg_start()?;
         }
-        tracing::info!(dir = %pg.dir.display(), adopted = pg.adopted, owner, "private PostgreSQL running");
+        tracing::info!(dir = %pg.dir.display(), adopted, owner, "private PostgreSQL running");
         Ok(pg)
     }
 
@@ -146,7 +144,7 @@ impl PrivatePostgres {
     /// Called by the owner's supervisor every few seconds (see
     /// [`crate::database_supervisor`]).
     pub fn restart_if_down(&self) -> anyhow::Result<bool> {
-        if !self.owner || self.stopped || self.is_running() {
+        if !self.managed || self.is_running() {
             return Ok(false);
         }
         tracing::error!(dir = %self.dir.display(), "the private PostgreSQL stopped under a running aggregator; starting it again");
@@ -238,23 +236,12 @@ impl PrivatePostgres {
         Ok(())
     }
 
-    /// Whether the server was already running when [`PrivatePostgres::start`]
-    /// found it (a running `dash-aggregator serve`).
-    pub fn adopted(&self) -> bool {
-        self.adopted
-    }
-
-    /// Leaves the server running when this handle goes.
-    pub fn leave_running(mut self) {
-        self.stopped = true;
-    }
-
     /// Stops the server (if this handle owns it), waiting for a clean shutdown.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if self.stopped {
+        if !self.managed {
             return Ok(());
         }
-        self.stopped = true;
+        self.managed = false;
         self.pg_ctl(&["stop", "-m", "fast", "-w"])
     }
 }
