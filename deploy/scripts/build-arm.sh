@@ -28,6 +28,9 @@ if [ ! -x "$ROOT/usr/bin/aarch64-linux-gnu-gcc" ] || [ ! -x "$ROOT/usr/bin/arm-l
   in_root apt-get clean
 fi
 
+# A fresh copy of the tree each time (files removed or moved since the last
+# run must not linger there); the build directory beside it is kept.
+rm -rf "$ROOT/build/dash"
 mkdir -p "$ROOT/build/dash"
 tar -C "$HERE" --exclude=./target --exclude=./.git -cf - . | tar -C "$ROOT/build/dash" -xf -
 in_root sh -c '

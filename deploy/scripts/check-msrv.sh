@@ -6,6 +6,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 ROOT=${DASH_DEBIAN13_ROOT:-/var/tmp/dash-trixie}
 "$HERE/deploy/scripts/debian13-root.sh" "$ROOT"
+# A fresh copy of the tree each time (files removed or moved since the last
+# run must not linger there); the build directory beside it is kept.
+rm -rf "$ROOT/build/dash"
 mkdir -p "$ROOT/build/dash"
 tar -C "$HERE" --exclude=./target --exclude=./.git -cf - . | tar -C "$ROOT/build/dash" -xf -
 chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root CARGO_HOME=/root/.cargo \
