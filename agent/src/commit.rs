@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, SessionOp};
 use crate::sample::{Class, Record};
 use crate::watchdog::{CommitWatch, KeepAlive};
 
@@ -34,6 +34,8 @@ struct Pending {
     records: Vec<Record>,
     /// An idempotency key: the records are stored only if it was not seen.
     key: Option<Vec<u8>>,
+    /// Device session changes, written with the records (or with nothing).
+    session: Vec<SessionOp>,
     done: oneshot::Sender<Result<Stored, CommitError>>,
 }
 
@@ -133,6 +135,26 @@ impl Committer {
         records: Vec<Record>,
         key: Option<Vec<u8>>,
     ) -> Result<Ticket, CommitError> {
+        self.enqueue(class, records, key, Vec::new()).await
+    }
+
+    /// Queues telemetry with the device session changes that must be
+    /// stored with it, in the same transaction; either may be empty.
+    pub async fn enqueue_with_session(
+        &self,
+        records: Vec<Record>,
+        session: Vec<SessionOp>,
+    ) -> Result<Ticket, CommitError> {
+        self.enqueue(Class::Telemetry, records, None, session).await
+    }
+
+    async fn enqueue(
+        &self,
+        class: Class,
+        records: Vec<Record>,
+        key: Option<Vec<u8>>,
+        session: Vec<SessionOp>,
+    ) -> Result<Ticket, CommitError> {
         let limits = dash_shared::Limits::default();
         let mut records = records;
         records.retain(|r| match r.validate(&limits) {
@@ -149,6 +171,7 @@ impl Committer {
                 class,
                 records,
                 key,
+                session,
                 done,
             })
             .await
@@ -161,6 +184,13 @@ impl Committer {
 pub struct Ticket(oneshot::Receiver<Result<Stored, CommitError>>);
 
 impl Ticket {
+    /// A ticket resolved by hand, for tests of what waits on one.
+    #[cfg(test)]
+    pub(crate) fn by_hand() -> (oneshot::Sender<Result<Stored, CommitError>>, Ticket) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ticket(rx))
+    }
+
     pub async fn wait(self) -> Result<Stored, CommitError> {
         self.0.await.map_err(|_| CommitError::Closed)?
     }
@@ -275,6 +305,7 @@ async fn store(
     let mut outcomes: Vec<Result<Stored, CommitError>> = Vec::with_capacity(group.len());
     let mut keys: [Vec<Vec<u8>>; 2] = Default::default();
     let mut all: [Vec<Record>; 2] = Default::default();
+    let mut session: [Vec<SessionOp>; 2] = Default::default();
     // A request whose key came earlier in this group shares that request's
     // fate: if the first is refused, so is the second.
     let mut first_with_key: Vec<(Vec<u8>, usize)> = Vec::new();
@@ -295,15 +326,16 @@ async fn store(
             keys[c].push(key.clone());
         }
         all[c].extend(p.records.iter().cloned());
+        session[c].extend(p.session.iter().cloned());
         outcomes.push(Ok(Stored::New));
     }
     let mut refused = [false; 2];
     for class in Class::ALL {
         let c = class.index();
-        if all[c].is_empty() && keys[c].is_empty() {
+        if all[c].is_empty() && keys[c].is_empty() && session[c].is_empty() {
             continue;
         }
-        let result = buffer.append_records(class, &all[c], &keys[c]);
+        let result = buffer.append_with_sessions(class, &all[c], &keys[c], &session[c]);
         buffer.note(&result);
         refused[c] = !result.map_err(|e| e.to_string())?;
     }

@@ -296,19 +296,25 @@ async fn start_inputs(
         let socket = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for devices on {addr} (devices.listen)"))?;
-        let auth = Arc::new(config.device_auth()?);
+        let auth = config.device_auth()?;
         tracing::info!(
             %addr,
             tls = auth.tls.is_some(),
             logins = auth.credentials.len(),
-            "listening for devices"
+            "listening for devices (MQTT 3.1.1 and 5)"
         );
+        let devices = Arc::new(listener::Devices {
+            router: router.clone(),
+            committer: committer.clone(),
+            buffer: buffer.clone(),
+            max_payload: d.max_payload_bytes,
+            auth,
+            live: Default::default(),
+            refusals: Default::default(),
+        });
         tracker.spawn(listener::serve(
             socket,
-            router.clone(),
-            committer.clone(),
-            d.max_payload_bytes,
-            auth,
+            devices,
             stop.clone(),
             tracker.clone(),
         ));

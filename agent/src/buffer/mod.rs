@@ -27,6 +27,8 @@
 //!                                              written in one transaction with their records
 //! pending: u64 BE window end ++ u64 BE id     samples of pre-aggregated series
 //!          -> postcard((width s, Sample))      (see crate::aggregate), until their window closes
+//! sessions: client ++ kind ++ packet id        device sessions (QoS 2 ids not released, QoS 1
+//!                                              digests), written with their records (`sessions`)
 //! ```
 //!
 //! # Rules
@@ -62,6 +64,7 @@
 //! - `recovery`: opening, counters rebuilt from disk, damage moved aside.
 //! - `migrate`: older formats converted on open.
 //! - `writer`: appends, idempotency keys, flushes.
+//! - `sessions`: device sessions, changed in the transaction of their records.
 //! - `budget`: room by each class's policy; drops and refusals counted.
 //! - `sealer`: records and closed windows into batches.
 //! - `outbox`: sending (checksums checked first) and settling acks.
@@ -75,6 +78,7 @@ mod migrate;
 mod outbox;
 mod recovery;
 mod sealer;
+mod sessions;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -98,6 +102,7 @@ pub use format::build_batch;
 use format::*;
 use mark::*;
 use migrate::*;
+pub use sessions::{ClientKey, SessionOp, StoredSession, client_key};
 
 /// Runs that sled may end by a panic before the buffer is moved aside.
 pub const MAX_SLED_PANICS: usize = 3;
@@ -216,6 +221,7 @@ pub struct Buffer {
     batches: sled::Tree,
     meta: sled::Tree,
     idempotency: sled::Tree,
+    sessions: sled::Tree,
     pending: sled::Tree,
     quarantine: sled::Tree,
     rules: Vec<AggregateRule>,

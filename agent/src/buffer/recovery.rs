@@ -21,6 +21,7 @@ impl Buffer {
         let batches = db.open_tree("batches")?;
         let meta = db.open_tree("meta")?;
         let idempotency = db.open_tree("idempotency")?;
+        let sessions = db.open_tree("sessions")?;
         let pending = db.open_tree("pending")?;
         let quarantine = db.open_tree("quarantine")?;
         upgrade(&db, &samples, &outbox, &batches, &meta)?;
@@ -95,6 +96,7 @@ impl Buffer {
             batches,
             meta,
             idempotency,
+            sessions,
             pending,
             quarantine,
             rules: Vec::new(),

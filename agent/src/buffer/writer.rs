@@ -21,6 +21,19 @@ impl Buffer {
         records: &[Record],
         keys: &[Vec<u8>],
     ) -> Result<bool, BufferError> {
+        self.append_with_sessions(class, records, keys, &[])
+    }
+
+    /// [`Buffer::append_records`] with device session changes in the same
+    /// transaction (see `sessions`): refused at the budget, neither is
+    /// written.
+    pub fn append_with_sessions(
+        &self,
+        class: Class,
+        records: &[Record],
+        keys: &[Vec<u8>],
+        ops: &[SessionOp],
+    ) -> Result<bool, BufferError> {
         let first = self.next_id.load(Ordering::SeqCst);
         // (id, bytes) for the class's tree; (key, bytes) for pending windows.
         let mut plain = Vec::with_capacity(records.len());
@@ -61,14 +74,15 @@ impl Buffer {
         // saturate and the count drift up).
         let _writer = lock(&self.writer);
         let tree = self.tree(class);
-        if keys.is_empty() && windowed.is_empty() {
+        let session_writes = sessions::plan(&self.sessions, ops)?;
+        if keys.is_empty() && windowed.is_empty() && session_writes.is_empty() {
             if let Some((key, bytes)) = &chunk {
                 tree.insert(key, bytes.as_slice())?;
             }
         } else {
             let now = be(dash_shared::now_micros().max(0) as u64);
-            (tree, &self.idempotency, &self.pending)
-                .transaction(|(s, k, p)| {
+            (tree, &self.idempotency, &self.pending, &self.sessions)
+                .transaction(|(s, k, p, d)| {
                     if let Some((key, bytes)) = &chunk {
                         s.insert(key, bytes.as_slice())?;
                     }
@@ -77,6 +91,12 @@ impl Buffer {
                     }
                     for (key, bytes) in &windowed {
                         p.insert(key.as_slice(), bytes.as_slice())?;
+                    }
+                    for (key, value) in &session_writes {
+                        match value {
+                            Some(v) => d.insert(key.as_slice(), v.as_slice())?,
+                            None => d.remove(key.as_slice())?,
+                        };
                     }
                     Ok::<_, ConflictableTransactionError<BufferError>>(())
                 })

@@ -1,45 +1,48 @@
-//! The embedded MQTT 3.1.1 listener for devices.
+//! The embedded MQTT listener for devices: MQTT 3.1.1 and 5.
 //!
-//! Per connection, a reader parses packets and queues each publish's samples
-//! for group commit; a writer sends replies in order, waiting for each
-//! publish's commit before its PUBACK (QoS 1) or PUBREC (QoS 2). A message
-//! that cannot be mapped is acknowledged anyway (it can never succeed, and a
-//! device retrying it forever helps no one) and counted. If the buffer fails,
+//! An ingest endpoint, not a broker: devices publish, nothing is routed.
+//! Per connection, a reader takes packets (checked by `dash-mqtt`) and
+//! queues each publish's records for group commit, with its session
+//! changes (see [`super::session`]); a writer sends replies in order,
+//! waiting for each publish's commit before its PUBACK (QoS 1) or PUBREC
+//! (QoS 2), and for each PUBREL's before its PUBCOMP. If the buffer fails,
 //! the connection is closed without acknowledging, and the device resends.
 //!
-//! Packets are read with rumqttc's MQTT codec. Subscriptions are refused
-//! (SUBACK failure): this endpoint only takes data in.
+//! A publish that can never be stored (no mapping for its topic, a payload
+//! that does not read, one over `devices.max_payload_bytes`) is
+//! acknowledged anyway, so the device does not retry it forever, and
+//! counted by reason; MQTT 5 devices get the reason code (0x90, 0x99 or
+//! 0x97) with a reason string. Subscriptions are refused.
+//!
+//! A last will on a mapped topic is stored as a reading when the
+//! connection ends without DISCONNECT (after MQTT 5's will delay, unless
+//! the client is back); one on an unmapped topic is refused at CONNECT.
 //!
 //! Optionally the listener speaks TLS (`devices.tls_cert`, `devices.tls_key`)
 //! and asks every device for a username and password
 //! (`[[devices.credentials]]`, passwords kept as SHA-256); a device that
 //! fails gets CONNACK "bad username or password" and is disconnected.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Login, Packet, PubAck, PubComp, PubRec, SubAck,
-    SubscribeReasonCode, UnsubAck,
-};
-use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use dash_mqtt::accept::{self, Admission, Stream};
+use dash_mqtt::frame::FrameReader;
+use dash_mqtt::packet::{self, Connect, Inbound, Publish, Version};
+use dash_mqtt::{Encoder, Offer, Outbound, Reason, Refusal};
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Router;
+use super::session::{self, Live, Session};
+use super::{RouteError, Router};
+use crate::buffer::{Buffer, SessionOp, client_key};
 use crate::commit::{CommitError, Committer, Ticket};
-use crate::sample::Class;
-
-/// A reply, sent after its ticket (if any) resolved successfully.
-struct Reply {
-    ticket: Option<Ticket>,
-    packet: Option<Packet>,
-}
 
 /// Who may connect: TLS and the accepted credentials.
 #[derive(Default)]
@@ -50,206 +53,604 @@ pub struct DeviceAuth {
 }
 
 impl DeviceAuth {
-    fn admits(&self, login: Option<&Login>) -> bool {
+    fn admits(&self, connect: &Connect) -> bool {
         if self.credentials.is_empty() {
             return true;
         }
-        let Some(login) = login else { return false };
-        self.credentials.get(&login.username).is_some_and(|stored| {
-            dash_runtime::secret::token_matches_digest(&login.password, stored)
-        })
+        let (Some(user), Some(password)) = (&connect.username, &connect.password) else {
+            return false;
+        };
+        self.credentials
+            .get(user)
+            .is_some_and(|stored| dash_runtime::secret::token_matches_digest(password, stored))
     }
+}
+
+/// Most QoS 1 and 2 publishes a device may have unacknowledged at once.
+pub const RECEIVE_MAX: u16 = 512;
+
+/// Longest a session outlives its connection (MQTT 5 devices are told
+/// when they ask for more; 3.1.1 sessions, kept "until clean", end here).
+pub const SESSION_EXPIRY_MAX: u32 = 7 * 24 * 3600;
+
+/// Most device connections open at once.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// What a PUBLISH may take beyond its payload: the topic, packet id and
+/// MQTT 5 properties.
+const ENVELOPE: usize = 2 + 65_535 + 2 + 4 + 4096;
+
+/// A reply, sent after its ticket (if any) resolved successfully.
+struct Reply {
+    ticket: Option<Ticket>,
+    packet: Option<Outbound>,
+    /// It acknowledges a QoS 1 or 2 publish (receive maximum).
+    completes: bool,
+}
+
+impl Reply {
+    fn now(packet: Outbound) -> Reply {
+        Reply {
+            ticket: None,
+            packet: Some(packet),
+            completes: false,
+        }
+    }
+}
+
+/// Counts of what was refused, by reason, with a log line per device and
+/// reason at most once a minute.
+#[derive(Default)]
+pub struct Refusals {
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    logged: std::sync::Mutex<HashMap<(String, &'static str), tokio::time::Instant>>,
+}
+
+impl Refusals {
+    /// Counts one refusal of `reason` for `client`, logging it if this
+    /// device was not logged for it in the last minute.
+    pub fn count(&self, client: &str, reason: &'static str, detail: &str) {
+        *self
+            .counts
+            .lock()
+            .expect("refusals")
+            .entry(reason)
+            .or_default() += 1;
+        let now = tokio::time::Instant::now();
+        let mut logged = self.logged.lock().expect("refusals");
+        if logged.len() > 10_000 {
+            logged.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        }
+        let key = (dash_runtime::text::clip_for_log(client, 100), reason);
+        let due = logged
+            .get(&key)
+            .is_none_or(|at| now.duration_since(*at) >= Duration::from_secs(60));
+        if due {
+            logged.insert(key, now);
+            tracing::warn!(client = %dash_runtime::text::clip_for_log(client, 100), reason, detail = %dash_runtime::text::clip_for_log(detail, 300), "device refused (logged once a minute per device and reason)");
+        }
+    }
+
+    /// Refusals so far, by reason.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        let counts = self.counts.lock().expect("refusals");
+        counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+}
+
+/// The device listener's shared state.
+pub struct Devices {
+    pub router: Arc<Router>,
+    pub committer: Committer,
+    pub buffer: Arc<Buffer>,
+    pub max_payload: usize,
+    pub auth: DeviceAuth,
+    pub live: Live,
+    pub refusals: Arc<Refusals>,
 }
 
 /// Accepts devices on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
-    router: Arc<Router>,
-    committer: Committer,
-    max_payload: usize,
-    auth: Arc<DeviceAuth>,
+    devices: Arc<Devices>,
     stop: CancellationToken,
     connections: TaskTracker,
 ) {
-    loop {
-        let (socket, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "device listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (router, committer, stop) = (router.clone(), committer.clone(), stop.clone());
-        let auth = auth.clone();
-        connections.spawn(async move {
-            let _ = socket.set_nodelay(true);
-            let result = match &auth.tls {
-                None => connection(socket, &auth, router, committer, max_payload, stop).await,
-                Some(tls) => match tokio::time::timeout(HANDSHAKE, tls.accept(socket)).await {
-                    Ok(Ok(socket)) => {
-                        connection(socket, &auth, router, committer, max_payload, stop).await
-                    }
-                    Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake failed: {e}")),
-                    Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "device connection closed");
-            }
-        });
+    // Sessions whose connection was open when the agent stopped count from now.
+    match devices.buffer.expire_sessions(dash_shared::now_micros()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sessions = n, "expired device sessions removed"),
+        Err(e) => tracing::warn!(error = %e, "could not expire device sessions"),
     }
+    let refusals = devices.refusals.clone();
+    let admission = Admission {
+        name: "device listener",
+        tls: devices.auth.tls.clone(),
+        max_connections: MAX_CONNECTIONS,
+        on_refused: Arc::new(move |r| refusals.count("-", r.name(), "connection not accepted")),
+    };
+    let tasks = connections.clone();
+    accept::serve(
+        listener,
+        admission,
+        stop.clone(),
+        connections,
+        move |stream, peer| {
+            let (devices, stop, tasks) = (devices.clone(), stop.clone(), tasks.clone());
+            async move {
+                if let Err(e) = devices.connection(stream, stop, tasks).await {
+                    tracing::debug!(%peer, error = %e, "device connection closed");
+                }
+            }
+        },
+    )
+    .await;
 }
 
-/// Longest TLS handshake before the connection is dropped.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How a connection ended.
+enum End {
+    /// DISCONNECT: the will is dropped unless MQTT 5's reason 0x04 asks.
+    Disconnected { with_will: bool },
+    /// Anything else: the will is stored.
+    Lost,
+}
 
-async fn connection<S>(
-    socket: S,
-    auth: &DeviceAuth,
-    router: Arc<Router>,
-    committer: Committer,
-    max_payload: usize,
-    stop: CancellationToken,
-) -> anyhow::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(socket);
-    let (replies, rx) = mpsc::channel::<Reply>(1024);
-    let writer = tokio::spawn(write_replies(wr, rx));
-    let mut buf = BytesMut::with_capacity(4096);
-    // MQTT: the server may close a client silent for 1.5x its keep-alive; 0 means never.
-    let mut idle_limit: Option<Duration> = Some(Duration::from_secs(60));
-    let mut connected = false;
-    let mut awaiting_rel: HashSet<u16> = HashSet::new();
-    // A device has this long to send its CONNECT, however it trickles bytes.
-    let connect_by = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let packet = match Packet::read(&mut buf, max_payload) {
-            Ok(p) => p,
-            Err(CodecError::InsufficientBytes(_)) => {
-                if !connected && tokio::time::Instant::now() > connect_by {
-                    anyhow::bail!("no CONNECT within 10 s");
-                }
-                let read = rd.read_buf(&mut buf);
-                let n = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = async {
-                        match idle_limit {
-                            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| anyhow::anyhow!("keep-alive expired")),
-                            None => Ok(read.await),
-                        }
-                    } => r??,
-                };
-                if n == 0 {
-                    break;
-                }
-                continue;
+impl Devices {
+    async fn connection(
+        self: Arc<Self>,
+        stream: Stream,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<()> {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut reader = FrameReader::new(self.max_payload + ENVELOPE);
+        let frame = match accept::first_packet(&mut reader, &mut rd).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.refusals.count("-", "connect", &e.to_string());
+                anyhow::bail!("{e}");
             }
-            Err(e) => anyhow::bail!("malformed packet: {e}"),
         };
-        let reply = match packet {
-            Packet::Connect(c) if !connected => {
-                if !auth.admits(c.login.as_ref()) {
-                    let refused = ConnAck::new(ConnectReturnCode::BadUserNamePassword, false);
-                    let _ = replies
-                        .send(Reply {
-                            ticket: None,
-                            packet: Some(Packet::ConnAck(refused)),
-                        })
-                        .await;
-                    drop(replies);
-                    let _ = writer.await;
-                    anyhow::bail!(
-                        "refused: bad username or password (user {:?})",
-                        c.login.as_ref().map(|l| l.username.as_str()).unwrap_or("")
+        let connect = match packet::read_connect(frame) {
+            Ok(c) => c,
+            Err((version, refusal)) => return self.refuse(&mut wr, version, None, refusal).await,
+        };
+        let encoder = Encoder {
+            version: connect.version,
+            max_packet: connect.max_packet,
+            problem_info: connect.problem_info,
+        };
+        if let Err(r) = self.admit(&connect) {
+            return self
+                .refuse(&mut wr, connect.version, Some(&connect), r)
+                .await;
+        }
+        let mut connect = connect;
+        let assigned = connect.client_id.is_empty().then(|| {
+            connect.client_id = format!("dash-{:016x}", rand::random::<u64>());
+            connect.client_id.clone()
+        });
+        let client = client_key(&connect.client_id);
+        let hold = tokio::select! {
+            hold = self.live.take(client) => hold,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                anyhow::bail!("the connection it takes over did not finish within 30 s");
+            }
+        };
+        let result = self
+            .session(&connect, assigned, encoder, rd, wr, &hold.taken_over, &stop)
+            .await;
+        let (end, session_end) = match result {
+            Ok(ended) => ended,
+            Err(e) => {
+                self.live.release(&client, hold);
+                return Err(e);
+            }
+        };
+        let number = hold.number;
+        // Wait for the end of session to be written before another
+        // connection may read it.
+        if let Some(ticket) = session_end {
+            let _ = ticket.wait().await;
+        }
+        self.live.release(&client, hold);
+        if let (End::Lost | End::Disconnected { with_will: true }, Some(will)) =
+            (end, connect.will.clone())
+        {
+            let devices = self.clone();
+            tasks.spawn(async move {
+                devices
+                    .store_will(&connect, will, client, number, stop)
+                    .await
+            });
+        }
+        Ok(())
+    }
+
+    /// Login and last will.
+    fn admit(&self, connect: &Connect) -> Result<(), Refusal> {
+        if !self.auth.admits(connect) {
+            return Err(Refusal::new(
+                Reason::BadLogin,
+                format!(
+                    "bad username or password (user {:?})",
+                    connect.username.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        if let Some(will) = &connect.will
+            && !self.router.maps(&will.topic)
+        {
+            return Err(Refusal::new(
+                Reason::TopicNameInvalid,
+                format!("no mapping reads the will's topic {:?}", will.topic),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Answers a refused CONNECT (where the version has a code for it) and
+    /// closes.
+    async fn refuse<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut W,
+        version: Version,
+        connect: Option<&Connect>,
+        refusal: Refusal,
+    ) -> anyhow::Result<()> {
+        let client = connect.map_or("-", |c| c.client_id.as_str());
+        self.refusals
+            .count(client, refusal.reason.name(), &refusal.detail);
+        if version == Version::V5 || refusal.reason.connack_v311().is_some() {
+            let encoder = Encoder {
+                version,
+                max_packet: connect.and_then(|c| c.max_packet),
+                problem_info: true,
+            };
+            let mut out = BytesMut::new();
+            encoder.encode(&Outbound::ConnRefused(refusal.clone()), &mut out);
+            let _ = tokio::time::timeout(WRITE_WITHIN, wr.write_all(&out)).await;
+        }
+        let _ = wr.shutdown().await;
+        anyhow::bail!("CONNECT refused: {}", refusal.detail)
+    }
+
+    /// Runs a connected session; returns how it ended and the ticket of
+    /// the session's last write.
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &self,
+        connect: &Connect,
+        assigned: Option<String>,
+        encoder: Encoder,
+        mut rd: tokio::io::ReadHalf<Stream>,
+        wr: WriteHalf<Stream>,
+        taken_over: &CancellationToken,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<(End, Option<Ticket>)> {
+        let client = client_key(&connect.client_id);
+        let mut expiry = connect.session_expiry.min(SESSION_EXPIRY_MAX);
+        let kept = expiry > 0;
+        let now = dash_shared::now_micros();
+        let stored = if connect.clean {
+            None
+        } else {
+            self.buffer.session(&client)?.filter(|s| {
+                s.ended == 0 || now.saturating_sub(s.ended) <= i64::from(s.expiry_secs) * 1_000_000
+            })
+        };
+        let present = stored.is_some();
+        let mut ops = Vec::new();
+        if !present {
+            ops.push(SessionOp::Clear { client });
+        }
+        if kept {
+            ops.push(SessionOp::Meta {
+                client,
+                ended: 0,
+                expiry_secs: expiry,
+            });
+        }
+        let mut session = Session::new(client, kept, stored);
+        let (replies, rx) = mpsc::channel::<Reply>(usize::from(RECEIVE_MAX) + 64);
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let mut writer = tokio::spawn(write_replies(wr, rx, encoder, inflight.clone()));
+        let offer = Offer {
+            assigned_client_id: assigned,
+            receive_max: RECEIVE_MAX,
+            max_packet: u32::try_from(self.max_payload + ENVELOPE).unwrap_or(u32::MAX),
+            session_expiry: (connect.version == Version::V5 && expiry < connect.session_expiry)
+                .then_some(expiry),
+            server_keep_alive: None,
+        };
+        // CONNACK after the session's reset is durable: a later connection
+        // must never find a session this one discarded.
+        let ticket = self.committer.enqueue_with_session(Vec::new(), ops).await?;
+        let _ = replies
+            .send(Reply {
+                ticket: Some(ticket),
+                packet: Some(Outbound::ConnAck {
+                    session_present: present,
+                    offer,
+                }),
+                completes: false,
+            })
+            .await;
+        let idle = accept::idle_limit(connect.keep_alive);
+        let mut reader = FrameReader::new(self.max_payload + ENVELOPE);
+        let end = loop {
+            let next = tokio::select! {
+                // Another connection with this client id (3.1.4-2).
+                _ = taken_over.cancelled() => {
+                    let _ = replies.send(Reply::now(Outbound::Disconnect(Refusal::new(Reason::SessionTakenOver, "another connection took this client id")))).await;
+                    break End::Lost;
+                }
+                _ = stop.cancelled() => {
+                    let _ = replies.send(Reply::now(Outbound::Disconnect(Refusal::new(Reason::ServerShuttingDown, "the agent is stopping")))).await;
+                    break End::Disconnected { with_will: false };
+                }
+                // The writer failed: the buffer refused, or the socket is gone.
+                _ = &mut writer => break End::Lost,
+                next = accept::next_packet(&mut reader, &mut rd, idle) => next,
+            };
+            let frame = match next {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break End::Lost,
+                Err(None) => {
+                    self.refusals.count(
+                        &connect.client_id,
+                        Reason::KeepAliveTimeout.name(),
+                        "silent for 1.5 times its keep-alive",
                     );
+                    let _ = replies
+                        .send(Reply::now(Outbound::Disconnect(Refusal::new(
+                            Reason::KeepAliveTimeout,
+                            "keep-alive expired",
+                        ))))
+                        .await;
+                    break End::Lost;
                 }
-                connected = true;
-                idle_limit = (c.keep_alive > 0)
-                    .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
-                Some(Reply {
-                    ticket: None,
-                    packet: Some(Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::Success,
-                        false,
-                    ))),
-                })
-            }
-            _ if !connected => anyhow::bail!("first packet was not CONNECT"),
-            Packet::Connect(_) => anyhow::bail!("a second CONNECT is a protocol violation"),
-            Packet::Publish(p) => {
-                let dup_qos2 = p.qos == QoS::ExactlyOnce && awaiting_rel.contains(&p.pkid);
-                let ticket = match (dup_qos2, router.records(&p.topic, &p.payload)) {
-                    (false, Ok(samples)) => Some(
-                        committer
-                            .enqueue_records(Class::Telemetry, samples, None)
-                            .await?,
-                    ),
-                    _ => None,
-                };
-                let ack = match p.qos {
-                    QoS::AtMostOnce => None,
-                    QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(p.pkid))),
-                    QoS::ExactlyOnce => {
-                        awaiting_rel.insert(p.pkid);
-                        Some(Packet::PubRec(PubRec::new(p.pkid)))
+                Err(Some(e)) => {
+                    let reason = match e {
+                        dash_mqtt::frame::FrameError::TooLarge { .. } => Reason::PacketTooLarge,
+                        dash_mqtt::frame::FrameError::Io(_) => break End::Lost,
+                        _ => Reason::MalformedPacket,
+                    };
+                    self.refusals
+                        .count(&connect.client_id, reason.name(), &e.to_string());
+                    let _ = replies
+                        .send(Reply::now(Outbound::Disconnect(Refusal::new(
+                            reason,
+                            e.to_string(),
+                        ))))
+                        .await;
+                    break End::Lost;
+                }
+            };
+            let packet = match packet::decode(frame, connect.version) {
+                Ok(p) => p,
+                Err(r) => {
+                    self.refusals
+                        .count(&connect.client_id, r.reason.name(), &r.detail);
+                    let _ = replies.send(Reply::now(Outbound::Disconnect(r))).await;
+                    break End::Lost;
+                }
+            };
+            let reply = match packet {
+                Inbound::Publish(p) => {
+                    if p.qos > 0
+                        && inflight.fetch_add(1, Ordering::SeqCst) >= usize::from(RECEIVE_MAX)
+                        && connect.version == Version::V5
+                    {
+                        let r = Refusal::new(
+                            Reason::ReceiveMaximumExceeded,
+                            format!("more than {RECEIVE_MAX} publishes unacknowledged"),
+                        );
+                        self.refusals
+                            .count(&connect.client_id, r.reason.name(), &r.detail);
+                        let _ = replies.send(Reply::now(Outbound::Disconnect(r))).await;
+                        break End::Lost;
                     }
-                };
-                Some(Reply {
-                    ticket,
-                    packet: ack,
-                })
+                    self.publish(&connect.client_id, &mut session, p).await?
+                }
+                Inbound::PubRel(pkid) => {
+                    let (found, ops) = session.release(pkid);
+                    let ticket = match ops.is_empty() {
+                        true => None,
+                        false => Some(self.committer.enqueue_with_session(Vec::new(), ops).await?),
+                    };
+                    Some(Reply {
+                        ticket,
+                        packet: Some(Outbound::PubComp { pkid, found }),
+                        completes: false,
+                    })
+                }
+                Inbound::Subscribe { pkid, filters } => {
+                    Some(Reply::now(Outbound::SubAck { pkid, filters }))
+                }
+                Inbound::Unsubscribe { pkid, filters } => {
+                    Some(Reply::now(Outbound::UnsubAck { pkid, filters }))
+                }
+                Inbound::PingReq => Some(Reply::now(Outbound::PingResp)),
+                // Nothing is ever sent to a device that it could acknowledge.
+                Inbound::PubAck(_) | Inbound::PubRec(_) | Inbound::PubComp(_) => None,
+                Inbound::Disconnect {
+                    with_will,
+                    session_expiry,
+                } => {
+                    if let Some(asked) = session_expiry {
+                        if connect.session_expiry == 0 && asked > 0 {
+                            // MQTT 5 3.14.2-2: a protocol error, and the will goes out.
+                            break End::Lost;
+                        }
+                        expiry = asked.min(SESSION_EXPIRY_MAX);
+                    }
+                    break End::Disconnected { with_will };
+                }
+            };
+            if let Some(reply) = reply
+                && replies.send(reply).await.is_err()
+            {
+                break End::Lost;
             }
-            Packet::PubRel(r) => {
-                awaiting_rel.remove(&r.pkid);
-                Some(Reply {
-                    ticket: None,
-                    packet: Some(Packet::PubComp(PubComp::new(r.pkid))),
-                })
-            }
-            Packet::Subscribe(s) => {
-                let codes = s
-                    .filters
-                    .iter()
-                    .map(|_| SubscribeReasonCode::Failure)
-                    .collect();
-                Some(Reply {
-                    ticket: None,
-                    packet: Some(Packet::SubAck(SubAck::new(s.pkid, codes))),
-                })
-            }
-            Packet::Unsubscribe(u) => Some(Reply {
-                ticket: None,
-                packet: Some(Packet::UnsubAck(UnsubAck::new(u.pkid))),
-            }),
-            Packet::PingReq => Some(Reply {
-                ticket: None,
-                packet: Some(Packet::PingResp),
-            }),
-            Packet::Disconnect => break,
-            _ => None,
         };
-        if let Some(reply) = reply {
-            if replies.send(reply).await.is_err() {
-                break; // the writer failed: the connection is gone
+        drop(replies);
+        if !writer.is_finished() {
+            let _ = (&mut writer).await;
+        }
+        // The session outlives the connection by its expiry, from now.
+        let last = if kept && expiry > 0 {
+            vec![SessionOp::Meta {
+                client,
+                ended: dash_shared::now_micros(),
+                expiry_secs: expiry,
+            }]
+        } else if kept {
+            vec![SessionOp::Clear { client }]
+        } else {
+            Vec::new()
+        };
+        let ticket = match last.is_empty() {
+            true => None,
+            false => self
+                .committer
+                .enqueue_with_session(Vec::new(), last)
+                .await
+                .ok(),
+        };
+        Ok((end, ticket))
+    }
+
+    /// Queues a publish's records with its session changes; the reply
+    /// acknowledges it once they are durable.
+    async fn publish(
+        &self,
+        client: &str,
+        session: &mut Session,
+        p: Publish,
+    ) -> Result<Option<Reply>, CommitError> {
+        let refusal = if p.payload_len > self.max_payload {
+            Some(Refusal::new(
+                Reason::QuotaExceeded,
+                format!(
+                    "a payload of {} bytes is over devices.max_payload_bytes = {}",
+                    p.payload_len, self.max_payload
+                ),
+            ))
+        } else {
+            None
+        };
+        let (ticket, refusal) = match refusal {
+            Some(r) => (None, Some(r)),
+            None => {
+                let plan = session.publish(p.qos, p.dup, p.pkid, || {
+                    session::digest(&p.topic, &p.payload)
+                });
+                if !plan.store {
+                    (None, None)
+                } else {
+                    match self.router.records(&p.topic, &p.payload) {
+                        Ok(records) => (
+                            Some(
+                                self.committer
+                                    .enqueue_with_session(records, plan.ops)
+                                    .await?,
+                            ),
+                            None,
+                        ),
+                        Err(e) => {
+                            session.refused(p.qos, p.pkid);
+                            let reason = match e {
+                                RouteError::NoMapping => Reason::TopicNameInvalid,
+                                RouteError::Payload(_) => Reason::PayloadFormatInvalid,
+                            };
+                            (None, Some(Refusal::new(reason, format!("{e}"))))
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(r) = &refusal {
+            let reason = match r.reason {
+                Reason::TopicNameInvalid => "topic_not_mapped",
+                Reason::PayloadFormatInvalid => "payload",
+                _ => "payload_too_large",
+            };
+            self.refusals.count(client, reason, &r.detail);
+        }
+        let packet = match p.qos {
+            0 => None,
+            1 => Some(Outbound::PubAck {
+                pkid: p.pkid,
+                refusal,
+            }),
+            _ => Some(Outbound::PubRec {
+                pkid: p.pkid,
+                refusal,
+            }),
+        };
+        Ok(Some(Reply {
+            ticket,
+            completes: packet.is_some(),
+            packet,
+        }))
+    }
+
+    /// Stores a last will as a reading, after MQTT 5's will delay unless
+    /// the client came back first.
+    async fn store_will(
+        &self,
+        connect: &Connect,
+        will: dash_mqtt::Will,
+        client: crate::buffer::ClientKey,
+        number: u64,
+        stop: CancellationToken,
+    ) {
+        if will.delay > 0 {
+            let delay =
+                Duration::from_secs(u64::from(will.delay.min(connect.session_expiry.max(1))));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return,
+            }
+            if self.live.taken_since(&client, number) {
+                return;
             }
         }
+        let records = match self.router.records(&will.topic, &will.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.refusals
+                    .count(&connect.client_id, "will", &e.to_string());
+                return;
+            }
+        };
+        match self
+            .committer
+            .enqueue_with_session(records, Vec::new())
+            .await
+        {
+            Ok(ticket) => match ticket.wait().await {
+                Ok(_) => {
+                    tracing::info!(client = %dash_runtime::text::clip_for_log(&connect.client_id, 100), topic = %will.topic, "device's last will stored")
+                }
+                Err(e) => tracing::warn!(error = %e, "device's last will not stored"),
+            },
+            Err(e) => tracing::warn!(error = %e, "device's last will not stored"),
+        }
     }
-    drop(replies);
-    writer.await??;
-    Ok(())
 }
 
+/// Longest a reply may take to write before the connection is dropped.
+const WRITE_WITHIN: Duration = Duration::from_secs(10);
+
 async fn write_replies<W: AsyncWrite>(
-    wr: WriteHalf<W>,
+    mut wr: WriteHalf<W>,
     mut rx: mpsc::Receiver<Reply>,
+    encoder: Encoder,
+    inflight: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
-    let mut wr = wr;
     let mut out = BytesMut::with_capacity(256);
     while let Some(reply) = rx.recv().await {
         if let Some(ticket) = reply.ticket {
@@ -262,12 +663,94 @@ async fn write_replies<W: AsyncWrite>(
                 return Err(e.into());
             }
         }
+        if reply.completes {
+            inflight.fetch_sub(1, Ordering::SeqCst);
+        }
         if let Some(packet) = reply.packet {
             out.clear();
-            packet.write(&mut out, usize::MAX)?;
-            wr.write_all(&out).await?;
+            encoder.encode(&packet, &mut out);
+            if !out.is_empty() {
+                tokio::time::timeout(WRITE_WITHIN, wr.write_all(&out)).await??;
+            }
         }
     }
     let _ = wr.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::Stored;
+    use tokio::io::AsyncReadExt;
+
+    fn ack(pkid: u16, ticket: Ticket) -> Reply {
+        Reply {
+            ticket: Some(ticket),
+            packet: Some(Outbound::PubAck {
+                pkid,
+                refusal: None,
+            }),
+            completes: true,
+        }
+    }
+
+    /// The writer against an in-memory pipe: acknowledgements leave in the
+    /// order of the publishes, whatever order their commits finish in, and
+    /// none leaves after a commit that failed.
+    #[tokio::test]
+    async fn acks_leave_in_publish_order_and_stop_at_a_failed_commit() {
+        let (ours, mut device) = tokio::io::duplex(1024);
+        let (_, wr) = tokio::io::split(ours);
+        let (tx, rx) = mpsc::channel(8);
+        let inflight = Arc::new(AtomicUsize::new(4));
+        let writer = tokio::spawn(write_replies(
+            wr,
+            rx,
+            Encoder::before_connect(),
+            inflight.clone(),
+        ));
+        let mut done = Vec::new();
+        for pkid in 1..=4 {
+            let (resolve, ticket) = Ticket::by_hand();
+            tx.send(ack(pkid, ticket)).await.unwrap();
+            done.push(resolve);
+        }
+        let mut done = done.into_iter();
+        let (one, two, three, four) = (
+            done.next().unwrap(),
+            done.next().unwrap(),
+            done.next().unwrap(),
+            done.next().unwrap(),
+        );
+        four.send(Ok(Stored::New)).unwrap();
+        two.send(Ok(Stored::New)).unwrap();
+        tokio::task::yield_now().await;
+        let mut got = [0u8; 4];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), device.read_exact(&mut got[..1]))
+                .await
+                .is_err(),
+            "nothing may leave before the first publish's commit"
+        );
+        one.send(Ok(Stored::New)).unwrap();
+        let mut acks = [0u8; 8];
+        device.read_exact(&mut acks).await.unwrap();
+        assert_eq!(
+            acks,
+            [0x40, 2, 0, 1, 0x40, 2, 0, 2],
+            "1 then 2; 4 waits for 3"
+        );
+        three
+            .send(Err(CommitError::Buffer("disk full".into())))
+            .unwrap();
+        assert!(
+            writer.await.unwrap().is_err(),
+            "a failed commit ends the connection"
+        );
+        let mut rest = Vec::new();
+        device.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "neither 3 nor 4 is acknowledged: {rest:?}");
+        assert_eq!(inflight.load(Ordering::SeqCst), 2);
+    }
 }

@@ -177,6 +177,11 @@ impl Mapping {
         parts.next().is_none().then_some((device, metric))
     }
 
+    /// Whether the topic is one this mapping reads.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.capture(topic).is_some()
+    }
+
     /// Samples from one payload, or `None` when the topic does not match.
     pub fn decode(
         &self,

@@ -16,6 +16,7 @@
 
 pub mod listener;
 pub mod mapping;
+pub mod session;
 pub mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +70,11 @@ impl Router {
         Ok(self
             .transforms
             .apply(crate::transform::Input::Mqtt, samples))
+    }
+
+    /// Whether some mapping reads this topic.
+    pub fn maps(&self, topic: &str) -> bool {
+        self.mappings.iter().any(|m| m.matches(topic))
     }
 
     /// MQTT filters covering every mapping.

@@ -11,6 +11,16 @@
 //! agent --TLS (client certificate) or plain + token--> gate --loopback, internal login--> rumqttd <-- link (ingest)
 //! ```
 //!
+//! Accepting, packet reading, the CONNECT deadline and the keep-alive rule
+//! are `dash-mqtt`'s, shared with the agent's device listener. The gate
+//! speaks MQTT 3.1.1 (rumqttd's level): a CONNECT of another level gets
+//! CONNACK 0x01 and a close. A client that asks for keep-alive 0 (no
+//! timeout, which rumqttd refuses) is passed on with [`BROKER_KEEP_ALIVE`]
+//! and the gate pings the broker for it, dropping the broker's PINGRESPs.
+//! The gate answers every UNSUBSCRIBE itself (rumqttd sends no UNSUBACK for
+//! a filter never subscribed) and drops the broker's UNSUBACKs. A second
+//! CONNECT ends the connection (3.1.0-2).
+//!
 //! Per connection, the gate reads the CONNECT (with rumqttc's MQTT 3.1.1
 //! codec) and, with `broker.auth = "agents"`, finds the agent by its client
 //! certificate's SHA-256 or by its token (username `tenant/agent`) in the
@@ -34,11 +44,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::BytesMut;
+use dash_mqtt::accept::{self, Admission, NotAccepted, Stream};
+use dash_mqtt::frame::{self, Frame, FrameReader};
 use dash_shared::topic::{self, TopicKind};
 use dash_shared::{AgentId, TenantId};
-use rumqttc::mqttbytes::Error as CodecError;
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Login, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Login, Packet, UnsubAck};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -125,8 +136,6 @@ struct Gate {
     /// Open connections per agent (numbered), to close them on revocation.
     live: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     next: AtomicU64,
-    /// Connections open now, bounded by [`MAX_CONNECTIONS`].
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The largest CONNECT accepted (a client id, a login and a last will).
@@ -135,8 +144,9 @@ const MAX_CONNECT: usize = 16 * 1024;
 /// Most connections open at once, admitted or not.
 const MAX_CONNECTIONS: usize = 8192;
 
-/// How long a client has to finish TLS and send CONNECT.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+/// The keep-alive the broker is given for a client that asked for none:
+/// the gate pings the broker at half of it while the client is silent.
+pub const BROKER_KEEP_ALIVE: u16 = 600;
 
 /// Binds the listeners (failing with the address that could not be bound)
 /// and serves until `stop`. `registry` is needed with [`AuthMode::Agents`].
@@ -193,7 +203,6 @@ pub async fn start(
         metrics,
         live: Mutex::default(),
         next: AtomicU64::new(0),
-        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
     let mut listening = Listening::default();
     if let Some(listener) = plain {
@@ -229,53 +238,26 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let (socket, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "agent listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = gate.slots.clone().try_acquire_owned() else {
-            gate.metrics.refused("connect", "too_many_connections");
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections: refused");
-            continue;
-        };
-        let _ = socket.set_nodelay(true);
-        let (gate, tls, stop) = (gate.clone(), tls.clone(), stop.clone());
-        tasks.spawn(async move {
-            let _slot = slot;
-            let Some(tls) = tls else {
-                gate.connection(socket, peer, None, stop).await;
-                return;
-            };
-            match tokio::time::timeout(HANDSHAKE, tls.accept(socket)).await {
-                Ok(Ok(stream)) => {
-                    let fingerprint = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(dash_tls::fingerprint);
-                    gate.connection(stream, peer, fingerprint, stop).await;
-                }
-                Ok(Err(e)) => {
-                    // No certificate when one is required, another CA's, an expired one.
-                    gate.metrics.refused("tls", "handshake");
-                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
-                }
-                Err(_) => {
-                    gate.metrics.refused("tls", "timeout");
-                    tracing::info!(%peer, "TLS handshake timed out");
-                }
-            }
-        });
-    }
+    let metrics = gate.metrics.clone();
+    let admission = Admission {
+        name: "agent listener",
+        tls,
+        max_connections: MAX_CONNECTIONS,
+        on_refused: Arc::new(move |r| match r {
+            NotAccepted::TooManyConnections => metrics.refused("connect", "too_many_connections"),
+            NotAccepted::TlsHandshake => metrics.refused("tls", "handshake"),
+            NotAccepted::TlsTimeout => metrics.refused("tls", "timeout"),
+        }),
+    };
+    let stopped = stop.clone();
+    accept::serve(listener, admission, stopped, tasks, move |stream, peer| {
+        let (gate, stop) = (gate.clone(), stop.clone());
+        async move {
+            let fingerprint = stream.peer_certificate().map(dash_tls::fingerprint);
+            gate.connection(stream, peer, fingerprint, stop).await;
+        }
+    })
+    .await;
 }
 
 /// Closes the connections of agents revoked while connected.
@@ -307,25 +289,10 @@ async fn watch_revocations(gate: Arc<Gate>, stop: CancellationToken) {
     }
 }
 
-/// Reads one whole packet into `buf` from `rd`.
-async fn read_packet<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-    max: usize,
-) -> anyhow::Result<Option<Packet>> {
-    loop {
-        match Packet::read(buf, max) {
-            Ok(p) => return Ok(Some(p)),
-            Err(CodecError::InsufficientBytes(_)) => match rd.read_buf(buf).await {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                // A TLS peer that closes without close_notify has still just closed.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                Err(e) => return Err(e.into()),
-            },
-            Err(e) => anyhow::bail!("malformed MQTT packet: {e}"),
-        }
-    }
+/// A packet as rumqttc's MQTT 3.1.1 codec reads it.
+fn decode(frame: &Frame) -> anyhow::Result<Packet> {
+    let mut bytes = frame.bytes.clone();
+    Packet::read(&mut bytes, usize::MAX).map_err(|e| anyhow::anyhow!("malformed MQTT packet: {e}"))
 }
 
 async fn write_packet<W: AsyncWrite + Unpin>(
@@ -340,34 +307,52 @@ async fn write_packet<W: AsyncWrite + Unpin>(
 }
 
 impl Gate {
-    async fn connection<S>(
+    async fn connection(
         self: Arc<Self>,
-        client: S,
+        client: Stream,
         peer: SocketAddr,
         fingerprint: Option<String>,
         stop: CancellationToken,
-    ) where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    ) {
         let (mut rd, mut wr) = tokio::io::split(client);
-        let mut buf = BytesMut::with_capacity(4096);
+        let mut reader = FrameReader::new(MAX_CONNECT);
         let mut out = BytesMut::with_capacity(4096);
-        let first =
-            tokio::time::timeout(HANDSHAKE, read_packet(&mut rd, &mut buf, MAX_CONNECT)).await;
-        let connect = match first {
-            Ok(Ok(Some(Packet::Connect(c)))) => c,
-            Ok(Ok(None)) => return,
-            Ok(Ok(Some(_))) => {
-                self.metrics.refused("connect", "protocol");
-                tracing::info!(%peer, "first packet was not CONNECT");
+        let frame = match accept::first_packet(&mut reader, &mut rd).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(accept::FirstPacketError::TimedOut) => {
+                self.metrics.refused("connect", "timeout");
                 return;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.metrics.refused("connect", "protocol");
                 tracing::info!(%peer, error = %e, "refused before CONNECT");
                 return;
             }
-            Err(_) => return,
+        };
+        if frame.kind() != frame::CONNECT {
+            self.metrics.refused("connect", "protocol");
+            tracing::info!(%peer, "first packet was not CONNECT");
+            return;
+        }
+        if let Err(r) = dash_mqtt::packet::version_of(&frame) {
+            // MQTT 5 and others: "unacceptable protocol version", in 3.1.1's layout.
+            self.metrics.refused("connect", "unsupported_version");
+            tracing::info!(%peer, detail = %r.detail, "agent connection refused");
+            if r.reason == dash_mqtt::Reason::UnsupportedVersion {
+                let _ = wr.write_all(&[0x20, 2, 0, 0x01]).await;
+            }
+            let _ = wr.shutdown().await;
+            return;
+        }
+        let connect = match decode(&frame) {
+            Ok(Packet::Connect(c)) => c,
+            Ok(_) => return,
+            Err(e) => {
+                self.metrics.refused("connect", "protocol");
+                tracing::info!(%peer, error = %e, "refused before CONNECT");
+                return;
+            }
         };
         let identity = match self.admit(&connect, fingerprint.as_deref()).await {
             Ok(identity) => identity,
@@ -405,8 +390,9 @@ impl Gate {
         }
         self.metrics.connection();
         tracing::debug!(%peer, agent = who.as_deref().unwrap_or("-"), "agent connected");
+        reader.set_max(self.config.max_packet);
         let result = self
-            .relay(connect, identity.as_ref(), &mut rd, wr, buf, &cancel)
+            .relay(connect, identity.as_ref(), &mut rd, wr, reader, &cancel)
             .await;
         if let Err(r) = result {
             self.metrics.refused(r.stage, r.reason);
@@ -545,8 +531,8 @@ impl Gate {
         mut connect: Connect,
         identity: Option<&Identity>,
         rd: &mut R,
-        mut wr: W,
-        mut buf: BytesMut,
+        wr: W,
+        mut reader: FrameReader,
         cancel: &CancellationToken,
     ) -> Result<(), Refusal>
     where
@@ -554,12 +540,15 @@ impl Gate {
         W: AsyncWrite + Send + Unpin + 'static,
     {
         let internal = |detail: String| refuse("broker", "unreachable", None, detail);
-        // MQTT: a client silent for 1.5 times its keep-alive is gone; one
-        // that asks for none is given ten minutes.
-        let idle = match connect.keep_alive {
-            0 => Duration::from_secs(600),
-            k => Duration::from_millis(u64::from(k) * 1500),
-        };
+        // A client silent for 1.5 times its keep-alive is gone; one that
+        // asks for none keeps its connection, and the gate keeps the
+        // broker's session alive for it.
+        let idle = accept::idle_limit(connect.keep_alive);
+        let ping_broker = (connect.keep_alive == 0)
+            .then(|| Duration::from_secs(u64::from(BROKER_KEEP_ALIVE) / 2));
+        if connect.keep_alive == 0 {
+            connect.keep_alive = BROKER_KEEP_ALIVE;
+        }
         if let Some(id) = identity {
             connect.client_id = id.client_id();
         }
@@ -568,33 +557,53 @@ impl Gate {
             .await
             .map_err(|e| internal(format!("embedded broker: {e}")))?;
         let _ = broker.set_nodelay(true);
-        let (mut broker_rd, mut broker_wr) = broker.into_split();
+        let (broker_rd, mut broker_wr) = broker.into_split();
         let mut out = BytesMut::with_capacity(4096);
         write_packet(&mut broker_wr, &Packet::Connect(connect), &mut out)
             .await
             .map_err(|e| internal(e.to_string()))?;
-        // Broker to client: unchanged.
-        let mut down = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut broker_rd, &mut wr).await;
-            let _ = wr.shutdown().await;
-        });
+        // Broker to client: unchanged, but for the gate's own pings' answers
+        // and the UNSUBACKs the gate sent itself. Client to broker goes
+        // through `up`, so the gate can answer UNSUBSCRIBE in order.
+        let (up, up_rx) = tokio::sync::mpsc::channel::<BytesMut>(64);
+        let own_pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut down = tokio::spawn(relay_down(broker_rd, wr, up_rx, own_pings.clone()));
         let prefix = identity.map(Identity::own_prefix);
         let mut filters = 0usize;
         let result = loop {
-            let packet = tokio::select! {
+            let silent = idle.or(ping_broker);
+            let next = tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
                 // The broker closed the session (a takeover, a refusal).
                 _ = &mut down => break Ok(()),
-                p = tokio::time::timeout(idle, read_packet(rd, &mut buf, self.config.max_packet)) => match p {
-                    Ok(p) => p,
-                    Err(_) => break Ok(()),
-                },
+                p = accept::next_packet(&mut reader, rd, silent) => p,
             };
-            let packet = match packet {
-                Ok(Some(p)) => p,
+            let frame = match next {
+                Ok(Some(f)) => f,
                 Ok(None) => break Ok(()),
+                // Silent: gone, or (keep-alive 0) time to ping the broker.
+                Err(None) if ping_broker.is_some() => {
+                    own_pings.fetch_add(1, Ordering::SeqCst);
+                    if let Err(e) = write_packet(&mut broker_wr, &Packet::PingReq, &mut out).await {
+                        break Err(internal(e.to_string()));
+                    }
+                    continue;
+                }
+                Err(None) => break Ok(()),
+                Err(Some(e)) => break Err(refuse("publish", "malformed", None, e.to_string())),
+            };
+            let packet = match decode(&frame) {
+                Ok(p) => p,
                 Err(e) => break Err(refuse("publish", "malformed", None, e.to_string())),
             };
+            if let Packet::Connect(_) = packet {
+                break Err(refuse(
+                    "connect",
+                    "protocol",
+                    None,
+                    "a second CONNECT".to_owned(),
+                ));
+            }
             if let (Some(id), Some(prefix)) = (identity, &prefix)
                 && let Err(r) = check(&packet, id, prefix)
             {
@@ -611,17 +620,69 @@ impl Gate {
                     ));
                 }
             }
-            if let Err(e) = write_packet(&mut broker_wr, &packet, &mut out).await {
+            if let Err(e) = broker_wr.write_all(&frame.bytes).await {
                 break Err(internal(e.to_string()));
+            }
+            if let Packet::Unsubscribe(u) = &packet {
+                out.clear();
+                let _ = Packet::UnsubAck(UnsubAck::new(u.pkid)).write(&mut out, usize::MAX);
+                if up.send(out.split()).await.is_err() {
+                    break Ok(());
+                }
             }
             if matches!(packet, Packet::Disconnect) {
                 break Ok(());
             }
         };
         let _ = broker_wr.shutdown().await;
+        drop(up);
+        if !down.is_finished() {
+            // Let what the broker already sent reach the client, briefly.
+            let _ = tokio::time::timeout(Duration::from_millis(200), &mut down).await;
+        }
         down.abort();
         result
     }
+}
+
+/// Broker to client: every packet as the broker sent it, but the broker's
+/// UNSUBACKs (the gate answered) and the PINGRESPs that answer the gate's
+/// own pings; and the gate's own UNSUBACKs, in order with the rest.
+async fn relay_down<R, W>(
+    mut broker: R,
+    mut client: W,
+    mut own: tokio::sync::mpsc::Receiver<BytesMut>,
+    own_pings: Arc<std::sync::atomic::AtomicUsize>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = FrameReader::new(usize::MAX >> 8);
+    loop {
+        let bytes = tokio::select! {
+            frame = reader.next(&mut broker) => match frame {
+                Ok(Some(f)) if f.kind() == frame::UNSUBACK => continue,
+                Ok(Some(f))
+                    if f.kind() == frame::PINGRESP
+                        && own_pings
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok() =>
+                {
+                    continue
+                }
+                Ok(Some(f)) => f.bytes,
+                _ => break,
+            },
+            mine = own.recv() => match mine {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        if client.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown().await;
 }
 
 /// Most subscriptions one connection may make.
