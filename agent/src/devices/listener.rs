@@ -279,8 +279,10 @@ impl Devices {
                 ),
             ));
         }
-        if let Some(will) = &connect.will
-            && !self.router.maps(&will.topic)
+        if let Some(will) = connect
+            .will
+            .as_ref()
+            .filter(|w| !self.router.maps(&w.topic))
         {
             return Err(Refusal::new(
                 Reason::TopicNameInvalid,
@@ -489,10 +491,10 @@ impl Devices {
                     break End::Disconnected { with_will };
                 }
             };
-            if let Some(reply) = reply
-                && replies.send(reply).await.is_err()
-            {
-                break End::Lost;
+            if let Some(reply) = reply {
+                if replies.send(reply).await.is_err() {
+                    break End::Lost;
+                }
             }
         };
         drop(replies);
