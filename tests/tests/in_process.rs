@@ -46,3 +46,58 @@ async fn two_aggregators_start_and_stop_in_one_process_on_ports_they_chose() {
     ready(&second).await;
     second.stop().await.unwrap();
 }
+
+/// What a raw client reads next: `n` bytes, or `None` at a close.
+async fn read_n(s: &mut tokio::net::TcpStream, n: usize) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; n];
+    match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await {
+        Ok(Ok(_)) => Some(buf),
+        Ok(Err(_)) => None,
+        Err(_) => panic!("neither {n} bytes nor a close within 10 s"),
+    }
+}
+
+/// A 3.1.1 CONNECT for `id` with this keep-alive.
+fn connect(id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut c = rumqttc::mqttbytes::v4::Connect::new(id);
+    c.keep_alive = keep_alive;
+    let mut out = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(c)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    out.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_answers_as_mqtt_3_1_1_says_where_rumqttd_would_not() {
+    use tokio::io::AsyncWriteExt;
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |_| {}).await;
+    let open = || tokio::net::TcpStream::connect(app.broker);
+
+    // MQTT 5: "unacceptable protocol version" (0x01), not 0x02, and a close.
+    let mut c = open().await.unwrap();
+    let v5 = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 30, 0, 0, 1, b'x',
+    ];
+    c.write_all(&v5[..15]).await.unwrap();
+    c.write_all(&v5[15..]).await.unwrap();
+    assert_eq!(read_n(&mut c, 4).await, Some(vec![0x20, 2, 0, 1]));
+    assert_eq!(read_n(&mut c, 1).await, None);
+
+    // Keep-alive 0 (rumqttd's ZeroKeepAlive) is accepted.
+    let mut c = open().await.unwrap();
+    c.write_all(&connect("ka0", 0)).await.unwrap();
+    assert_eq!(read_n(&mut c, 4).await, Some(vec![0x20, 2, 0, 0]));
+    // An UNSUBSCRIBE of a filter never subscribed gets its UNSUBACK.
+    c.write_all(&[0xa2, 5, 0, 4, 0, 1, b'z']).await.unwrap();
+    assert_eq!(read_n(&mut c, 4).await, Some(vec![0xb0, 2, 0, 4]));
+    // A PINGREQ of its own is still answered.
+    c.write_all(&[0xc0, 0]).await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, Some(vec![0xd0, 0]));
+    // A second CONNECT closes (3.1.0-2).
+    c.write_all(&connect("ka0", 0)).await.unwrap();
+    assert_eq!(read_n(&mut c, 1).await, None);
+    app.stop().await.unwrap();
+}

@@ -335,8 +335,16 @@ impl Gate {
             tracing::info!(%peer, "first packet was not CONNECT");
             return;
         }
-        if let Err(r) = dash_mqtt::packet::version_of(&frame) {
-            // MQTT 5 and others: "unacceptable protocol version", in 3.1.1's layout.
+        let refusal = match dash_mqtt::packet::version_of(&frame) {
+            Ok(dash_mqtt::Version::V311) => None,
+            Ok(dash_mqtt::Version::V5) => Some(dash_mqtt::Refusal::new(
+                dash_mqtt::Reason::UnsupportedVersion,
+                "MQTT 5: agents speak 3.1.1 to the gate",
+            )),
+            Err(r) => Some(r),
+        };
+        if let Some(r) = refusal {
+            // "Unacceptable protocol version", in 3.1.1's layout.
             self.metrics.refused("connect", "unsupported_version");
             tracing::info!(%peer, detail = %r.detail, "agent connection refused");
             if r.reason == dash_mqtt::Reason::UnsupportedVersion {
