@@ -215,8 +215,13 @@ async fn run_once(
         stop.clone(),
     ));
     let status = status_fn(&buffer, &router, &committer);
+    let mut settings = uplink_settings(config)?;
+    let devices = router.clone();
+    settings.status_extra = Some(uplink::StatusExtra(Arc::new(
+        move || serde_json::json!({ "refused": devices.refusals.snapshot() }),
+    )));
     let uplink = tokio::spawn(uplink::run(
-        uplink_settings(config)?,
+        settings,
         buffer.clone(),
         status,
         sealed,
@@ -310,7 +315,6 @@ async fn start_inputs(
             max_payload: d.max_payload_bytes,
             auth,
             live: Default::default(),
-            refusals: Default::default(),
         });
         tracker.spawn(listener::serve(
             socket,
@@ -395,6 +399,7 @@ fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
         status_interval: Duration::from_secs(u.status_interval_secs),
         backlog_rate: u.backlog_records_per_sec,
         status_file: Some(config.data_dir.join("status.json")),
+        status_extra: None,
     })
 }
 
@@ -414,8 +419,9 @@ fn status_fn(
                 dash_shared::BufferStatus::default()
             }
         };
-        state.invalid_records =
-            router.rejected() + invalid.load(std::sync::atomic::Ordering::Relaxed);
+        state.invalid_records = router.rejected()
+            + router.refusals.count_of("payload_too_large")
+            + invalid.load(std::sync::atomic::Ordering::Relaxed);
         faults.extend(buffer.fault());
         faults.extend(buffer.damage());
         if state.recreated {

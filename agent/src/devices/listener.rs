@@ -98,46 +98,6 @@ impl Reply {
     }
 }
 
-/// Counts of what was refused, by reason, with a log line per device and
-/// reason at most once a minute.
-#[derive(Default)]
-pub struct Refusals {
-    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    logged: std::sync::Mutex<HashMap<(String, &'static str), tokio::time::Instant>>,
-}
-
-impl Refusals {
-    /// Counts one refusal of `reason` for `client`, logging it if this
-    /// device was not logged for it in the last minute.
-    pub fn count(&self, client: &str, reason: &'static str, detail: &str) {
-        *self
-            .counts
-            .lock()
-            .expect("refusals")
-            .entry(reason)
-            .or_default() += 1;
-        let now = tokio::time::Instant::now();
-        let mut logged = self.logged.lock().expect("refusals");
-        if logged.len() > 10_000 {
-            logged.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
-        }
-        let key = (dash_runtime::text::clip_for_log(client, 100), reason);
-        let due = logged
-            .get(&key)
-            .is_none_or(|at| now.duration_since(*at) >= Duration::from_secs(60));
-        if due {
-            logged.insert(key, now);
-            tracing::warn!(client = %dash_runtime::text::clip_for_log(client, 100), reason, detail = %dash_runtime::text::clip_for_log(detail, 300), "device refused (logged once a minute per device and reason)");
-        }
-    }
-
-    /// Refusals so far, by reason.
-    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
-        let counts = self.counts.lock().expect("refusals");
-        counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
-    }
-}
-
 /// The device listener's shared state.
 pub struct Devices {
     pub router: Arc<Router>,
@@ -146,7 +106,6 @@ pub struct Devices {
     pub max_payload: usize,
     pub auth: DeviceAuth,
     pub live: Live,
-    pub refusals: Arc<Refusals>,
 }
 
 /// Accepts devices on `listener` until `stop`.
@@ -162,12 +121,16 @@ pub async fn serve(
         Ok(n) => tracing::info!(sessions = n, "expired device sessions removed"),
         Err(e) => tracing::warn!(error = %e, "could not expire device sessions"),
     }
-    let refusals = devices.refusals.clone();
+    let router = devices.router.clone();
     let admission = Admission {
         name: "device listener",
         tls: devices.auth.tls.clone(),
         max_connections: MAX_CONNECTIONS,
-        on_refused: Arc::new(move |r| refusals.count("-", r.name(), "connection not accepted")),
+        on_refused: Arc::new(move |r| {
+            router
+                .refusals
+                .count("-", r.name(), "connection not accepted")
+        }),
     };
     let tasks = connections.clone();
     accept::serve(
@@ -208,7 +171,7 @@ impl Devices {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
             Err(e) => {
-                self.refusals.count("-", "connect", &e.to_string());
+                self.router.refusals.count("-", "connect", &e.to_string());
                 anyhow::bail!("{e}");
             }
         };
@@ -302,7 +265,8 @@ impl Devices {
         refusal: Refusal,
     ) -> anyhow::Result<()> {
         let client = connect.map_or("-", |c| c.client_id.as_str());
-        self.refusals
+        self.router
+            .refusals
             .count(client, refusal.reason.name(), &refusal.detail);
         if version == Version::V5 || refusal.reason.connack_v311().is_some() {
             let encoder = Encoder {
@@ -400,7 +364,7 @@ impl Devices {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break End::Lost,
                 Err(None) => {
-                    self.refusals.count(
+                    self.router.refusals.count(
                         &connect.client_id,
                         Reason::KeepAliveTimeout.name(),
                         "silent for 1.5 times its keep-alive",
@@ -419,7 +383,8 @@ impl Devices {
                         dash_mqtt::frame::FrameError::Io(_) => break End::Lost,
                         _ => Reason::MalformedPacket,
                     };
-                    self.refusals
+                    self.router
+                        .refusals
                         .count(&connect.client_id, reason.name(), &e.to_string());
                     let _ = replies
                         .send(Reply::now(Outbound::Disconnect(Refusal::new(
@@ -433,7 +398,8 @@ impl Devices {
             let packet = match packet::decode(frame, connect.version) {
                 Ok(p) => p,
                 Err(r) => {
-                    self.refusals
+                    self.router
+                        .refusals
                         .count(&connect.client_id, r.reason.name(), &r.detail);
                     let _ = replies.send(Reply::now(Outbound::Disconnect(r))).await;
                     break End::Lost;
@@ -449,7 +415,8 @@ impl Devices {
                             Reason::ReceiveMaximumExceeded,
                             format!("more than {RECEIVE_MAX} publishes unacknowledged"),
                         );
-                        self.refusals
+                        self.router
+                            .refusals
                             .count(&connect.client_id, r.reason.name(), &r.detail);
                         let _ = replies.send(Reply::now(Outbound::Disconnect(r))).await;
                         break End::Lost;
@@ -579,7 +546,7 @@ impl Devices {
                 Reason::PayloadFormatInvalid => "payload",
                 _ => "payload_too_large",
             };
-            self.refusals.count(client, reason, &r.detail);
+            self.router.refusals.count(client, reason, &r.detail);
         }
         let packet = match p.qos {
             0 => None,
@@ -623,7 +590,8 @@ impl Devices {
         let records = match self.router.records(&will.topic, &will.payload) {
             Ok(r) => r,
             Err(e) => {
-                self.refusals
+                self.router
+                    .refusals
                     .count(&connect.client_id, "will", &e.to_string());
                 return;
             }

@@ -17,6 +17,8 @@
 pub mod listener;
 pub mod mapping;
 pub mod session;
+#[cfg(test)]
+mod session_model;
 pub mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,57 @@ pub enum RouteError {
     Payload(#[from] PayloadError),
 }
 
+/// Counts of what was refused, by reason, with a log line per device and
+/// reason at most once a minute.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    logged:
+        std::sync::Mutex<std::collections::HashMap<(String, &'static str), tokio::time::Instant>>,
+}
+
+impl Refusals {
+    /// Counts one refusal of `reason` for `client`, logging it if this
+    /// device was not logged for it in the last minute.
+    pub fn count(&self, client: &str, reason: &'static str, detail: &str) {
+        *self
+            .counts
+            .lock()
+            .expect("refusals")
+            .entry(reason)
+            .or_default() += 1;
+        let now = tokio::time::Instant::now();
+        let mut logged = self.logged.lock().expect("refusals");
+        if logged.len() > 10_000 {
+            logged.retain(|_, at| now.duration_since(*at) < std::time::Duration::from_secs(60));
+        }
+        let key = (dash_runtime::text::clip_for_log(client, 100), reason);
+        let due = logged
+            .get(&key)
+            .is_none_or(|at| now.duration_since(*at) >= std::time::Duration::from_secs(60));
+        if due {
+            logged.insert(key, now);
+            tracing::warn!(client = %dash_runtime::text::clip_for_log(client, 100), reason, detail = %dash_runtime::text::clip_for_log(detail, 300), "device refused (logged once a minute per device and reason)");
+        }
+    }
+
+    /// Refusals of `reason` so far.
+    pub fn count_of(&self, reason: &str) -> u64 {
+        self.counts
+            .lock()
+            .expect("refusals")
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Refusals so far, by reason.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        let counts = self.counts.lock().expect("refusals");
+        counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+}
+
 /// Maps device messages to samples and counts what it refuses.
 #[derive(Debug)]
 pub struct Router {
@@ -42,6 +95,8 @@ pub struct Router {
     transforms: crate::transform::Transforms,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    /// What the device listener refused, by reason.
+    pub refusals: Refusals,
 }
 
 impl Router {
@@ -51,6 +106,7 @@ impl Router {
             transforms: Default::default(),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            refusals: Refusals::default(),
         }
     }
 

@@ -288,6 +288,18 @@ async fn the_size_limit_counts_the_payload_and_a_device_is_told() {
 
     assert_eq!(stack.settled("size-a", 1).await, vec![7.0]);
     assert!(stack.values("size-b").await.is_empty() && stack.values("size-c").await.is_empty());
+    // Counted by reason in status.json, and the too large in the
+    // buffer's invalid records beside the unreadable ones.
+    let status = stack.refused("payload_too_large", 3).await;
+    assert_eq!(
+        status["devices"]["refused"]["topic_not_mapped"], 1,
+        "{status}"
+    );
+    assert_eq!(status["devices"]["refused"]["payload"], 1, "{status}");
+    assert!(
+        status["buffer"]["invalid_records"].as_u64().unwrap() >= 5,
+        "{status}"
+    );
     let log = stack.agent_log();
     assert_eq!(
         log.matches("reason=\"payload_too_large\"").count(),

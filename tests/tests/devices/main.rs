@@ -46,7 +46,8 @@ impl Stack {
             DeviceSource::Listen(devices),
             broker,
         )
-        .with_env("DASH_DEVICES__MAX_PAYLOAD_BYTES", MAX_PAYLOAD.to_string());
+        .with_env("DASH_DEVICES__MAX_PAYLOAD_BYTES", MAX_PAYLOAD.to_string())
+        .with_env("DASH_UPLINK__STATUS_INTERVAL_SECS", "1");
         agent.start();
         let stack = Stack {
             _dir: dir,
@@ -103,6 +104,20 @@ impl Stack {
         .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         self.values(device).await
+    }
+
+    /// The agent's status file, once it has `devices.refused.{reason}` = `n`.
+    async fn refused(&self, reason: &str, n: u64) -> serde_json::Value {
+        let dir = self._dir.path();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{n} refusals for {reason}"),
+            || async move {
+                process::agent_status_file(dir, "gw-1")
+                    .filter(|s| s["devices"]["refused"][reason].as_u64() == Some(n))
+            },
+        )
+        .await
     }
 
     fn agent_log(&self) -> String {
