@@ -7,6 +7,9 @@
 //! from Debian, in memory (no persistence), acknowledging the same QoS 1
 //! publishes: the transport alone, without durability.
 //!
+//! A third run puts half the devices on MQTT 5 beside half on 3.1.1, against
+//! one agent at once; the baseline is the 3.1.1 half (target ratio >= 0.95).
+//!
 //! Run: `cargo build --release --bins && cargo bench -p dash-benches --bench agent_ingest`
 
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use dash_tests::device::Protocol;
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, Mosquitto, Proc};
 use dash_tests::{free_port, metric};
@@ -44,12 +48,23 @@ fn peak_rss_mb(pid: u32) -> f64 {
 
 /// Publishes from `DEVICES` devices for `SECONDS`; returns acked messages.
 async fn drive(addr: SocketAddr, fields: usize) -> usize {
+    let all = drive_as(addr, fields, |_| Protocol::V311).await;
+    all.iter().map(|(_, n)| n).sum()
+}
+
+/// [`drive`] with each device's protocol chosen by its number; returns
+/// (protocol, acked messages) per device.
+async fn drive_as(
+    addr: SocketAddr,
+    fields: usize,
+    protocol: impl Fn(usize) -> Protocol,
+) -> Vec<(Protocol, usize)> {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..DEVICES)
         .map(|d| {
-            let stop = stop.clone();
+            let (stop, protocol) = (stop.clone(), protocol(d));
             tokio::spawn(async move {
-                dash_tests::device::publish_fields(
+                let report = dash_tests::device::publish_as(
                     addr,
                     &format!("dev-{d}"),
                     "temp",
@@ -57,16 +72,18 @@ async fn drive(addr: SocketAddr, fields: usize) -> usize {
                     stop,
                     Duration::from_secs(SECONDS + 30),
                     fields,
+                    protocol,
                 )
-                .await
+                .await;
+                (protocol, report.acked.len())
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(SECONDS)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut acked = 0;
+    let mut acked = Vec::new();
     for t in tasks {
-        acked += t.await.unwrap().acked.len();
+        acked.push(t.await.unwrap());
     }
     acked
 }
@@ -153,5 +170,53 @@ async fn main() {
             (fields == 0).then_some(dash_benches::Target::AtLeast(100_000.0)),
         );
     }
+    mixed(dir.path(), broker).await;
     assert!(aggregator.terminate(Duration::from_secs(30)));
+}
+
+/// Half the devices on MQTT 5, half on 3.1.1, against one agent at once.
+async fn mixed(dir: &Path, broker: u16) {
+    let devices = free_port();
+    let mut agent = agent(dir, "gw-mixed", devices, broker, false);
+    agent.start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], devices));
+    let acked = drive_as(addr, 0, |d| {
+        if d % 2 == 0 {
+            Protocol::V5
+        } else {
+            Protocol::V311
+        }
+    })
+    .await;
+    assert!(agent.terminate(Duration::from_secs(30)), "{}", agent.log());
+    let rate = |p: Protocol| {
+        acked
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, n)| *n)
+            .sum::<usize>() as f64
+            / SECONDS as f64
+    };
+    let (v5, v311) = (rate(Protocol::V5), rate(Protocol::V311));
+    println!(
+        "  MQTT 5 beside 3.1.1, {} devices each, 1 reading per publish, one agent:",
+        DEVICES / 2
+    );
+    println!("    MQTT 5 devices              {v5:>10.0} samples/s");
+    println!("    baseline: 3.1.1 devices     {v311:>10.0} samples/s");
+    println!(
+        "    ratio 5 / 3.1.1             {:>10.2}  (target >= 0.95)",
+        v5 / v311
+    );
+    dash_benches::row(
+        "agent ingest",
+        "MQTT 5 devices beside 3.1.1",
+        v5,
+        "samples/s",
+        dash_benches::Better::Higher,
+        "the 3.1.1 devices in the same run",
+        v311,
+        Some(dash_benches::Target::AtLeast(0.95 * v311)),
+    );
 }

@@ -191,6 +191,15 @@ impl Ticket {
         (tx, Ticket(rx))
     }
 
+    /// The outcome if the commit already finished, without waiting.
+    pub fn ready(&mut self) -> Option<Result<Stored, CommitError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(CommitError::Closed)),
+        }
+    }
+
     pub async fn wait(self) -> Result<Stored, CommitError> {
         self.0.await.map_err(|_| CommitError::Closed)?
     }

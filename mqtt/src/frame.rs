@@ -199,12 +199,10 @@ impl FrameReader {
         }
     }
 
-    /// A packet if the buffer holds one (reading and dropping the rest of
-    /// an oversized PUBLISH).
-    async fn parse<R: AsyncRead + Unpin>(
-        &mut self,
-        rd: &mut R,
-    ) -> Result<Option<Frame>, FrameError> {
+    /// A whole packet already in the buffer, without reading: the next
+    /// call needs no IO when a client sent several packets at once.
+    /// `Ok(None)` when more bytes are needed (or the packet is oversized).
+    pub fn buffered(&mut self) -> Result<Option<Frame>, FrameError> {
         let Some(&header) = self.buf.first() else {
             return Ok(None);
         };
@@ -213,19 +211,38 @@ impl FrameReader {
             return Ok(None);
         };
         let body = 1 + len_len;
+        if remaining > self.max || self.buf.len() < body + remaining {
+            return Ok(None);
+        }
+        let bytes = self.buf.split_to(body + remaining);
+        Ok(Some(Frame {
+            header,
+            bytes,
+            body,
+            remaining,
+        }))
+    }
+
+    /// A packet if the buffer holds one (reading and dropping the rest of
+    /// an oversized PUBLISH).
+    async fn parse<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+    ) -> Result<Option<Frame>, FrameError> {
+        if let Some(frame) = self.buffered()? {
+            return Ok(Some(frame));
+        }
+        let Some(&header) = self.buf.first() else {
+            return Ok(None);
+        };
+        let Some((remaining, len_len)) = remaining_length(&self.buf[1..])? else {
+            return Ok(None);
+        };
+        let body = 1 + len_len;
         let kind = header >> 4;
         if remaining <= self.max {
-            if self.buf.len() < body + remaining {
-                self.buf.reserve(body + remaining - self.buf.len());
-                return Ok(None);
-            }
-            let bytes = self.buf.split_to(body + remaining);
-            return Ok(Some(Frame {
-                header,
-                bytes,
-                body,
-                remaining,
-            }));
+            self.buf.reserve(body + remaining - self.buf.len());
+            return Ok(None);
         }
         if kind != PUBLISH {
             return Err(FrameError::TooLarge {

@@ -1,6 +1,6 @@
 //! A test device: publishes numbered readings at QoS 1 over a raw MQTT 3.1.1
-//! connection, so it knows exactly which readings were acknowledged and how
-//! often each was sent. It reconnects and resends what was not acked, as a
+//! (or 5) connection, so it knows exactly which readings were acknowledged
+//! and how often each was sent. It reconnects and resends what was not acked, as a
 //! real device with an at-least-once client does.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use rumqttc::v5::mqttbytes::v5;
+
+/// The MQTT version a test device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V311,
+    V5,
+}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,6 +56,31 @@ pub async fn publish_fields(
     deadline: Duration,
     fields: usize,
 ) -> Report {
+    publish_as(
+        addr,
+        device,
+        metric,
+        values,
+        stop,
+        deadline,
+        fields,
+        Protocol::V311,
+    )
+    .await
+}
+
+/// [`publish_fields`] in the given MQTT version.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_as(
+    addr: SocketAddr,
+    device: &str,
+    metric: &str,
+    values: impl IntoIterator<Item = i64>,
+    stop: Arc<AtomicBool>,
+    deadline: Duration,
+    fields: usize,
+    protocol: Protocol,
+) -> Report {
     let end = Instant::now() + deadline;
     let topic = format!("sensors/{device}/{metric}");
     let mut pending: VecDeque<i64> = values.into_iter().collect();
@@ -62,6 +95,7 @@ pub async fn publish_fields(
         let mut inflight = BTreeMap::new();
         let _ = session(
             &mut socket,
+            protocol,
             device,
             &topic,
             fields,
@@ -83,6 +117,7 @@ pub async fn publish_fields(
 #[allow(clippy::too_many_arguments)]
 async fn session(
     socket: &mut TcpStream,
+    protocol: Protocol,
     device: &str,
     topic: &str,
     fields: usize,
@@ -94,12 +129,23 @@ async fn session(
 ) -> anyhow::Result<()> {
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
-    let mut connect = Connect::new(format!("test-{device}"));
-    connect.keep_alive = 30;
-    Packet::Connect(connect).write(&mut out, usize::MAX)?;
+    let v5 = protocol == Protocol::V5;
+    if v5 {
+        let connect = v5::Connect {
+            keep_alive: 30,
+            client_id: format!("test-{device}"),
+            clean_start: true,
+            properties: None,
+        };
+        v5::Packet::Connect(connect, None, None).write(&mut out, None)?;
+    } else {
+        let mut connect = Connect::new(format!("test-{device}"));
+        connect.keep_alive = 30;
+        Packet::Connect(connect).write(&mut out, usize::MAX)?;
+    }
     socket.write_all(&out).await?;
-    match read(socket, &mut buf).await? {
-        Packet::ConnAck(_) => {}
+    match read(socket, &mut buf, protocol).await? {
+        Acked::ConnAck => {}
         other => anyhow::bail!("expected CONNACK, got {other:?}"),
     }
     let mut pkid: u16 = 0;
@@ -114,9 +160,20 @@ async fn session(
                 let body: Vec<String> = (0..fields).map(|f| format!("\"f{f}\":{v}")).collect();
                 format!("{{{}}}", body.join(","))
             };
-            let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
-            p.pkid = pkid;
-            Packet::Publish(p).write(&mut out, usize::MAX)?;
+            if v5 {
+                let mut p = v5::Publish::new(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    payload,
+                    None,
+                );
+                p.pkid = pkid;
+                v5::Packet::Publish(p).write(&mut out, None)?;
+            } else {
+                let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
+                p.pkid = pkid;
+                Packet::Publish(p).write(&mut out, usize::MAX)?;
+            }
             inflight.insert(pkid, v);
             *report.sends.entry(v).or_default() += 1;
         }
@@ -124,17 +181,48 @@ async fn session(
         if inflight.is_empty() || Instant::now() > end {
             return Ok(());
         }
-        if let Packet::PubAck(ack) = read(socket, &mut buf).await?
-            && let Some(v) = inflight.remove(&ack.pkid)
+        if let Acked::PubAck(pkid) = read(socket, &mut buf, protocol).await?
+            && let Some(v) = inflight.remove(&pkid)
         {
             report.acked.push(v);
         }
     }
 }
 
-async fn read(socket: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<Packet> {
+/// What a test device reads from the server.
+#[derive(Debug)]
+enum Acked {
+    ConnAck,
+    /// A successful PUBACK.
+    PubAck(u16),
+    Other,
+}
+
+async fn read(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    protocol: Protocol,
+) -> anyhow::Result<Acked> {
     loop {
-        match Packet::read(buf, 1 << 20) {
+        let next = match protocol {
+            Protocol::V311 => Packet::read(buf, 1 << 20).map(|p| match p {
+                Packet::ConnAck(_) => Acked::ConnAck,
+                Packet::PubAck(a) => Acked::PubAck(a.pkid),
+                _ => Acked::Other,
+            }),
+            Protocol::V5 => match v5::Packet::read(buf, Some(1 << 20)) {
+                Ok(v5::Packet::ConnAck(_)) => Ok(Acked::ConnAck),
+                Ok(v5::Packet::PubAck(a)) if a.reason == v5::PubAckReason::Success => {
+                    Ok(Acked::PubAck(a.pkid))
+                }
+                Ok(_) => Ok(Acked::Other),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(n)) => {
+                    Err(CodecError::InsufficientBytes(n))
+                }
+                Err(e) => anyhow::bail!("bad packet: {e}"),
+            },
+        };
+        match next {
             Ok(p) => return Ok(p),
             Err(CodecError::InsufficientBytes(_)) => {
                 let n =

@@ -202,7 +202,15 @@ impl Devices {
             }
         };
         let result = self
-            .session(&connect, assigned, encoder, rd, wr, &hold.taken_over, &stop)
+            .session(
+                &connect,
+                assigned,
+                encoder,
+                (rd, reader),
+                wr,
+                &hold.taken_over,
+                &stop,
+            )
             .await;
         let (end, session_end) = match result {
             Ok(ended) => ended,
@@ -290,7 +298,7 @@ impl Devices {
         connect: &Connect,
         assigned: Option<String>,
         encoder: Encoder,
-        mut rd: tokio::io::ReadHalf<Stream>,
+        (mut rd, mut reader): (tokio::io::ReadHalf<Stream>, FrameReader),
         wr: WriteHalf<Stream>,
         taken_over: &CancellationToken,
         stop: &CancellationToken,
@@ -344,9 +352,13 @@ impl Devices {
             })
             .await;
         let idle = accept::idle_limit(connect.keep_alive);
-        let mut reader = FrameReader::new(self.max_payload + ENVELOPE);
         let end = loop {
-            let next = tokio::select! {
+            // Packets already read go first; the socket, timers and stop
+            // signals are looked at only when they run out.
+            let next = match reader.buffered() {
+                Ok(Some(frame)) => Ok(Some(frame)),
+                Err(e) => Err(Some(e)),
+                Ok(None) => tokio::select! {
                 // Another connection with this client id (3.1.4-2).
                 _ = taken_over.cancelled() => {
                     let _ = replies.send(Reply::now(Outbound::Disconnect(Refusal::new(Reason::SessionTakenOver, "another connection took this client id")))).await;
@@ -359,6 +371,7 @@ impl Devices {
                 // The writer failed: the buffer refused, or the socket is gone.
                 _ = &mut writer => break End::Lost,
                 next = accept::next_packet(&mut reader, &mut rd, idle) => next,
+                },
             };
             let frame = match next {
                 Ok(Some(frame)) => frame,
@@ -615,36 +628,56 @@ impl Devices {
 /// Longest a reply may take to write before the connection is dropped.
 const WRITE_WITHIN: Duration = Duration::from_secs(10);
 
+/// Sends replies in order, each after its ticket; replies that are ready
+/// together go out in one write.
 async fn write_replies<W: AsyncWrite>(
     mut wr: WriteHalf<W>,
     mut rx: mpsc::Receiver<Reply>,
     encoder: Encoder,
     inflight: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
-    let mut out = BytesMut::with_capacity(256);
-    while let Some(reply) = rx.recv().await {
-        if let Some(ticket) = reply.ticket {
-            // Not durable: close without acknowledging; the device resends.
-            if let Err(e) = ticket.wait().await {
-                if matches!(e, CommitError::Full(_)) {
-                    // Do not invite an immediate resend into a full buffer.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut out = BytesMut::with_capacity(4096);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(mut reply) = next.take() {
+            if let Some(mut ticket) = reply.ticket.take() {
+                let outcome = match ticket.ready() {
+                    Some(outcome) => outcome,
+                    None => {
+                        // Send what is ready before waiting for this commit.
+                        flush(&mut wr, &mut out).await?;
+                        ticket.wait().await
+                    }
+                };
+                // Not durable: close without acknowledging; the device resends.
+                if let Err(e) = outcome {
+                    flush(&mut wr, &mut out).await?;
+                    if matches!(e, CommitError::Full(_)) {
+                        // Do not invite an immediate resend into a full buffer.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    return Err(e.into());
                 }
-                return Err(e.into());
             }
-        }
-        if reply.completes {
-            inflight.fetch_sub(1, Ordering::SeqCst);
-        }
-        if let Some(packet) = reply.packet {
-            out.clear();
-            encoder.encode(&packet, &mut out);
-            if !out.is_empty() {
-                tokio::time::timeout(WRITE_WITHIN, wr.write_all(&out)).await??;
+            if reply.completes {
+                inflight.fetch_sub(1, Ordering::SeqCst);
             }
+            if let Some(packet) = reply.packet {
+                encoder.encode(&packet, &mut out);
+            }
+            next = rx.try_recv().ok();
         }
+        flush(&mut wr, &mut out).await?;
     }
     let _ = wr.shutdown().await;
+    Ok(())
+}
+
+async fn flush<W: AsyncWrite>(wr: &mut WriteHalf<W>, out: &mut BytesMut) -> anyhow::Result<()> {
+    if !out.is_empty() {
+        tokio::time::timeout(WRITE_WITHIN, wr.write_all(out)).await??;
+        out.clear();
+    }
     Ok(())
 }
 

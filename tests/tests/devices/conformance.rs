@@ -135,6 +135,19 @@ async fn publishes_and_other_packets_are_checked_and_mqtt_5_readings_are_stored(
     raw.expect(&puback(1), "v5 PUBACK").await;
     assert_eq!(stack.settled("v5-dev", 1).await, vec![21.5]);
 
+    // A CONNECT and a PUBLISH in one write: the publish is not lost.
+    let mut raw = stack.raw().await;
+    let both = [
+        connect_v4("pipelined", true),
+        publish_v4("sensors/pipelined/v", 1, 1, false, b"4"),
+    ]
+    .concat();
+    raw.send(&both).await;
+    raw.expect(&CONNACK_OK, "CONNACK").await;
+    raw.expect(&puback(1), "PUBACK of the publish sent with the CONNECT")
+        .await;
+    assert_eq!(stack.settled("pipelined", 1).await, vec![4.0]);
+
     // Topic names (3.3.2-2, 4.7.3-1, 1.5.3-2): 3.1.1 closes; 5 says why.
     for (topic, code) in [
         ("+", 0x90u8),
