@@ -215,13 +215,8 @@ async fn run_once(
         stop.clone(),
     ));
     let status = status_fn(&buffer, &router, &committer);
-    let mut settings = uplink_settings(config)?;
-    let devices = router.clone();
-    settings.status_extra = Some(uplink::StatusExtra(Arc::new(
-        move || serde_json::json!({ "refused": devices.refusals.snapshot() }),
-    )));
     let uplink = tokio::spawn(uplink::run(
-        settings,
+        uplink_settings(config)?,
         buffer.clone(),
         status,
         sealed,
@@ -399,7 +394,6 @@ fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
         status_interval: Duration::from_secs(u.status_interval_secs),
         backlog_rate: u.backlog_records_per_sec,
         status_file: Some(config.data_dir.join("status.json")),
-        status_extra: None,
     })
 }
 
@@ -440,6 +434,9 @@ fn status_fn(
             buffer: state,
             clock: clock::status(),
             faults,
+            devices: dash_shared::DeviceStatus {
+                refused: router.refusals.snapshot(),
+            },
         }
     })
 }

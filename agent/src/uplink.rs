@@ -199,28 +199,11 @@ pub struct UplinkSettings {
     pub backlog_rate: u64,
     /// Where the status is also written as JSON, connected or not.
     pub status_file: Option<std::path::PathBuf>,
-    /// What the status file adds under `devices` (the device listener's
-    /// refusals by reason), beyond what the status on the wire carries.
-    pub status_extra: Option<StatusExtra>,
-}
-
-/// Builds the status file's `devices` section.
-#[derive(Clone)]
-pub struct StatusExtra(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
-
-impl std::fmt::Debug for StatusExtra {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StatusExtra")
-    }
 }
 
 /// Writes the status as JSON to `path` (see [`crate::replace_file`]).
-fn write_status_file(path: &std::path::Path, status: &AgentStatus, extra: Option<&StatusExtra>) {
-    let mut json = serde_json::to_value(status).unwrap_or_default();
-    if let (Some(extra), Some(object)) = (extra, json.as_object_mut()) {
-        object.insert("devices".into(), (extra.0)());
-    }
-    let result = serde_json::to_vec_pretty(&json)
+fn write_status_file(path: &std::path::Path, status: &AgentStatus) {
+    let result = serde_json::to_vec_pretty(status)
         .map_err(std::io::Error::other)
         .and_then(|bytes| crate::replace_file(path, &bytes));
     if let Err(e) = result {
@@ -288,7 +271,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = report.tick() => {
                 if let Some(path) = &settings.status_file {
-                    write_status_file(path, &status(connected), settings.status_extra.as_ref());
+                    write_status_file(path, &status(connected));
                 }
                 if connected {
                     let now = status_bytes(&status, true);

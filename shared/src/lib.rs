@@ -34,7 +34,7 @@ pub use series::SeriesKey;
 pub use topic::{AgentId, TenantId, TopicKind};
 pub use wire::{
     Ack, AckOutcome, AgentStatus, Batch, BufferStatus, ClassCounts, ClockStatus, DecodeError,
-    Event, Limits, Message, SeriesBlock, StreamId, Window, WindowBlock,
+    DeviceStatus, Event, Limits, Message, SeriesBlock, StreamId, Window, WindowBlock,
 };
 
 /// UTC time in microseconds since 1970-01-01T00:00:00Z, PostgreSQL's own resolution.

@@ -41,7 +41,7 @@ use crate::{MAX_TIMESTAMP, MIN_TIMESTAMP, Micros};
 /// First two bytes of every Dash message.
 pub const MAGIC: [u8; 2] = *b"DS";
 /// The newest protocol version this crate reads and writes.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// The oldest version this crate still reads (and writes when enough).
 pub const PROTOCOL_VERSION_MIN: u8 = 1;
 /// Longest event body (JSON text), in bytes.
@@ -59,6 +59,10 @@ pub const MAX_STREAM_NAME_LEN: usize = 32;
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Most faults one status lists.
 pub const MAX_FAULTS: usize = 16;
+/// Most refusal reasons one status counts.
+pub const MAX_REFUSAL_REASONS: usize = 32;
+/// Longest refusal reason name, in bytes.
+pub const MAX_REASON_NAME: usize = 64;
 
 /// Bounds a decoder enforces. Both sides use the same defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +218,8 @@ pub struct Ack {
 }
 
 /// An agent's health, published retained on its status topic (protocol
-/// version 3; an older status is read with the fields it lacks at zero).
+/// version 4 when it carries device refusals, else 3; an older status is
+/// read with the fields it lacks at zero).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     /// False in the last-will message the broker sends when the agent vanishes.
@@ -228,6 +233,55 @@ pub struct AgentStatus {
     /// Faults the agent is living with now (a full or read-only disk, a
     /// buffer started afresh), each a short sentence; empty when healthy.
     pub faults: Vec<String>,
+    /// What the agent's device listener refused (version 4).
+    #[serde(default)]
+    pub devices: DeviceStatus,
+}
+
+/// The device listener, as [`AgentStatus`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Refusals since the agent started, by reason (`payload_too_large`,
+    /// `topic_not_mapped`, `malformed`, ...).
+    pub refused: std::collections::BTreeMap<String, u64>,
+}
+
+/// The status of protocol version 3.
+#[derive(Serialize, Deserialize)]
+struct AgentStatusV3 {
+    online: bool,
+    version: String,
+    time: Micros,
+    buffer: BufferStatus,
+    clock: ClockStatus,
+    faults: Vec<String>,
+}
+
+impl From<AgentStatusV3> for AgentStatus {
+    fn from(s: AgentStatusV3) -> Self {
+        AgentStatus {
+            online: s.online,
+            version: s.version,
+            time: s.time,
+            buffer: s.buffer,
+            clock: s.clock,
+            faults: s.faults,
+            devices: DeviceStatus::default(),
+        }
+    }
+}
+
+impl From<&AgentStatus> for AgentStatusV3 {
+    fn from(s: &AgentStatus) -> Self {
+        AgentStatusV3 {
+            online: s.online,
+            version: s.version.clone(),
+            time: s.time,
+            buffer: s.buffer.clone(),
+            clock: s.clock,
+            faults: s.faults.clone(),
+        }
+    }
 }
 
 /// The agent's buffer, as [`AgentStatus`] reports it.
@@ -360,6 +414,12 @@ pub enum Invalid {
     TextTooLong(usize),
     #[error("status lists {0} faults, more than {MAX_FAULTS}")]
     TooManyFaults(usize),
+    #[error("status counts {0} refusal reasons, more than {MAX_REFUSAL_REASONS}")]
+    TooManyReasons(usize),
+    #[error(
+        "refusal reason {0:?} is empty, longer than {MAX_REASON_NAME} bytes or not snake_case ASCII"
+    )]
+    ReasonName(String),
     #[error("window series {index}: {reason}")]
     Window { index: usize, reason: String },
     #[error("event {index}: {reason}")]
@@ -416,6 +476,14 @@ enum WireMessageV2 {
 /// Version 3: the status gains buffer, clock and fault details.
 #[derive(Serialize, Deserialize)]
 enum WireMessageV3 {
+    Batch(WireBatchV2),
+    Ack(Ack),
+    Status(AgentStatusV3),
+}
+
+/// Version 4: the status gains the device listener's refusals.
+#[derive(Serialize, Deserialize)]
+enum WireMessageV4 {
     Batch(WireBatchV2),
     Ack(Ack),
     Status(AgentStatus),
@@ -490,9 +558,13 @@ pub fn encode(msg: &Message, limits: &Limits) -> Result<Vec<u8>, EncodeError> {
             });
             postcard::to_extend(&wire, out)
         }
-        Message::Status(st) => {
+        Message::Status(st) if st.devices == DeviceStatus::default() => {
             out.push(3);
-            postcard::to_extend(&WireMessageV3::Status(st.clone()), out)
+            postcard::to_extend(&WireMessageV3::Status(st.into()), out)
+        }
+        Message::Status(st) => {
+            out.push(4);
+            postcard::to_extend(&WireMessageV4::Status(st.clone()), out)
         }
         other => {
             out.push(PROTOCOL_VERSION_MIN);
@@ -504,7 +576,7 @@ pub fn encode(msg: &Message, limits: &Limits) -> Result<Vec<u8>, EncodeError> {
                     series: blocks(&b.series),
                 }),
                 Message::Ack(a) => WireMessage::Ack(a.clone()),
-                Message::Status(_) => unreachable!("a status is written as version 3"),
+                Message::Status(_) => unreachable!("a status is written as version 3 or 4"),
             };
             postcard::to_extend(&wire, out)
         }
@@ -572,7 +644,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
             let msg = match wire {
                 WireMessageV3::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
                 WireMessageV3::Ack(a) => Message::Ack(a),
-                WireMessageV3::Status(s) => Message::Status(s),
+                WireMessageV3::Status(s) => Message::Status(s.into()),
+            };
+            (msg, rest)
+        }
+        4 => {
+            let (wire, rest): (WireMessageV4, _) =
+                postcard::take_from_bytes(body).map_err(malformed)?;
+            let msg = match wire {
+                WireMessageV4::Batch(b) => Message::Batch(unpack_batch(b, limits)?),
+                WireMessageV4::Ack(a) => Message::Ack(a),
+                WireMessageV4::Status(s) => Message::Status(s),
             };
             (msg, rest)
         }

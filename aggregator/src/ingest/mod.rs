@@ -262,6 +262,8 @@ impl<W: SampleWriter> Ingestor<W> {
         .bind(json)
         .execute(&self.pool)
         .await?;
+        self.metrics
+            .device_refusals(tenant.as_str(), agent.as_str(), &status.devices.refused);
         let key = (tenant.to_string(), agent.to_string());
         let mut last = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         if last.get(&key) != Some(&status.faults) {

@@ -14,6 +14,7 @@ pub const EXPIRED: &str = "dash_ingest_expired_samples_total";
 pub const QUARANTINED: &str = "dash_ingest_quarantined_total";
 pub const CONNECTIONS: &str = "dash_broker_connections_total";
 pub const REFUSED: &str = "dash_auth_refused_total";
+pub const DEVICE_REFUSALS: &str = "dash_agent_device_refusals";
 
 /// Outcome of one batch message.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +41,8 @@ pub struct Metrics {
     connections: AtomicU64,
     /// Refusals by (stage, reason).
     refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Each agent's device listener refusals, as its last status said.
+    device_refusals: Mutex<BTreeMap<(String, String), BTreeMap<String, u64>>>,
     /// What `/readyz` reads (see [`crate::telemetry::health`]).
     pub health: crate::telemetry::health::Health,
 }
@@ -113,6 +116,17 @@ impl Metrics {
             .filter(|((s, r), _)| *s == stage && *r == reason)
             .map(|(_, n)| *n)
             .sum()
+    }
+
+    /// Keeps what an agent's status says its device listener refused.
+    pub fn device_refusals(&self, tenant: &str, agent: &str, refused: &BTreeMap<String, u64>) {
+        let mut all = self.device_refusals.lock().expect("metrics lock");
+        let key = (tenant.to_owned(), agent.to_owned());
+        if refused.is_empty() {
+            all.remove(&key);
+        } else {
+            all.insert(key, refused.clone());
+        }
     }
 
     pub fn store_error(&self) {
@@ -193,6 +207,19 @@ impl Metrics {
                 "{REFUSED}{{stage=\"{stage}\",reason=\"{reason}\"}} {n}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP {DEVICE_REFUSALS} What agents' device listeners refused, by reason: each agent's count since it started, as its last status said, summed.\n# TYPE {DEVICE_REFUSALS} gauge"
+        );
+        let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+        let refusals = self.device_refusals.lock().expect("metrics lock");
+        for (reason, n) in refusals.values().flatten() {
+            *sums.entry(reason).or_default() += n;
+        }
+        for (reason, n) in sums {
+            let _ = writeln!(out, "{DEVICE_REFUSALS}{{reason=\"{reason}\"}} {n}");
+        }
+        drop(refusals);
         let _ = writeln!(
             out,
             "# HELP {PAYLOAD_BYTES} Bytes of batch payloads received."

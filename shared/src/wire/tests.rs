@@ -86,10 +86,38 @@ fn batch_ack_and_status_round_trip() {
             unsynced_stamps: 8,
         },
         faults: vec!["disk full".into()],
+        devices: Default::default(),
     });
     let bytes = encode(&status, &Limits::default()).unwrap();
-    assert_eq!(bytes[2], 3, "a status is written as version 3");
+    assert_eq!(
+        bytes[2], 3,
+        "a status without device refusals is written as version 3"
+    );
     assert_eq!(round_trip(&status), status);
+    let Message::Status(mut with) = status else {
+        unreachable!()
+    };
+    with.devices.refused.insert("payload_too_large".into(), 3);
+    with.devices.refused.insert("topic_not_mapped".into(), 1);
+    let with = Message::Status(with);
+    let bytes = encode(&with, &Limits::default()).unwrap();
+    assert_eq!(bytes[2], 4, "device refusals need version 4");
+    assert_eq!(round_trip(&with), with);
+}
+
+#[test]
+fn a_status_with_hostile_refusal_reasons_is_refused() {
+    let mut s = AgentStatus::default();
+    s.devices.refused.insert("Bad Reason\n".into(), 1);
+    assert!(encode(&Message::Status(s.clone()), &Limits::default()).is_err());
+    s.devices.refused.clear();
+    for i in 0..=MAX_REFUSAL_REASONS {
+        s.devices.refused.insert(format!("r{i}"), 1);
+    }
+    assert!(matches!(
+        encode(&Message::Status(s), &Limits::default()),
+        Err(EncodeError::Invalid(Invalid::TooManyReasons(_)))
+    ));
 }
 
 #[test]

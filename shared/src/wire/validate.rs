@@ -195,7 +195,21 @@ pub fn validate(msg: &Message, limits: &Limits) -> Result<(), Invalid> {
             if s.faults.len() > MAX_FAULTS {
                 return Err(Invalid::TooManyFaults(s.faults.len()));
             }
-            s.faults.iter().try_for_each(|f| check_text(f))
+            s.faults.iter().try_for_each(|f| check_text(f))?;
+            let refused = &s.devices.refused;
+            if refused.len() > MAX_REFUSAL_REASONS {
+                return Err(Invalid::TooManyReasons(refused.len()));
+            }
+            match refused.keys().find(|r| {
+                r.is_empty()
+                    || r.len() > MAX_REASON_NAME
+                    || !r
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            }) {
+                Some(bad) => Err(Invalid::ReasonName(bad.chars().take(80).collect())),
+                None => Ok(()),
+            }
         }
     }
 }

@@ -313,6 +313,20 @@ async fn the_size_limit_counts_the_payload_and_a_device_is_told() {
         status["buffer"]["invalid_records"].as_u64().unwrap() >= 5,
         "{status}"
     );
+    // And on the aggregator's /metrics, from the agent's status.
+    let http = stack.http;
+    let line = "dash_agent_device_refusals{reason=\"payload_too_large\"} 3";
+    eventually(
+        Duration::from_secs(30),
+        "device refusals on /metrics",
+        || async move {
+            dash_tests::metrics_text(http)
+                .await
+                .contains(line)
+                .then_some(())
+        },
+    )
+    .await;
     let log = stack.agent_log();
     assert_eq!(
         log.matches("reason=\"payload_too_large\"").count(),

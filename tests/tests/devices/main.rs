@@ -29,6 +29,8 @@ struct Stack {
     _aggregator: Proc,
     agent: Proc,
     devices: u16,
+    /// The aggregator's HTTP port (`/metrics`).
+    http: u16,
 }
 
 impl Stack {
@@ -55,6 +57,7 @@ impl Stack {
             _aggregator: aggregator,
             agent,
             devices,
+            http,
         };
         stack.wait_for_listener().await;
         stack
