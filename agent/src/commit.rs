@@ -348,9 +348,32 @@ async fn store(
         buffer.note(&result);
         refused[c] = !result.map_err(|e| e.to_string())?;
     }
+    // Requests that carry only session changes (a CONNACK's reset, a
+    // PUBREL) are not refused with the records of their class: they are
+    // written alone, and take no room.
+    let mut alone = vec![false; group.len()];
+    for class in Class::ALL {
+        let c = class.index();
+        if !refused[c] {
+            continue;
+        }
+        let mut ops = Vec::new();
+        for (i, p) in group.iter().enumerate() {
+            if p.class == class && p.records.is_empty() && p.key.is_none() && !p.session.is_empty()
+            {
+                ops.extend(p.session.iter().cloned());
+                alone[i] = true;
+            }
+        }
+        if !ops.is_empty() {
+            let result = buffer.append_with_sessions(class, &[], &[], &ops);
+            buffer.note(&result);
+            result.map_err(|e| e.to_string())?;
+        }
+    }
     buffer.flush().await.map_err(|e| e.to_string())?;
-    for (p, outcome) in group.iter().zip(outcomes.iter_mut()) {
-        if refused[p.class.index()] && matches!(outcome, Ok(Stored::New)) {
+    for (i, (p, outcome)) in group.iter().zip(outcomes.iter_mut()).enumerate() {
+        if refused[p.class.index()] && !alone[i] && matches!(outcome, Ok(Stored::New)) {
             *outcome = Err(CommitError::Full(p.class));
         }
     }

@@ -82,6 +82,8 @@ pub struct Publish {
     pub payload: Bytes,
     /// The payload's length as sent.
     pub payload_len: usize,
+    /// Over the reader's limit: read through, the payload not kept.
+    pub cut: bool,
 }
 
 /// A packet after CONNECT.
@@ -400,6 +402,7 @@ fn publish_head(frame: &Frame) -> Result<Publish, Refusal> {
         payload: Bytes::new(),
         // Without the MQTT 5 properties' length, which is small.
         payload_len: frame.remaining.saturating_sub(used),
+        cut: true,
     })
 }
 
@@ -419,6 +422,7 @@ fn decode_publish(frame: Frame, version: Version) -> Result<Publish, Refusal> {
                         retain: p.retain,
                         pkid: p.pkid,
                         payload: p.payload,
+                        cut: false,
                     },
                     Ok(_) => return Err(malformed("PUBLISH did not read as one")),
                     Err(e) => return Err(malformed(format!("PUBLISH: {e}"))),
@@ -453,6 +457,7 @@ fn decode_publish(frame: Frame, version: Version) -> Result<Publish, Refusal> {
                             retain: p.retain,
                             pkid: p.pkid,
                             payload: p.payload,
+                            cut: false,
                         }
                     }
                     Ok(_) => return Err(malformed("PUBLISH did not read as one")),

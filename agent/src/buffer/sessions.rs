@@ -162,23 +162,33 @@ impl Buffer {
         Ok(())
     }
 
-    /// Removes sessions whose connection ended more than their expiry ago;
-    /// returns how many.
+    /// At start: removes sessions whose connection ended more than their
+    /// expiry ago, and counts the expiry of those whose connection was
+    /// still open when the agent stopped (`ended` 0) from `now`. Returns
+    /// how many were removed.
     pub fn expire_sessions(&self, now: Micros) -> Result<usize, BufferError> {
-        let mut expired = Vec::new();
+        let mut ops = Vec::new();
+        let mut expired = 0;
         for item in self.sessions.iter() {
             let (k, v) = item?;
             if k.len() == 17 && k[16] == META && v.len() == 12 {
                 let ended = read_u64(&v[..8])? as Micros;
-                let expiry = i64::from(u32::from_be_bytes([v[8], v[9], v[10], v[11]]));
-                if ended > 0 && now.saturating_sub(ended) > expiry.saturating_mul(1_000_000) {
-                    let mut client = [0u8; 16];
-                    client.copy_from_slice(&k[..16]);
-                    expired.push(SessionOp::Clear { client });
+                let expiry_secs = u32::from_be_bytes([v[8], v[9], v[10], v[11]]);
+                let mut client = [0u8; 16];
+                client.copy_from_slice(&k[..16]);
+                if ended == 0 {
+                    ops.push(SessionOp::Meta {
+                        client,
+                        ended: now,
+                        expiry_secs,
+                    });
+                } else if now.saturating_sub(ended) > i64::from(expiry_secs) * 1_000_000 {
+                    ops.push(SessionOp::Clear { client });
+                    expired += 1;
                 }
             }
         }
-        self.apply_session_ops(&expired)?;
-        Ok(expired.len())
+        self.apply_session_ops(&ops)?;
+        Ok(expired)
     }
 }

@@ -587,3 +587,43 @@ proptest::proptest! {
         });
     }
 }
+
+#[test]
+fn sessions_open_at_a_stop_expire_from_the_next_start_and_need_no_room() {
+    use crate::buffer::{SessionOp, client_key};
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(dir.path()).unwrap().with_budget(Budget {
+        max_bytes: 1,
+        ..Budget::default()
+    });
+    let client = client_key("dev-1");
+    // Session writes alone go in even when the budget is full.
+    let ops = [
+        SessionOp::Meta {
+            client,
+            ended: 0,
+            expiry_secs: 60,
+        },
+        SessionOp::AwaitingRelease { client, pkid: 3 },
+    ];
+    assert!(
+        buf.append_with_sessions(Class::Telemetry, &[], &[], &ops)
+            .unwrap()
+    );
+    let stored = buf.session(&client).unwrap().unwrap();
+    assert_eq!(
+        (stored.ended, stored.awaiting_release.clone()),
+        (0, vec![3])
+    );
+    // The agent stopped with the connection open: its expiry counts from the start.
+    let start = 1_800_000_000_000_000;
+    assert_eq!(buf.expire_sessions(start).unwrap(), 0);
+    assert_eq!(buf.session(&client).unwrap().unwrap().ended, start);
+    assert_eq!(
+        buf.expire_sessions(start + 30_000_000).unwrap(),
+        0,
+        "within its 60 s"
+    );
+    assert_eq!(buf.expire_sessions(start + 61_000_000).unwrap(), 1);
+    assert_eq!(buf.session(&client).unwrap(), None);
+}

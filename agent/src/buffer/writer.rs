@@ -63,7 +63,8 @@ impl Buffer {
         let chunk = (!plain.is_empty()).then(|| (be(plain[0].0), chunk_bytes(&plain)));
         let size = chunk.as_ref().map_or(0, |(k, v)| entry_bytes(k, v));
         let pending_size = windowed.iter().map(|(k, v)| entry_bytes(k, v)).sum::<u64>();
-        if !self.make_room(class, size + pending_size)? {
+        // Session changes alone take no room from the budget.
+        if size + pending_size > 0 && !self.make_room(class, size + pending_size)? {
             self.count_rejected(class, records.len() as u64)?;
             return Ok(false);
         }

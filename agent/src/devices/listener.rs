@@ -195,11 +195,11 @@ impl Devices {
             connect.client_id.clone()
         });
         let client = client_key(&connect.client_id);
-        let hold = tokio::select! {
-            hold = self.live.take(client) => hold,
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                anyhow::bail!("the connection it takes over did not finish within 30 s");
-            }
+        let Some(hold) = self.live.take(client, TAKEOVER_WITHIN).await else {
+            anyhow::bail!(
+                "the connection it takes over did not finish within {} s",
+                TAKEOVER_WITHIN.as_secs()
+            );
         };
         let result = self
             .session(
@@ -222,8 +222,11 @@ impl Devices {
         let number = hold.number;
         // Wait for the end of session to be written before another
         // connection may read it.
-        if let Some(ticket) = session_end {
-            let _ = ticket.wait().await;
+        if let Some(Err(e)) = match session_end {
+            Some(ticket) => Some(ticket.wait().await),
+            None => None,
+        } {
+            tracing::warn!(client = %dash_runtime::text::clip_for_log(&connect.client_id, 100), error = %e, "the end of a device session was not stored; it may be offered again");
         }
         self.live.release(&client, hold);
         if let (End::Lost | End::Disconnected { with_will: true }, Some(will)) =
@@ -286,7 +289,7 @@ impl Devices {
             encoder.encode(&Outbound::ConnRefused(refusal.clone()), &mut out);
             let _ = tokio::time::timeout(WRITE_WITHIN, wr.write_all(&out)).await;
         }
-        let _ = wr.shutdown().await;
+        let _ = tokio::time::timeout(WRITE_WITHIN, wr.shutdown()).await;
         anyhow::bail!("CONNECT refused: {}", refusal.detail)
     }
 
@@ -316,7 +319,10 @@ impl Devices {
         };
         let present = stored.is_some();
         let mut ops = Vec::new();
-        if !present {
+        // A session not kept lives in memory for this connection only: what
+        // was stored goes now (MQTT 5 clean start 0 with expiry 0 resumes
+        // it and ends it when the connection closes).
+        if !present || !kept {
             ops.push(SessionOp::Clear { client });
         }
         if kept {
@@ -359,6 +365,11 @@ impl Devices {
                 Ok(Some(frame)) => Ok(Some(frame)),
                 Err(e) => Err(Some(e)),
                 Ok(None) => tokio::select! {
+                // What the device sent before anything else happened is
+                // taken first: a device that disconnects and reconnects at
+                // once must not lose the QoS 0 publishes still unread.
+                biased;
+                next = accept::next_packet(&mut reader, &mut rd, idle) => next,
                 // Another connection with this client id (3.1.4-2).
                 _ = taken_over.cancelled() => {
                     let _ = replies.send(Reply::now(Outbound::Disconnect(Refusal::new(Reason::SessionTakenOver, "another connection took this client id")))).await;
@@ -370,7 +381,6 @@ impl Devices {
                 }
                 // The writer failed: the buffer refused, or the socket is gone.
                 _ = &mut writer => break End::Lost,
-                next = accept::next_packet(&mut reader, &mut rd, idle) => next,
                 },
             };
             let frame = match next {
@@ -419,6 +429,21 @@ impl Devices {
                 }
             };
             let reply = match packet {
+                Inbound::Publish(p) if p.cut && connect.version == Version::V5 => {
+                    // Over the maximum packet size offered in CONNACK (3.2.2-15).
+                    let r = Refusal::new(
+                        Reason::PacketTooLarge,
+                        format!(
+                            "a PUBLISH of {} bytes is over the maximum packet size offered",
+                            p.payload_len
+                        ),
+                    );
+                    self.router
+                        .refusals
+                        .count(&connect.client_id, r.reason.name(), &r.detail);
+                    let _ = replies.send(Reply::now(Outbound::Disconnect(r))).await;
+                    break End::Lost;
+                }
                 Inbound::Publish(p) => {
                     if p.qos > 0
                         && inflight.fetch_add(1, Ordering::SeqCst) >= usize::from(RECEIVE_MAX)
@@ -478,8 +503,16 @@ impl Devices {
             }
         };
         drop(replies);
-        if !writer.is_finished() {
-            let _ = (&mut writer).await;
+        if !writer.is_finished()
+            && tokio::time::timeout(WRITER_WITHIN, &mut writer)
+                .await
+                .is_err()
+        {
+            writer.abort();
+            tracing::warn!(
+                "a device connection's replies did not finish within {} s",
+                WRITER_WITHIN.as_secs()
+            );
         }
         // The session outlives the connection by its expiry, from now.
         let last = if kept && expiry > 0 {
@@ -589,9 +622,11 @@ impl Devices {
         number: u64,
         stop: CancellationToken,
     ) {
-        if will.delay > 0 {
-            let delay =
-                Duration::from_secs(u64::from(will.delay.min(connect.session_expiry.max(1))));
+        // The will waits for its delay or the end of the session, whichever
+        // comes first (MQTT 5 3.1.3.2.2).
+        let delay = will.delay.min(connect.session_expiry);
+        if delay > 0 {
+            let delay = Duration::from_secs(u64::from(delay));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.cancelled() => return,
@@ -625,8 +660,16 @@ impl Devices {
     }
 }
 
-/// Longest a reply may take to write before the connection is dropped.
+/// Longest a reply (or a TLS close) may take to write before the
+/// connection is dropped.
 const WRITE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Longest a new connection waits for the one it takes over to finish.
+const TAKEOVER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Longest a closing connection waits for its replies (commits included;
+/// the commit watchdog ends a stalled agent sooner).
+const WRITER_WITHIN: Duration = Duration::from_secs(60);
 
 /// Sends replies in order, each after its ticket; replies that are ready
 /// together go out in one write.
@@ -669,7 +712,7 @@ async fn write_replies<W: AsyncWrite>(
         }
         flush(&mut wr, &mut out).await?;
     }
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_WITHIN, wr.shutdown()).await;
     Ok(())
 }
 

@@ -170,8 +170,9 @@ pub struct Hold {
 
 impl Live {
     /// Takes the client id: the connection holding it is told to stop, and
-    /// this waits until it has finished.
-    pub async fn take(&self, client: ClientKey) -> Hold {
+    /// this waits until it has finished; `None` if it did not within
+    /// `within` (the claim is withdrawn).
+    pub async fn take(&self, client: ClientKey, within: std::time::Duration) -> Option<Hold> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let taken_over = CancellationToken::new();
         let lock = {
@@ -193,11 +194,19 @@ impl Live {
             );
             lock
         };
-        let guard = lock.lock_owned().await;
-        Hold {
-            number,
-            taken_over,
-            _guard: guard,
+        match tokio::time::timeout(within, lock.lock_owned()).await {
+            Ok(guard) => Some(Hold {
+                number,
+                taken_over,
+                _guard: guard,
+            }),
+            Err(_) => {
+                let mut holders = self.holders.lock().expect("live sessions");
+                if holders.get(&client).is_some_and(|h| h.number == number) {
+                    holders.remove(&client);
+                }
+                None
+            }
         }
     }
 
@@ -314,10 +323,11 @@ mod tests {
     #[tokio::test]
     async fn a_second_connection_stops_the_first_and_waits_for_it() {
         let live = Arc::new(Live::default());
-        let first = live.take(C).await;
+        let within = std::time::Duration::from_secs(30);
+        let first = live.take(C, within).await.unwrap();
         let stop = first.taken_over.clone();
         let live2 = live.clone();
-        let second = tokio::spawn(async move { live2.take(C).await });
+        let second = tokio::spawn(async move { live2.take(C, within).await.unwrap() });
         stop.cancelled().await;
         tokio::task::yield_now().await;
         assert!(

@@ -350,7 +350,7 @@ impl Gate {
             if r.reason == dash_mqtt::Reason::UnsupportedVersion {
                 let _ = wr.write_all(&[0x20, 2, 0, 0x01]).await;
             }
-            let _ = wr.shutdown().await;
+            let _ = tokio::time::timeout(CLOSE_WITHIN, wr.shutdown()).await;
             return;
         }
         let connect = match decode(&frame) {
@@ -375,7 +375,7 @@ impl Gate {
                     )
                     .await;
                 }
-                let _ = wr.shutdown().await;
+                let _ = tokio::time::timeout(CLOSE_WITHIN, wr.shutdown()).await;
                 return;
             }
         };
@@ -634,7 +634,11 @@ impl Gate {
             if let Packet::Unsubscribe(u) = &packet {
                 out.clear();
                 let _ = Packet::UnsubAck(UnsubAck::new(u.pkid)).write(&mut out, usize::MAX);
-                if up.send(out.split()).await.is_err() {
+                let sent = tokio::select! {
+                    sent = up.send(out.split()) => sent.is_ok(),
+                    _ = cancel.cancelled() => false,
+                };
+                if !sent {
                     break Ok(());
                 }
             }
@@ -642,7 +646,7 @@ impl Gate {
                 break Ok(());
             }
         };
-        let _ = broker_wr.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_WITHIN, broker_wr.shutdown()).await;
         drop(up);
         if !down.is_finished() {
             // Let what the broker already sent reach the client, briefly.
@@ -659,13 +663,14 @@ impl Gate {
 async fn relay_down<R, W>(
     mut broker: R,
     mut client: W,
-    mut own: tokio::sync::mpsc::Receiver<BytesMut>,
+    own: tokio::sync::mpsc::Receiver<BytesMut>,
     own_pings: Arc<std::sync::atomic::AtomicUsize>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut reader = FrameReader::new(usize::MAX >> 8);
+    let mut own = Some(own);
     loop {
         let bytes = tokio::select! {
             frame = reader.next(&mut broker) => match frame {
@@ -681,17 +686,25 @@ async fn relay_down<R, W>(
                 Ok(Some(f)) => f.bytes,
                 _ => break,
             },
-            mine = own.recv() => match mine {
+            // Once the client side is done, what the broker still sends
+            // is passed on until it closes (the caller bounds the wait).
+            mine = async { own.as_mut()?.recv().await }, if own.is_some() => match mine {
                 Some(b) => b,
-                None => break,
+                None => {
+                    own = None;
+                    continue;
+                }
             },
         };
         if client.write_all(&bytes).await.is_err() {
             break;
         }
     }
-    let _ = client.shutdown().await;
+    let _ = tokio::time::timeout(CLOSE_WITHIN, client.shutdown()).await;
 }
+
+/// Longest a close (TLS close_notify included) may take.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Most subscriptions one connection may make.
 const MAX_FILTERS: usize = 16;

@@ -173,3 +173,37 @@ async fn a_last_will_is_stored_when_a_device_vanishes_and_not_after_disconnect()
         "a DISCONNECT drops the will"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_5_session_resumed_with_expiry_0_ends_with_its_connection() {
+    let stack = Stack::start().await;
+    let mut raw = stack.raw().await;
+    raw.send(&connect_v5("dev-e", false, Some(3600))).await;
+    assert!(is_connack_v5(&raw.packet("CONNACK").await, false, 0));
+    raw.send(&publish_v5("sensors/dev-e/v", 2, 7, b"1")).await;
+    raw.expect(&pubrec(7), "PUBREC").await;
+    drop(raw);
+    // Resumed with expiry 0: present, and released here.
+    let mut raw = stack.raw().await;
+    raw.send(&connect_v5("dev-e", false, Some(0))).await;
+    assert!(
+        is_connack_v5(&raw.packet("CONNACK").await, true, 0),
+        "resumed"
+    );
+    raw.send(&pubrel(7)).await;
+    raw.expect(&pubcomp(7), "PUBCOMP").await;
+    raw.send(&[0xe0, 0]).await;
+    raw.expect_closed("DISCONNECT").await;
+    // That session ended with its connection: a new one, and id 7 is free.
+    let mut raw = stack.raw().await;
+    raw.send(&connect_v5("dev-e", false, Some(3600))).await;
+    assert!(
+        is_connack_v5(&raw.packet("CONNACK").await, false, 0),
+        "no session left"
+    );
+    raw.send(&publish_v5("sensors/dev-e/v", 2, 7, b"2")).await;
+    raw.expect(&pubrec(7), "PUBREC").await;
+    raw.send(&pubrel(7)).await;
+    raw.expect(&pubcomp(7), "PUBCOMP").await;
+    assert_eq!(stack.settled("dev-e", 2).await, vec![1.0, 2.0]);
+}
