@@ -33,6 +33,13 @@
 //!   ([`telemetry::health`]).
 //! - [`cli`]: the admin commands behind `dash-aggregator ca|agent`.
 //!
+//! Errors at the boundaries are typed: [`storage::pool::StorageError`]
+//! (opening the database), [`ingest::IngestError`] (a batch not stored now,
+//! retried), [`auth::registry::RegistryError`] (a name taken, the registry
+//! unreachable), [`api::ApiError`] (one type, mapped to HTTP statuses, never
+//! carrying SQL text). anyhow is for the binary, the CLI and background
+//! workers.
+//!
 //! # Guarantee
 //!
 //! A batch's ack is published only after the transaction holding both its

@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+/// Why the registry could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// `agent add` with a name its tenant already used: names are never
+    /// reused, so a revoked agent's batches can never be taken for a new one's.
+    #[error(
+        "agent {tenant}/{agent} already exists; an agent name is never reused, even after `agent revoke`: pick another"
+    )]
+    Taken { tenant: String, agent: String },
+    /// PostgreSQL could not be reached or refused the statement; a lookup
+    /// may be retried.
+    #[error("the agent registry in PostgreSQL failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// What the registry's functions return.
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
 /// Where an agent stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
@@ -93,7 +111,7 @@ impl Registry {
     pub async fn by_certificate(
         &self,
         fingerprint: &str,
-    ) -> sqlx::Result<Option<(String, String, Standing)>> {
+    ) -> Result<Option<(String, String, Standing)>> {
         let row: Option<(String, String, Option<DateTime<Utc>>)> =
             sqlx::query_as("SELECT tenant, agent, revoked_at FROM agents WHERE cert_sha256 = $1")
                 .bind(fingerprint)
@@ -105,7 +123,7 @@ impl Registry {
     /// Whether `token` is the agent's token: `Active` when it is and the
     /// agent is not revoked, `Unknown` when it is not (or the agent has no
     /// token), `Revoked` when it is but the agent was revoked.
-    pub async fn by_token(&self, tenant: &str, agent: &str, token: &str) -> sqlx::Result<Standing> {
+    pub async fn by_token(&self, tenant: &str, agent: &str, token: &str) -> Result<Standing> {
         let row: Option<(Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
             "SELECT token_sha256, revoked_at FROM agents WHERE tenant = $1 AND agent = $2",
         )
@@ -121,7 +139,7 @@ impl Registry {
     }
 
     /// An agent's standing, looked up at most every [`CACHE_FOR`].
-    pub async fn standing(&self, tenant: &str, agent: &str) -> sqlx::Result<Standing> {
+    pub async fn standing(&self, tenant: &str, agent: &str) -> Result<Standing> {
         let key = (tenant.to_owned(), agent.to_owned());
         if let Some((at, s)) = self.cache.lock().expect("registry cache").get(&key)
             && at.elapsed() < CACHE_FOR
@@ -147,7 +165,7 @@ impl Registry {
     }
 
     /// Notes that the agent connected now.
-    pub async fn seen(&self, tenant: &str, agent: &str) -> sqlx::Result<()> {
+    pub async fn seen(&self, tenant: &str, agent: &str) -> Result<()> {
         sqlx::query("UPDATE agents SET last_seen = now() WHERE tenant = $1 AND agent = $2")
             .bind(tenant)
             .bind(agent)
@@ -157,7 +175,7 @@ impl Registry {
     }
 
     /// Which of `live` (`tenant/agent`) are revoked.
-    pub async fn revoked_among(&self, live: &[String]) -> sqlx::Result<Vec<String>> {
+    pub async fn revoked_among(&self, live: &[String]) -> Result<Vec<String>> {
         sqlx::query_scalar(
             "SELECT tenant || '/' || agent FROM agents
              WHERE revoked_at IS NOT NULL AND tenant || '/' || agent = ANY($1)",
@@ -165,10 +183,11 @@ impl Registry {
         .bind(live)
         .fetch_all(&self.pool)
         .await
+        .map_err(RegistryError::from)
     }
 
     /// Records a new agent; fails if the name is taken in its tenant.
-    pub async fn add(&self, new: &NewAgent) -> anyhow::Result<()> {
+    pub async fn add(&self, new: &NewAgent) -> Result<()> {
         let inserted = sqlx::query(
             "INSERT INTO agents (tenant, agent, cert_sha256, cert_serial, cert_not_after, token_sha256)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -183,17 +202,16 @@ impl Registry {
         .await?
         .rows_affected();
         if inserted == 0 {
-            anyhow::bail!(
-                "agent {}/{} already exists; an agent name is never reused, even after `agent revoke`: pick another",
-                new.tenant,
-                new.agent
-            );
+            return Err(RegistryError::Taken {
+                tenant: new.tenant.clone(),
+                agent: new.agent.clone(),
+            });
         }
         Ok(())
     }
 
     /// Revokes an agent; false when there is no such agent.
-    pub async fn revoke(&self, tenant: &str, agent: &str) -> sqlx::Result<bool> {
+    pub async fn revoke(&self, tenant: &str, agent: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE agents SET revoked_at = coalesce(revoked_at, now()) WHERE tenant = $1 AND agent = $2",
         )
@@ -205,7 +223,7 @@ impl Registry {
     }
 
     /// Every agent, with when it was last seen (connected, or sent a status).
-    pub async fn list(&self) -> sqlx::Result<Vec<Listed>> {
+    pub async fn list(&self) -> Result<Vec<Listed>> {
         sqlx::query_as(
             "SELECT a.tenant, a.agent, a.cert_sha256 IS NOT NULL AS certificate,
                     a.token_sha256 IS NOT NULL AS token, a.cert_not_after, a.created_at,
@@ -215,15 +233,17 @@ impl Registry {
         )
         .fetch_all(&self.pool)
         .await
+        .map_err(RegistryError::from)
     }
 
     /// Serial numbers (hex) and revocation times of revoked certificates.
-    pub async fn revoked_serials(&self) -> sqlx::Result<Vec<(String, DateTime<Utc>)>> {
+    pub async fn revoked_serials(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
         sqlx::query_as(
             "SELECT cert_serial, revoked_at FROM agents
              WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL ORDER BY revoked_at",
         )
         .fetch_all(&self.pool)
         .await
+        .map_err(RegistryError::from)
     }
 }

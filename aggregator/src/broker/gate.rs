@@ -448,7 +448,7 @@ impl Gate {
         else {
             return Ok(None);
         };
-        let unavailable = |e: sqlx::Error| {
+        let unavailable = |e: crate::auth::registry::RegistryError| {
             refuse(
                 "connect",
                 "registry_unavailable",

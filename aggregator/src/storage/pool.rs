@@ -2,16 +2,35 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+
+/// Why the database could not be opened for Dash.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No connection within the wait: the server is down, the address or
+    /// credentials in `database_url` are wrong.
+    #[error("connecting to PostgreSQL failed (check database_url): {0}")]
+    Connect(#[source] sqlx::Error),
+    /// The server answered but the extension check failed.
+    #[error("checking for the timescaledb extension failed: {0}")]
+    Extension(#[source] sqlx::Error),
+    /// A migration failed: the database is newer than this build, or the
+    /// role may not create tables.
+    #[error("applying database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
 
 /// Migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens a pool and brings the schema up to date. Retries the first
 /// connection for `wait`, so the aggregator can start before its database.
-pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow::Result<PgPool> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    wait: Duration,
+) -> Result<PgPool, StorageError> {
     let deadline = tokio::time::Instant::now() + wait;
     let pool = loop {
         let attempt = PgPoolOptions::new()
@@ -25,14 +44,11 @@ pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow:
                 tracing::warn!(error = %e, "PostgreSQL not reachable yet, retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(e).context("connecting to PostgreSQL (check database_url)"),
+            Err(e) => return Err(StorageError::Connect(e)),
         }
     };
     timescaledb(&pool).await?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying database migrations")?;
+    MIGRATOR.run(&pool).await?;
     Ok(pool)
 }
 
@@ -40,7 +56,7 @@ pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow:
 /// the schema is created with hypertables. Returns whether it is installed.
 /// A database without it gets native partitions; the tables and queries are
 /// the same.
-async fn timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
+async fn timescaledb(pool: &PgPool) -> Result<bool, StorageError> {
     let (installed, available, preloaded): (bool, bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
                 EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
@@ -48,7 +64,7 @@ async fn timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
     )
     .fetch_one(pool)
     .await
-    .context("checking for the timescaledb extension")?;
+    .map_err(StorageError::Extension)?;
     if installed {
         return Ok(true);
     }

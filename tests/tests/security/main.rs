@@ -301,6 +301,28 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
             "gw-3",
         ],
     );
+    // A revoked agent's name is never given again (RegistryError::Taken).
+    let again = cli_output(
+        d,
+        &pg,
+        &[
+            "agent",
+            "add",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--name",
+            "gw-3",
+            "--uplink",
+            &uplink,
+            "--out",
+            d.join("again").to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "a name is never reused");
+    assert!(said.contains("agent acme/gw-3 already exists"), "{said}");
 
     let mut aggregator = process::aggregator(
         d,
