@@ -82,26 +82,14 @@ impl Props {
         self.0.put_u32(v);
     }
     fn string(&mut self, id: u8, v: &str) {
-        let v = clip(v, 1024);
+        let v = dash_runtime::text::clip(v, 1024);
         self.0.put_u8(id);
         self.0.put_u16(v.len() as u16);
         self.0.put_slice(v.as_bytes());
     }
     fn reason(&mut self, v: &str) {
-        self.1 = Some(clip(v, 1024).to_owned());
+        self.1 = Some(dash_runtime::text::clip(v, 1024).to_owned());
     }
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn put_varint(out: &mut BytesMut, mut n: usize) {

@@ -363,6 +363,22 @@ fn replies_read_back_with_the_client_codecs() {
     );
 }
 
+/// A packet with this first byte and body, its remaining length encoded.
+fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![header];
+    let mut n = body.len();
+    loop {
+        let b = (n % 128) as u8;
+        n /= 128;
+        bytes.push(if n > 0 { b | 0x80 } else { b });
+        if n == 0 {
+            break;
+        }
+    }
+    bytes.extend(body);
+    bytes
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -373,15 +389,7 @@ proptest! {
         flags in 0u8..16,
         body in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
-        let mut bytes = vec![(kind << 4) | flags];
-        let mut n = body.len();
-        loop {
-            let b = (n % 128) as u8;
-            n /= 128;
-            bytes.push(if n > 0 { b | 0x80 } else { b });
-            if n == 0 { break; }
-        }
-        bytes.extend(&body);
+        let bytes = packet((kind << 4) | flags, &body);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut rd = &bytes[..];
         if let Ok(Some(frame)) = rt.block_on(FrameReader::new(1 << 16).next(&mut rd)) {
@@ -400,15 +408,7 @@ proptest! {
     ) {
         let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags];
         body.extend(&rest);
-        let mut bytes = vec![0x10];
-        let mut n = body.len();
-        loop {
-            let b = (n % 128) as u8;
-            n /= 128;
-            bytes.push(if n > 0 { b | 0x80 } else { b });
-            if n == 0 { break; }
-        }
-        bytes.extend(body);
+        let bytes = packet(0x10, &body);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut rd = &bytes[..];
         if let Ok(Some(frame)) = rt.block_on(FrameReader::new(1 << 16).next(&mut rd)) {
