@@ -12,6 +12,7 @@ pub mod device;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod stack;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

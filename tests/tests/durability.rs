@@ -10,6 +10,7 @@ use dash_tests::device::{self, Report};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, DeviceSource, Proc};
 use dash_tests::proxy::Proxy;
+use dash_tests::stack::Stack;
 use dash_tests::{Rng, eventually, free_port};
 
 const TENANT: &str = "acme";
@@ -50,19 +51,16 @@ fn n(v: &serde_json::Value, path: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sigkills_during_steady_ingest_lose_and_double_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = TestPostgres::start().await;
-    let (broker, http, devices) = (free_port(), free_port(), free_port());
-    let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
-    aggregator.start();
-    let mut agent = process::agent(
-        dir.path(),
-        TENANT,
-        "gw-1",
-        DeviceSource::Listen(devices),
-        broker,
-    );
-    agent.start();
+    // Every field bound, so that each lives to the end of the test.
+    let Stack {
+        dir,
+        pg,
+        aggregator: _aggregator,
+        mut agent,
+        broker: _,
+        http: _,
+        devices,
+    } = Stack::start(TENANT, "gw-1").await;
     let stop = Arc::new(AtomicBool::new(false));
     let running = [
         device::background(local(devices), "th-1", stop.clone()),
@@ -706,20 +704,19 @@ async fn a_full_disk_stops_acks_keeps_forwarding_and_recovers_when_space_returns
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_vanishes_is_recorded_offline_by_its_last_will() {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = TestPostgres::start().await;
-    let (broker, http, devices) = (free_port(), free_port(), free_port());
-    let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
-    aggregator.start();
-    let mut agent = process::agent(
-        dir.path(),
-        TENANT,
-        "gw-will",
-        DeviceSource::Listen(devices),
-        broker,
-    )
-    .with_env("DASH_UPLINK__STATUS_INTERVAL_SECS", "1");
-    agent.start();
+    // Every field bound, so that each lives to the end of the test.
+    let Stack {
+        dir: _dir,
+        pg,
+        mut aggregator,
+        mut agent,
+        broker: _,
+        http: _,
+        devices: _,
+    } = Stack::start_with(TENANT, "gw-will", |agent| {
+        agent.with_env("DASH_UPLINK__STATUS_INTERVAL_SECS", "1")
+    })
+    .await;
     // The first status goes out on connect, before the answer brings the time.
     let online = eventually(
         Duration::from_secs(30),

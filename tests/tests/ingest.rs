@@ -12,7 +12,7 @@ use dash_shared::{
     AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,
 };
 use dash_tests::pg::TestPostgres;
-use dash_tests::{eventually, free_port, metrics_text, process};
+use dash_tests::{eventually, metrics_text};
 
 fn batch(seq: u64, floor: u64, incarnation: u64) -> Batch {
     let t0 = 1_764_000_000_000_000 + seq as i64 * 10_000_000;
@@ -219,20 +219,18 @@ async fn publish_raw(port: u16, topic: &str, payloads: Vec<Vec<u8>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_batch_topic_is_rejected_and_other_agents_keep_flowing() {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = TestPostgres::start().await;
-    let (broker, http, devices) = (free_port(), free_port(), free_port());
-    let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
-    aggregator.start();
-    let mut agent = process::agent(
-        dir.path(),
-        "acme",
-        "gw-ok",
-        process::DeviceSource::Listen(devices),
+    let stack = dash_tests::stack::Stack::start("acme", "gw-ok").await;
+    let addr = stack.device_addr();
+    // Every field bound, so that each lives to the end of the test.
+    let dash_tests::stack::Stack {
+        dir: _dir,
+        pg,
+        mut aggregator,
+        agent: _agent,
         broker,
-    );
-    agent.start();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], devices));
+        http,
+        devices: _,
+    } = stack;
     let healthy = |range: std::ops::Range<i64>| {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         dash_tests::device::publish(addr, "th-ok", "temp", range, stop, Duration::from_secs(30))

@@ -11,9 +11,8 @@ mod sessions;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dash_tests::pg::TestPostgres;
-use dash_tests::process::{self, DeviceSource, Proc};
-use dash_tests::{eventually, free_port};
+use dash_tests::eventually;
+use dash_tests::process;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,43 +21,34 @@ use tokio::net::TcpStream;
 /// The largest payload the agent under test takes.
 const MAX_PAYLOAD: usize = 1024;
 
-/// PostgreSQL, an aggregator and agent `gw-1` listening for devices.
-struct Stack {
-    _dir: tempfile::TempDir,
-    pg: TestPostgres,
-    _aggregator: Proc,
-    agent: Proc,
-    devices: u16,
-    /// The aggregator's HTTP port (`/metrics`).
-    http: u16,
+/// PostgreSQL, an aggregator and agent `gw-1` listening for devices
+/// ([`dash_tests::stack::Stack`]), with this suite's checks.
+struct Stack(dash_tests::stack::Stack);
+
+impl std::ops::Deref for Stack {
+    type Target = dash_tests::stack::Stack;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Stack {
     async fn start() -> Stack {
         dash_tests::init_tracing();
-        let dir = tempfile::tempdir().unwrap();
-        let pg = TestPostgres::start().await;
-        let (broker, http, devices) = (free_port(), free_port(), free_port());
-        let mut aggregator = process::aggregator(dir.path(), &pg.url, broker, http, &[]);
-        aggregator.start();
-        let mut agent = process::agent(
-            dir.path(),
-            "acme",
-            "gw-1",
-            DeviceSource::Listen(devices),
-            broker,
-        )
-        .with_env("DASH_DEVICES__MAX_PAYLOAD_BYTES", MAX_PAYLOAD.to_string())
-        .with_env("DASH_UPLINK__STATUS_INTERVAL_SECS", "1");
-        agent.start();
-        let stack = Stack {
-            _dir: dir,
-            pg,
-            _aggregator: aggregator,
-            agent,
-            devices,
-            http,
-        };
+        let stack = Stack(
+            dash_tests::stack::Stack::start_with("acme", "gw-1", |agent| {
+                agent
+                    .with_env("DASH_DEVICES__MAX_PAYLOAD_BYTES", MAX_PAYLOAD.to_string())
+                    .with_env("DASH_UPLINK__STATUS_INTERVAL_SECS", "1")
+            })
+            .await,
+        );
         stack.wait_for_listener().await;
         stack
     }
@@ -111,7 +101,7 @@ impl Stack {
 
     /// The agent's status file, once it has `devices.refused.{reason}` = `n`.
     async fn refused(&self, reason: &str, n: u64) -> serde_json::Value {
-        let dir = self._dir.path();
+        let dir = self.dir.path();
         eventually(
             Duration::from_secs(30),
             &format!("{n} refusals for {reason}"),
