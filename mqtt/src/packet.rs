@@ -28,15 +28,6 @@ pub enum Version {
     V5,
 }
 
-impl Version {
-    pub fn name(self) -> &'static str {
-        match self {
-            Version::V311 => "3.1.1",
-            Version::V5 => "5",
-        }
-    }
-}
-
 /// A CONNECT, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
@@ -407,70 +398,76 @@ fn publish_head(frame: &Frame) -> Result<Publish, Refusal> {
 }
 
 fn decode_publish(frame: Frame, version: Version) -> Result<Publish, Refusal> {
-    let publish = if frame.is_cut() {
-        publish_head(&frame)?
-    } else {
-        match version {
-            Version::V311 => {
-                let mut bytes = frame.bytes;
-                match v4::v4::Packet::read(&mut bytes, usize::MAX) {
-                    Ok(v4::v4::Packet::Publish(p)) => Publish {
-                        payload_len: p.payload.len(),
-                        topic: p.topic,
-                        qos: p.qos as u8,
-                        dup: p.dup,
-                        retain: p.retain,
-                        pkid: p.pkid,
-                        payload: p.payload,
-                        cut: false,
-                    },
-                    Ok(_) => return Err(malformed("PUBLISH did not read as one")),
-                    Err(e) => return Err(malformed(format!("PUBLISH: {e}"))),
-                }
-            }
-            Version::V5 => {
-                let mut bytes = frame.bytes;
-                match v5::v5::Packet::read(&mut bytes, None) {
-                    Ok(v5::v5::Packet::Publish(p)) => {
-                        let props = p.properties.unwrap_or_default();
-                        if props.topic_alias.is_some() {
-                            return Err(Refusal::new(
-                                Reason::TopicAliasInvalid,
-                                "a topic alias, and none were offered (topic alias maximum 0)",
-                            ));
-                        }
-                        let topic = String::from_utf8(p.topic.to_vec())
-                            .map_err(|_| malformed("a topic name that is not UTF-8"))?;
-                        if props.payload_format_indicator == Some(1)
-                            && std::str::from_utf8(&p.payload).is_err()
-                        {
-                            return Err(Refusal::new(
-                                Reason::PayloadFormatInvalid,
-                                "the payload is marked UTF-8 and is not",
-                            ));
-                        }
-                        Publish {
-                            payload_len: p.payload.len(),
-                            topic,
-                            qos: p.qos as u8,
-                            dup: p.dup,
-                            retain: p.retain,
-                            pkid: p.pkid,
-                            payload: p.payload,
-                            cut: false,
-                        }
-                    }
-                    Ok(_) => return Err(malformed("PUBLISH did not read as one")),
-                    Err(e) => return Err(malformed(format!("PUBLISH: {e}"))),
-                }
-            }
-        }
+    let publish = match (frame.is_cut(), version) {
+        (true, _) => publish_head(&frame)?,
+        (false, Version::V311) => read_v4_publish(frame.bytes)?,
+        (false, Version::V5) => read_v5_publish(frame.bytes)?,
     };
     if publish.qos > 0 && publish.pkid == 0 {
         return Err(malformed("packet id 0 (2.3.1-1)"));
     }
     check_topic(&publish.topic)?;
     Ok(publish)
+}
+
+/// A whole PUBLISH, as either codec read it.
+fn whole(topic: String, qos: u8, dup: bool, retain: bool, pkid: u16, payload: Bytes) -> Publish {
+    Publish {
+        payload_len: payload.len(),
+        topic,
+        qos,
+        dup,
+        retain,
+        pkid,
+        payload,
+        cut: false,
+    }
+}
+
+fn read_v4_publish(mut bytes: bytes::BytesMut) -> Result<Publish, Refusal> {
+    match v4::v4::Packet::read(&mut bytes, usize::MAX) {
+        Ok(v4::v4::Packet::Publish(p)) => Ok(whole(
+            p.topic,
+            p.qos as u8,
+            p.dup,
+            p.retain,
+            p.pkid,
+            p.payload,
+        )),
+        Ok(_) => Err(malformed("PUBLISH did not read as one")),
+        Err(e) => Err(malformed(format!("PUBLISH: {e}"))),
+    }
+}
+
+fn read_v5_publish(mut bytes: bytes::BytesMut) -> Result<Publish, Refusal> {
+    let p = match v5::v5::Packet::read(&mut bytes, None) {
+        Ok(v5::v5::Packet::Publish(p)) => p,
+        Ok(_) => return Err(malformed("PUBLISH did not read as one")),
+        Err(e) => return Err(malformed(format!("PUBLISH: {e}"))),
+    };
+    let props = p.properties.unwrap_or_default();
+    if props.topic_alias.is_some() {
+        return Err(Refusal::new(
+            Reason::TopicAliasInvalid,
+            "a topic alias, and none were offered (topic alias maximum 0)",
+        ));
+    }
+    let topic = String::from_utf8(p.topic.to_vec())
+        .map_err(|_| malformed("a topic name that is not UTF-8"))?;
+    if props.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+        return Err(Refusal::new(
+            Reason::PayloadFormatInvalid,
+            "the payload is marked UTF-8 and is not",
+        ));
+    }
+    Ok(whole(
+        topic,
+        p.qos as u8,
+        p.dup,
+        p.retain,
+        p.pkid,
+        p.payload,
+    ))
 }
 
 fn decode_subscription(frame: Frame, version: Version) -> Result<Inbound, Refusal> {

@@ -56,6 +56,30 @@ fn add_agent(
     extra: &[&str],
 ) -> PathBuf {
     let out = dir.join(format!("{tenant}-{name}"));
+    let said = try_add_agent(dir, pg, tenant, name, uplink, &out, extra);
+    assert!(
+        said.status.success(),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.contains(&format!("agent {tenant}/{name} added")),
+        "{said}"
+    );
+    out
+}
+
+/// `agent add` as [`add_agent`] runs it, files in `out`, whatever its outcome.
+fn try_add_agent(
+    dir: &Path,
+    pg: &TestPostgres,
+    tenant: &str,
+    name: &str,
+    uplink: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Output {
     let ca = dir.join("ca");
     let mut args = vec![
         "agent",
@@ -74,12 +98,7 @@ fn add_agent(
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let said = cli(dir, pg, &args);
-    assert!(
-        said.contains(&format!("agent {tenant}/{name} added")),
-        "{said}"
-    );
-    out
+    cli_output(dir, pg, &args)
 }
 
 /// An agent whose identity and uplink come from its `agent add` snippet,
@@ -302,24 +321,7 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
         ],
     );
     // A revoked agent's name is never given again (RegistryError::Taken).
-    let again = cli_output(
-        d,
-        &pg,
-        &[
-            "agent",
-            "add",
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--name",
-            "gw-3",
-            "--uplink",
-            &uplink,
-            "--out",
-            d.join("again").to_str().unwrap(),
-        ],
-    );
+    let again = try_add_agent(d, &pg, "acme", "gw-3", &uplink, &d.join("again"), &[]);
     let said = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success(), "a name is never reused");
     assert!(said.contains("agent acme/gw-3 already exists"), "{said}");
