@@ -20,11 +20,14 @@
 //!   gate ([`broker::gate`]: TLS, agent identity, what each may publish).
 //! - [`ingest`]: one payload in, at most one ack out; the MQTT session and
 //!   its workers ([`ingest::link`]).
-//! - [`storage`]: PostgreSQL: the pool and migrations ([`storage::pool`]),
-//!   the private cluster ([`storage::private`]), series and the
-//!   [`storage::SampleWriter`] seam, the dedupe ledger ([`storage::ledger`],
-//!   the exactly-once core), raw blocks and exact rollups
-//!   ([`storage::tiers`]), retention ([`storage::retention`]).
+//! - [`storage`]: PostgreSQL, and the only module with SQL: the pool and
+//!   migrations ([`storage::pool`]), the private cluster
+//!   ([`storage::private`]), series and the [`storage::SampleWriter`] seam,
+//!   the dedupe ledger ([`storage::ledger`], the exactly-once core), raw
+//!   blocks and exact rollups ([`storage::tiers`]), what ingest holds back
+//!   ([`storage::held`]), the agents' rows and statuses
+//!   ([`storage::agents`]), the query API's reads ([`storage::read`]),
+//!   retention ([`storage::retention`]).
 //! - [`query`]: tier-aware queries; [`api`]: the HTTP query API and the
 //!   server around it ([`api::http`]: `/healthz`, `/readyz`, `/metrics`).
 //! - [`auth`]: the agents registry ([`auth::registry`]) and the CA
@@ -34,7 +37,8 @@
 //! - [`cli`]: the admin commands behind `dash-aggregator ca|agent`.
 //!
 //! Errors at the boundaries are typed: [`storage::pool::StorageError`]
-//! (opening the database), [`ingest::IngestError`] (a batch not stored now,
+//! (opening the database), [`storage::private::PrivateError`] (the private
+//! cluster), [`ingest::IngestError`] (a batch not stored now,
 //! retried), [`auth::registry::RegistryError`] (a name taken, the registry
 //! unreachable), [`api::ApiError`] (one type, mapped to HTTP statuses, never
 //! carrying SQL text). anyhow is for the binary, the CLI and background

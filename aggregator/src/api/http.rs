@@ -64,7 +64,7 @@ struct Ready {
 async fn readyz(State(r): State<Ready>) -> (axum::http::StatusCode, String) {
     let database = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&r.pool),
+        crate::storage::read::ping(&r.pool),
     )
     .await;
     let checked = match database {

@@ -29,6 +29,7 @@ use sqlx::PgPool;
 
 use crate::config::{QueryToken, RetentionConfig};
 use crate::query::{self, Agg, Buckets, MAX_POINTS, MAX_SERIES, Step};
+use crate::storage::read::{self, SeriesFilter, SeriesRow};
 use crate::storage::retention::Horizons;
 
 /// What the handlers share.
@@ -91,78 +92,46 @@ fn authorize(api: &Api, tenant: &str, headers: &HeaderMap) -> Result<TenantId, A
     }
 }
 
-/// The filters shared by both endpoints.
-#[derive(Debug, Default)]
-struct Selection {
-    ids: Option<Vec<i64>>,
-    device: Option<String>,
-    metric: Option<String>,
-    tags: serde_json::Map<String, Value>,
+/// Takes the series filter shared by both endpoints out of `params`.
+fn take_filter(
+    params: &mut Vec<(String, String)>,
+    allow_ids: bool,
+) -> Result<SeriesFilter, ApiError> {
+    let mut s = SeriesFilter::default();
+    let mut rest = Vec::new();
+    for (k, v) in params.drain(..) {
+        match k.as_str() {
+            "device" => s.device = Some(v),
+            "metric" => s.metric = Some(v),
+            "tag" => {
+                let (key, value) = v
+                    .split_once(':')
+                    .ok_or_else(|| bad(format!("tag={v:?}: expected key:value")))?;
+                s.tags
+                    .insert(key.to_owned(), Value::String(value.to_owned()));
+            }
+            "series" if allow_ids => {
+                let ids = v
+                    .split(',')
+                    .map(|i| i.trim().parse::<i64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        bad(format!(
+                            "series={v:?}: expected series ids separated by commas"
+                        ))
+                    })?;
+                s.ids = Some(ids);
+            }
+            _ => rest.push((k, v)),
+        }
+    }
+    *params = rest;
+    Ok(s)
 }
 
-impl Selection {
-    /// Takes the selection's parameters out of `params`.
-    fn take(params: &mut Vec<(String, String)>, allow_ids: bool) -> Result<Selection, ApiError> {
-        let mut s = Selection::default();
-        let mut rest = Vec::new();
-        for (k, v) in params.drain(..) {
-            match k.as_str() {
-                "device" => s.device = Some(v),
-                "metric" => s.metric = Some(v),
-                "tag" => {
-                    let (key, value) = v
-                        .split_once(':')
-                        .ok_or_else(|| bad(format!("tag={v:?}: expected key:value")))?;
-                    s.tags
-                        .insert(key.to_owned(), Value::String(value.to_owned()));
-                }
-                "series" if allow_ids => {
-                    let ids = v
-                        .split(',')
-                        .map(|i| i.trim().parse::<i64>())
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| {
-                            bad(format!(
-                                "series={v:?}: expected series ids separated by commas"
-                            ))
-                        })?;
-                    s.ids = Some(ids);
-                }
-                _ => rest.push((k, v)),
-            }
-        }
-        *params = rest;
-        Ok(s)
-    }
-
-    async fn fetch(
-        &self,
-        pool: &PgPool,
-        tenant: &TenantId,
-        limit: i64,
-    ) -> sqlx::Result<Vec<Value>> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-            "SELECT id, device, metric, tags::text FROM series
-             WHERE tenant = $1 AND ($2::text IS NULL OR device = $2) AND ($3::text IS NULL OR metric = $3)
-               AND tags @> $4::text::jsonb AND ($5::int8[] IS NULL OR id = ANY($5))
-             ORDER BY device, metric, id LIMIT $6",
-        )
-        .bind(tenant.as_str())
-        .bind(self.device.as_deref())
-        .bind(self.metric.as_deref())
-        .bind(Value::Object(self.tags.clone()).to_string())
-        .bind(self.ids.as_deref())
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, device, metric, tags)| {
-                let tags: Value = serde_json::from_str(&tags).unwrap_or(Value::Null);
-                json!({ "id": id, "device": device, "metric": metric, "tags": tags })
-            })
-            .collect())
-    }
+/// A series as both endpoints answer it.
+fn series_json(s: &SeriesRow) -> Value {
+    json!({ "id": s.id, "device": s.device, "metric": s.metric, "tags": s.tags })
 }
 
 fn refuse_unknown(params: &[(String, String)]) -> Result<(), ApiError> {
@@ -185,7 +154,7 @@ pub async fn series(
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authorize(&api, &tenant, &headers)?;
-    let selection = Selection::take(&mut params, false)?;
+    let selection = take_filter(&mut params, false)?;
     let limit = match take(&mut params, "limit") {
         None => 1_000,
         Some(l) => l
@@ -195,7 +164,8 @@ pub async fn series(
             .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 100000")))?,
     };
     refuse_unknown(&params)?;
-    let series = selection.fetch(&api.pool, &tenant, limit).await?;
+    let series = read::series(&api.pool, &tenant, &selection, limit).await?;
+    let series: Vec<Value> = series.iter().map(series_json).collect();
     Ok(Json(json!({ "series": series })))
 }
 
@@ -277,7 +247,7 @@ pub async fn query(
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authorize(&api, &tenant, &headers)?;
-    let selection = Selection::take(&mut params, true)?;
+    let selection = take_filter(&mut params, true)?;
     let from = take(&mut params, "from")
         .ok_or_else(|| bad("from is required (RFC 3339 or Unix seconds)"))?;
     let to =
@@ -305,30 +275,24 @@ pub async fn query(
     };
     refuse_unknown(&params)?;
 
-    let series = selection
-        .fetch(&api.pool, &tenant, MAX_SERIES as i64 + 1)
-        .await?;
+    let series = read::series(&api.pool, &tenant, &selection, MAX_SERIES as i64 + 1).await?;
     if series.len() > MAX_SERIES {
         return Err(bad(format!(
             "the selection holds more than {MAX_SERIES} series; narrow it with device, metric, tag or series"
         )));
     }
-    let zone: Option<String> =
-        sqlx::query_scalar("SELECT time_zone FROM tenants WHERE tenant = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(&api.pool)
-            .await?;
+    let zone = read::time_zone(&api.pool, &tenant).await?;
     let tz: Tz = zone.and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC);
     let buckets = Buckets::new(step, tz, from);
     let segments = query::plan(from, to, &buckets, &Horizons::now(&api.retention));
-    let ids: Vec<i64> = series.iter().filter_map(|s| s["id"].as_i64()).collect();
+    let ids: Vec<i64> = series.iter().map(|s| s.id).collect();
     let folded = query::fold(&api.pool, tenant.as_str(), &ids, &segments, &buckets).await?;
     let series: Vec<Value> = series
-        .into_iter()
-        .map(|mut s| {
-            let id = s["id"].as_i64().unwrap_or_default();
+        .iter()
+        .map(|row| {
+            let mut s = series_json(row);
             let points: Vec<Value> = folded
-                .get(&id)
+                .get(&row.id)
                 .into_iter()
                 .flatten()
                 .map(|(t, p)| json!([rfc3339(*t), agg.value(p)]))

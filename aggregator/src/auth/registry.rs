@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::storage::agents;
+
 /// Why the registry could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -53,30 +55,7 @@ impl Standing {
 /// an agent's batches within this long.
 const CACHE_FOR: Duration = Duration::from_secs(2);
 
-/// One agent as `agent list` shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Listed {
-    pub tenant: String,
-    pub agent: String,
-    pub certificate: bool,
-    pub token: bool,
-    pub cert_not_after: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    pub last_seen: Option<DateTime<Utc>>,
-    pub online: Option<bool>,
-}
-
-/// A new agent's credentials, as stored.
-#[derive(Debug, Clone, Default)]
-pub struct NewAgent {
-    pub tenant: String,
-    pub agent: String,
-    pub cert_sha256: Option<String>,
-    pub cert_serial: Option<String>,
-    pub cert_not_after: Option<DateTime<Utc>>,
-    pub token_sha256: Option<String>,
-}
+pub use crate::storage::agents::{Listed, NewAgent};
 
 /// `(tenant, agent) -> (when looked up, standing)`.
 type StandingCache = HashMap<(String, String), (Instant, Standing)>;
@@ -112,11 +91,7 @@ impl Registry {
         &self,
         fingerprint: &str,
     ) -> Result<Option<(String, String, Standing)>> {
-        let row: Option<(String, String, Option<DateTime<Utc>>)> =
-            sqlx::query_as("SELECT tenant, agent, revoked_at FROM agents WHERE cert_sha256 = $1")
-                .bind(fingerprint)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = agents::by_certificate(&self.pool, fingerprint).await?;
         Ok(row.map(|(t, a, revoked)| (t, a, standing(revoked))))
     }
 
@@ -124,13 +99,7 @@ impl Registry {
     /// agent is not revoked, `Unknown` when it is not (or the agent has no
     /// token), `Revoked` when it is but the agent was revoked.
     pub async fn by_token(&self, tenant: &str, agent: &str, token: &str) -> Result<Standing> {
-        let row: Option<(Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT token_sha256, revoked_at FROM agents WHERE tenant = $1 AND agent = $2",
-        )
-        .bind(tenant)
-        .bind(agent)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = agents::token_of(&self.pool, tenant, agent).await?;
         let given = token_digest(token);
         Ok(match row {
             Some((Some(stored), revoked)) if stored == given => standing(revoked),
@@ -146,14 +115,8 @@ impl Registry {
         {
             return Ok(*s);
         }
-        let row: Option<(Option<DateTime<Utc>>,)> =
-            sqlx::query_as("SELECT revoked_at FROM agents WHERE tenant = $1 AND agent = $2")
-                .bind(tenant)
-                .bind(agent)
-                .fetch_optional(&self.pool)
-                .await?;
-        let s = match row {
-            Some((revoked,)) => standing(revoked),
+        let s = match agents::revoked_at(&self.pool, tenant, agent).await? {
+            Some(revoked) => standing(revoked),
             None => Standing::Unknown,
         };
         let mut cache = self.cache.lock().expect("registry cache");
@@ -166,42 +129,17 @@ impl Registry {
 
     /// Notes that the agent connected now.
     pub async fn seen(&self, tenant: &str, agent: &str) -> Result<()> {
-        sqlx::query("UPDATE agents SET last_seen = now() WHERE tenant = $1 AND agent = $2")
-            .bind(tenant)
-            .bind(agent)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        Ok(agents::touch(&self.pool, tenant, agent).await?)
     }
 
     /// Which of `live` (`tenant/agent`) are revoked.
     pub async fn revoked_among(&self, live: &[String]) -> Result<Vec<String>> {
-        sqlx::query_scalar(
-            "SELECT tenant || '/' || agent FROM agents
-             WHERE revoked_at IS NOT NULL AND tenant || '/' || agent = ANY($1)",
-        )
-        .bind(live)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(RegistryError::from)
+        Ok(agents::revoked_among(&self.pool, live).await?)
     }
 
     /// Records a new agent; fails if the name is taken in its tenant.
     pub async fn add(&self, new: &NewAgent) -> Result<()> {
-        let inserted = sqlx::query(
-            "INSERT INTO agents (tenant, agent, cert_sha256, cert_serial, cert_not_after, token_sha256)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(&new.tenant)
-        .bind(&new.agent)
-        .bind(&new.cert_sha256)
-        .bind(&new.cert_serial)
-        .bind(new.cert_not_after)
-        .bind(&new.token_sha256)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        if !agents::insert(&self.pool, new).await? {
             return Err(RegistryError::Taken {
                 tenant: new.tenant.clone(),
                 agent: new.agent.clone(),
@@ -212,38 +150,16 @@ impl Registry {
 
     /// Revokes an agent; false when there is no such agent.
     pub async fn revoke(&self, tenant: &str, agent: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE agents SET revoked_at = coalesce(revoked_at, now()) WHERE tenant = $1 AND agent = $2",
-        )
-        .bind(tenant)
-        .bind(agent)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(agents::revoke(&self.pool, tenant, agent).await?)
     }
 
     /// Every agent, with when it was last seen (connected, or sent a status).
     pub async fn list(&self) -> Result<Vec<Listed>> {
-        sqlx::query_as(
-            "SELECT a.tenant, a.agent, a.cert_sha256 IS NOT NULL AS certificate,
-                    a.token_sha256 IS NOT NULL AS token, a.cert_not_after, a.created_at,
-                    a.revoked_at, greatest(a.last_seen, s.received_at) AS last_seen, s.online
-             FROM agents a LEFT JOIN agent_status s ON s.tenant = a.tenant AND s.agent = a.agent
-             ORDER BY a.tenant, a.agent",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(RegistryError::from)
+        Ok(agents::list(&self.pool).await?)
     }
 
     /// Serial numbers (hex) and revocation times of revoked certificates.
     pub async fn revoked_serials(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
-        sqlx::query_as(
-            "SELECT cert_serial, revoked_at FROM agents
-             WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL ORDER BY revoked_at",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(RegistryError::from)
+        Ok(agents::revoked_serials(&self.pool).await?)
     }
 }

@@ -25,6 +25,7 @@ use dash_shared::{
 };
 use sqlx::PgPool;
 
+use crate::storage;
 use crate::storage::ledger::{Admission, LedgerKey, StreamLedger};
 use crate::storage::{Admitted, SampleWriter, SeriesRegistry};
 use crate::telemetry::metrics::{BatchOutcome, Metrics};
@@ -86,14 +87,7 @@ impl Default for TimeWindow {
 }
 
 /// A reading taken out of a batch for its timestamp.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Quarantined {
-    pub kind: &'static str,
-    pub series: String,
-    pub ts: Micros,
-    pub value: Option<f64>,
-    pub reason: &'static str,
-}
+pub use crate::storage::held::Quarantined;
 
 /// Takes the samples, windows and events stamped outside `window` (seen
 /// from `now`) out of `batch`, dropping series left empty.
@@ -239,29 +233,7 @@ impl<W: SampleWriter> Ingestor<W> {
                 return Ok(None);
             }
         };
-        let json = serde_json::to_value(&status).unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO agent_status (tenant, agent, online, version, reported_at, received_at, status)
-             VALUES ($1, $2, $3, $4, 'epoch'::timestamptz + $5 * interval '1 microsecond', now(), $6)
-             ON CONFLICT (tenant, agent) DO UPDATE SET online = EXCLUDED.online,
-                 received_at = now(),
-                 -- A last will was written when the agent connected: older
-                 -- than the statuses since, it only says the agent is gone.
-                 version = CASE WHEN EXCLUDED.reported_at >= agent_status.reported_at
-                     THEN EXCLUDED.version ELSE agent_status.version END,
-                 status = CASE WHEN EXCLUDED.reported_at >= agent_status.reported_at
-                     THEN EXCLUDED.status
-                     ELSE jsonb_set(agent_status.status, '{online}', to_jsonb(EXCLUDED.online)) END,
-                 reported_at = GREATEST(EXCLUDED.reported_at, agent_status.reported_at)",
-        )
-        .bind(tenant.as_str())
-        .bind(agent.as_str())
-        .bind(status.online)
-        .bind(&status.version)
-        .bind(status.time)
-        .bind(json)
-        .execute(&self.pool)
-        .await?;
+        storage::agents::record_status(&self.pool, tenant, agent, &status).await?;
         self.metrics
             .device_refusals(tenant.as_str(), agent.as_str(), &status.devices.refused);
         let key = (tenant.to_string(), agent.to_string());
@@ -477,25 +449,11 @@ impl<W: SampleWriter> Ingestor<W> {
         ds: &[Delivery<'_>],
         held: &[(usize, &Quarantined)],
     ) -> Result<(), sqlx::Error> {
-        let col = |f: &dyn Fn(usize, &Quarantined) -> String| -> Vec<String> {
-            held.iter().map(|(i, q)| f(*i, q)).collect()
-        };
-        sqlx::query(
-            "INSERT INTO ingest_quarantine (tenant, agent, kind, series, ts, value, reason)
-             SELECT t, a, k, s, 'epoch'::timestamptz + ts * interval '1 microsecond', v, r
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::float8[], $7::text[])
-                 AS u(t, a, k, s, ts, v, r)",
-        )
-        .bind(col(&|i, _| ds[i].tenant.to_string()))
-        .bind(col(&|i, _| ds[i].agent.to_string()))
-        .bind(col(&|_, q| q.kind.to_owned()))
-        .bind(col(&|_, q| q.series.clone()))
-        .bind(held.iter().map(|(_, q)| q.ts).collect::<Vec<i64>>())
-        .bind(held.iter().map(|(_, q)| q.value).collect::<Vec<Option<f64>>>())
-        .bind(col(&|_, q| q.reason.to_owned()))
-        .execute(tx)
-        .await?;
-        Ok(())
+        let rows: Vec<(&str, &str, &Quarantined)> = held
+            .iter()
+            .map(|(i, q)| (ds[*i].tenant.as_str(), ds[*i].agent.as_str(), *q))
+            .collect();
+        storage::held::insert_quarantined(tx, &rows).await
     }
 
     /// Keeps a payload that cannot be stored, and answers it if it has an id.
@@ -529,18 +487,15 @@ impl<W: SampleWriter> Ingestor<W> {
             None => 0,
         };
         if first_time {
-            sqlx::query(
-                "INSERT INTO ingest_rejections (tenant, agent, stream, seq, reason, payload)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(tenant.as_str())
-            .bind(agent.as_str())
-            .bind(id.as_ref().map(|(s, _)| s.name.as_str()))
-            .bind(seq.map(|s| s as i64))
-            .bind(reason)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?;
+            let rejection = storage::held::Rejection {
+                tenant: tenant.as_str(),
+                agent: agent.as_str(),
+                stream: id.as_ref().map(|(s, _)| s.name.as_str()),
+                seq,
+                reason,
+                payload,
+            };
+            storage::held::insert_rejection(&mut tx, &rejection).await?;
         }
         tx.commit().await?;
         self.metrics.batch(BatchOutcome::Rejected, 0);

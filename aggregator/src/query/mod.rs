@@ -22,14 +22,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone};
 use chrono_tz::Tz;
 use dash_shared::Micros;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::storage::read;
 use crate::storage::retention::Horizons;
-use crate::storage::tiers::{BLOCK_SPAN, Partial, day_of, hour_of};
+use crate::storage::tiers::{Partial, day_of, hour_of};
 
 const HOUR: Micros = 3_600 * 1_000_000;
 const DAY: Micros = 24 * HOUR;
@@ -39,13 +40,7 @@ pub const MAX_POINTS: i64 = 20_000;
 /// Most series one query may return.
 pub const MAX_SERIES: usize = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Raw,
-    Hourly,
-    Daily,
-}
+pub use crate::storage::read::Tier;
 
 /// The width of a step bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,33 +258,11 @@ fn exact(a: Micros, b: Micros, coarse: &[Tier], base: Tier, tz: Tz, out: &mut Ve
     });
 }
 
-/// `(series, bucket, offsets, values)` of a raw block.
-type BlockRow = (i64, DateTime<Utc>, Vec<i32>, Vec<f64>);
-
-/// `(series, bucket, count, sum, min, max, first, first_ts, last, last_ts)`.
-type RollupRow = (
-    i64,
-    DateTime<Utc>,
-    i64,
-    f64,
-    f64,
-    f64,
-    f64,
-    DateTime<Utc>,
-    f64,
-    DateTime<Utc>,
-);
-
 /// Per series: step bucket start -> aggregates.
 pub type Folded = HashMap<i64, BTreeMap<Micros, Partial>>;
 
 /// Reads the segments for `series` (ids of `tenant`) and folds them into
 /// step buckets.
-///
-/// The statements are not kept prepared: PostgreSQL switches a prepared
-/// statement to a generic plan after five runs, and on a hypertable a
-/// generic plan read every chunk in full (250 ms instead of 3 ms for a
-/// 90-day chart in the query benchmark).
 pub async fn fold(
     pool: &PgPool,
     tenant: &str,
@@ -298,65 +271,15 @@ pub async fn fold(
     buckets: &Buckets,
 ) -> sqlx::Result<Folded> {
     let mut out = Folded::new();
-    let mut add = |id: i64, at: Micros, p: &Partial| {
-        out.entry(id)
-            .or_default()
-            .entry(buckets.start_of(at))
-            .and_modify(|q| q.merge(p))
-            .or_insert(*p);
-    };
-    let ts = |us: Micros| DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
     for seg in segments {
-        if seg.tier == Tier::Raw {
-            let rows: Vec<BlockRow> = sqlx::query_as(
-                "SELECT series_id, bucket, offsets, vals FROM raw_blocks
-                 WHERE tenant = $1 AND series_id = ANY($2) AND bucket > $3 AND bucket < $4",
-            )
-            .bind(tenant)
-            .bind(series)
-            .bind(ts(seg.from - BLOCK_SPAN))
-            .bind(ts(seg.to))
-            .persistent(false)
-            .fetch_all(pool)
-            .await?;
-            for (id, bucket, offsets, vals) in rows {
-                let base = bucket.timestamp_micros();
-                for (off, v) in offsets.iter().zip(&vals) {
-                    let t = base + Micros::from(*off);
-                    if (seg.from..seg.to).contains(&t) {
-                        add(id, t, &Partial::new(t, *v));
-                    }
-                }
-            }
-        }
-        // Rollup rows; for the raw tier, the windows agents pre-aggregated.
-        let table = match seg.tier {
-            Tier::Raw => "raw_windows",
-            Tier::Hourly => "rollup_hourly",
-            Tier::Daily => "rollup_daily",
+        let add = |id: i64, at: Micros, p: &Partial| {
+            out.entry(id)
+                .or_default()
+                .entry(buckets.start_of(at))
+                .and_modify(|q| q.merge(p))
+                .or_insert(*p);
         };
-        let rows: Vec<RollupRow> = sqlx::query_as(&format!(
-            "SELECT series_id, bucket, count, sum, min, max, first, first_ts, last, last_ts FROM {table}
-             WHERE tenant = $1 AND series_id = ANY($2) AND bucket >= $3 AND bucket < $4"
-        ))
-        .bind(tenant)
-        .bind(series)
-        .bind(ts(seg.from))
-        .bind(ts(seg.to))
-        .persistent(false)
-        .fetch_all(pool)
-        .await?;
-        for (id, bucket, count, sum, min, max, first, first_ts, last, last_ts) in rows {
-            let p = Partial {
-                count,
-                sum,
-                min,
-                max,
-                first: (first_ts.timestamp_micros(), first),
-                last: (last_ts.timestamp_micros(), last),
-            };
-            add(id, bucket.timestamp_micros(), &p);
-        }
+        read::partials(pool, tenant, series, seg.tier, (seg.from, seg.to), add).await?;
     }
     Ok(out)
 }

@@ -9,9 +9,12 @@
 //! key order, so concurrent workers registering the same new series cannot
 //! deadlock.
 
+pub mod agents;
+pub mod held;
 pub mod ledger;
 pub mod pool;
 pub mod private;
+pub mod read;
 pub mod retention;
 pub mod tiers;
 

@@ -30,8 +30,50 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anyhow::{Context, bail};
 use nix::unistd::{Gid, Uid, User};
+
+/// Why the private cluster could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateError {
+    /// A file or directory of the cluster could not be made or opened.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `initdb` or `pg_ctl` ran and failed; `output` is what it printed
+    /// (its own log is `data_dir/postgres/postgres.log`).
+    #[error("{what} failed ({status}): {output}")]
+    Tool {
+        what: String,
+        status: String,
+        output: String,
+    },
+    /// A command other than `serve` found no cluster, or one that is not
+    /// running although a `serve` holds the directory.
+    #[error("{0}")]
+    NotServing(String),
+    /// No PostgreSQL server is installed where Dash looks for one.
+    #[error("{0} (apt-get install postgresql, or set database_url)")]
+    NotInstalled(String),
+    /// Running as root and there is no `postgres` user to run the server as.
+    #[error(
+        "running as root, PostgreSQL needs a non-root owner, and there is no 'postgres' user; \
+         run as another user or set database_url"
+    )]
+    NoPostgresUser,
+    /// The server runs but would not create Dash's database.
+    #[error("creating the database in the private PostgreSQL failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+type Result<T> = std::result::Result<T, PrivateError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PrivateError {
+    let what = what.into();
+    move |source| PrivateError::Io { what, source }
+}
 
 /// Database name and role inside the private cluster.
 pub const DATABASE: &str = "dash";
@@ -45,10 +87,10 @@ pub struct DataDirLock {
 
 impl DataDirLock {
     /// Takes the lock, or says which process holds it (`Ok(Err(pid))`).
-    pub fn try_take(data_dir: &Path) -> anyhow::Result<Result<DataDirLock, String>> {
+    pub fn try_take(data_dir: &Path) -> Result<std::result::Result<DataDirLock, String>> {
         use std::io::{Read, Seek, Write};
         std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+            .map_err(io(format!("creating data_dir {}", data_dir.display())))?;
         let path = data_dir.join("serve.lock");
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -56,12 +98,14 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .map_err(io(format!("opening {}", path.display())))?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
-                lock.set_len(0)?;
-                lock.rewind()?;
-                write!(lock, "{}", std::process::id())?;
+                let pid = std::process::id();
+                lock.set_len(0)
+                    .and_then(|()| lock.rewind())
+                    .and_then(|_| write!(lock, "{pid}"))
+                    .map_err(io(format!("writing {}", path.display())))?;
                 Ok(Ok(DataDirLock { _lock: lock }))
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -69,7 +113,7 @@ impl DataDirLock {
                 let _ = file.read_to_string(&mut pid);
                 Ok(Err(pid.trim().to_owned()))
             }
-            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+            Err((_, e)) => Err(io(format!("locking {}", path.display()))(e.into())),
         }
     }
 }
@@ -92,17 +136,20 @@ impl PrivatePostgres {
     /// `None` picks the newest /usr/lib/postgresql/*/bin. `owner`: this
     /// process holds the [`DataDirLock`], so it stops the cluster at the end;
     /// otherwise the cluster must already run (a `serve` owns it).
-    pub fn start(dir: &Path, bin: Option<&Path>, owner: bool) -> anyhow::Result<PrivatePostgres> {
+    pub fn start(dir: &Path, bin: Option<&Path>, owner: bool) -> Result<PrivatePostgres> {
         let bin = match bin {
             Some(b) => b.to_owned(),
             None => find_bin_dir()?,
         };
         let run_as = system_user_if_root()?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dir = dir.canonicalize()?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io(format!("resolving {}", dir.display())))?;
         if let Some((uid, gid)) = run_as {
-            nix::unistd::chown(&dir, Some(uid), Some(gid))
-                .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
+            nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(|e| {
+                io(format!("handing {} to the postgres user", dir.display()))(e.into())
+            })?;
         }
         let pg = PrivatePostgres {
             bin,
@@ -111,23 +158,29 @@ impl PrivatePostgres {
             managed: owner,
         };
         if !pg.data().join("PG_VERSION").exists() {
-            anyhow::ensure!(owner, "no private PostgreSQL under {}", pg.dir.display());
+            if !owner {
+                return Err(PrivateError::NotServing(format!(
+                    "no private PostgreSQL under {}; start dash-aggregator serve first",
+                    pg.dir.display()
+                )));
+            }
             pg.initdb()?;
         }
         let adopted = pg.is_running();
         if !adopted {
-            anyhow::ensure!(
-                owner,
-                "the private PostgreSQL under {} is not running, although a dash-aggregator serve holds the data directory",
-                pg.dir.display()
-            );
+            if !owner {
+                return Err(PrivateError::NotServing(format!(
+                    "the private PostgreSQL under {} is not running, although a dash-aggregator serve holds the data directory",
+                    pg.dir.display()
+                )));
+            }
             pg.pg_start()?;
         }
         tracing::info!(dir = %pg.dir.display(), adopted, owner, "private PostgreSQL running");
         Ok(pg)
     }
 
-    fn pg_start(&self) -> anyhow::Result<()> {
+    fn pg_start(&self) -> Result<()> {
         self.pg_ctl(&[
             "start",
             "-w",
@@ -143,7 +196,7 @@ impl PrivatePostgres {
     /// Whether the server is down and this owner started it again.
     /// Called by the owner's supervisor every few seconds (see
     /// [`crate::database_supervisor`]).
-    pub fn restart_if_down(&self) -> anyhow::Result<bool> {
+    pub fn restart_if_down(&self) -> Result<bool> {
         if !self.managed || self.is_running() {
             return Ok(false);
         }
@@ -172,7 +225,7 @@ impl PrivatePostgres {
         )
     }
 
-    fn initdb(&self) -> anyhow::Result<()> {
+    fn initdb(&self) -> Result<()> {
         let data = self.data();
         let out = self
             .command("initdb")
@@ -188,7 +241,7 @@ impl PrivatePostgres {
             ])
             .arg(&data)
             .output()
-            .context("running initdb")?;
+            .map_err(io("running initdb"))?;
         check(&out, "initdb")
     }
 
@@ -196,14 +249,14 @@ impl PrivatePostgres {
         self.pg_ctl(&["status"]).is_ok()
     }
 
-    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
         let out = self
             .command("pg_ctl")
             .arg("-D")
             .arg(self.data())
             .args(args)
             .output()
-            .context("running pg_ctl")?;
+            .map_err(io("running pg_ctl"))?;
         check(&out, &format!("pg_ctl {}", args[0]))
     }
 
@@ -219,7 +272,7 @@ impl PrivatePostgres {
     }
 
     /// Creates database `name` unless it exists.
-    pub async fn ensure_database(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn ensure_database(&self, name: &str) -> Result<()> {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
         let exists: bool =
@@ -237,7 +290,7 @@ impl PrivatePostgres {
     }
 
     /// Stops the server (if this handle owns it), waiting for a clean shutdown.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
+    pub fn stop(&mut self) -> Result<()> {
         if !self.managed {
             return Ok(());
         }
@@ -254,49 +307,42 @@ impl Drop for PrivatePostgres {
     }
 }
 
-fn check(out: &Output, what: &str) -> anyhow::Result<()> {
+fn check(out: &Output, what: &str) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    bail!(
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
+    Err(PrivateError::Tool {
+        what: what.to_owned(),
+        status: out.status.to_string(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
 }
 
-fn system_user_if_root() -> anyhow::Result<Option<(Uid, Gid)>> {
+fn system_user_if_root() -> Result<Option<(Uid, Gid)>> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
-    let user = User::from_name("postgres")?.context(
-        "running as root, PostgreSQL needs a non-root owner, and there is no 'postgres' user; \
-         run as another user or set database_url",
-    )?;
+    let user = User::from_name("postgres")
+        .map_err(|e| io("looking up the postgres user")(e.into()))?
+        .ok_or(PrivateError::NoPostgresUser)?;
     Ok(Some((user.uid, user.gid)))
 }
 
 /// The newest PostgreSQL server install under /usr/lib/postgresql.
-pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+pub fn find_bin_dir() -> Result<PathBuf> {
     let root = Path::new("/usr/lib/postgresql");
+    let missing =
+        || PrivateError::NotInstalled(format!("no initdb under {}/*/bin", root.display()));
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
-        .with_context(|| {
-            format!(
-                "no PostgreSQL server under {} (apt-get install postgresql)",
-                root.display()
-            )
-        })?
+        .map_err(|_| missing())?
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
         .filter(|(_, bin)| bin.join("initdb").exists())
         .collect();
     versions.sort();
-    match versions.pop() {
-        Some((_, bin)) => Ok(bin),
-        None => bail!(
-            "no initdb under {}/*/bin (apt-get install postgresql)",
-            root.display()
-        ),
-    }
+    versions.pop().map(|(_, bin)| bin).ok_or_else(missing)
 }
