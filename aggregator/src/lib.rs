@@ -64,7 +64,7 @@ pub mod telemetry;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,9 @@ pub struct Bound {
     /// `broker.tls_listen`); `None` when off or with an external broker.
     pub broker: Option<SocketAddr>,
     pub broker_tls: Option<SocketAddr>,
+    /// The embedded rumqttd behind the gate (loopback, for the gate and
+    /// the ingest link only).
+    pub embedded_broker: Option<SocketAddr>,
 }
 
 /// Runs the aggregator until `shutdown` resolves, then drains within the
@@ -106,8 +109,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// ready to take batches). Everything it starts runs on tracked tasks;
 /// after `shutdown` they get one grace period (`shutdown_grace_secs`) in
 /// all, then the pool closes and the private PostgreSQL stops. In-process
-/// (tests), one thing outlives it: the embedded rumqttd's thread, which
-/// rumqttd 0.20 cannot stop; it holds only a loopback port and memory.
+/// (tests), one thing outlives it: the embedded rumqttd's router thread,
+/// idle on its channel, which rumqttd 0.20 cannot end; its port is closed
+/// (see [`broker::embedded`]).
 pub async fn run_reporting(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -147,6 +151,7 @@ pub async fn run_reporting(
         http,
         broker: gate.plain,
         broker_tls: gate.tls,
+        embedded_broker: gate.embedded,
     });
     let limits = Limits {
         max_message_bytes: config.ingest.max_message_bytes,
@@ -293,25 +298,22 @@ async fn start_broker(
         // rumqttd on loopback, admitting only the gate and the link: agents
         // never reach it directly, even without TLS or identities (the gate
         // refuses client ids rumqttd 0.20 could trip over).
-        let internal = {
-            let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .context("no free loopback port for the embedded broker")?;
-            probe.local_addr()?
-        };
         let secret = || dash_runtime::secret::hex(&rand::random::<[u8; 24]>());
         let gate_login = rumqttc::mqttbytes::v4::Login {
             username: "dash-gate".into(),
             password: secret(),
         };
         let link_password = secret();
-        embedded::start_embedded(
-            internal,
+        let internal = embedded::start(
             max_payload,
             Some(HashMap::from([
                 (gate_login.username.clone(), gate_login.password.clone()),
                 ("dash-link".to_owned(), link_password.clone()),
             ])),
-        )?;
+            stop.clone(),
+            tasks,
+        )
+        .await?;
         let parse = |s: &str, key: &str| -> anyhow::Result<Option<SocketAddr>> {
             if s.is_empty() {
                 return Ok(None);
@@ -335,6 +337,7 @@ async fn start_broker(
             tasks,
         )
         .await?;
+        listening.embedded = Some(internal);
         (
             internal.ip().to_string(),
             internal.port(),

@@ -14,6 +14,8 @@ pub struct TestApp {
     pub http: SocketAddr,
     /// The embedded broker's gate (plain MQTT).
     pub broker: SocketAddr,
+    /// The rumqttd behind the gate (loopback).
+    pub embedded_broker: SocketAddr,
     pub config: Config,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -50,6 +52,7 @@ impl TestApp {
         TestApp {
             http: bound.http,
             broker: bound.broker.expect("the embedded broker's plain listener"),
+            embedded_broker: bound.embedded_broker.expect("the embedded broker"),
             config,
             stop,
             task,

@@ -27,6 +27,11 @@ async fn two_aggregators_start_and_stop_in_one_process_on_ports_they_chose() {
         Some(200)
     );
     let port = first.http.port();
+    let (gate, rumqttd) = (first.broker, first.embedded_broker);
+    assert!(
+        tokio::net::TcpStream::connect(rumqttd).await.is_ok(),
+        "the embedded rumqttd is not listening"
+    );
     first.stop().await.unwrap();
     // Stopped means stopped: its HTTP task ended with it.
     assert!(
@@ -39,6 +44,13 @@ async fn two_aggregators_start_and_stop_in_one_process_on_ports_they_chose() {
             .is_err(),
         "the HTTP port is still open"
     );
+    // The broker stopped with it: the gate and the rumqttd behind it.
+    for (what, addr) in [("gate", gate), ("embedded rumqttd", rumqttd)] {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the {what} port {addr} is still open after stop"
+        );
+    }
 
     // Nothing process-wide stops a second one, on other ports.
     let second = TestApp::spawn(&pg.url, |c| c.ingest.workers = 2).await;

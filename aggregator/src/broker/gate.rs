@@ -155,6 +155,8 @@ pub const BROKER_KEEP_ALIVE: u16 = 600;
 pub struct Listening {
     pub plain: Option<std::net::SocketAddr>,
     pub tls: Option<std::net::SocketAddr>,
+    /// The embedded rumqttd behind the gate, on loopback.
+    pub embedded: Option<std::net::SocketAddr>,
 }
 
 /// Binds the configured listeners (port 0 gives a free one) and serves
