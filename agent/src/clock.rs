@@ -34,28 +34,112 @@ pub const PLAUSIBLE_FROM: Micros = 1_793_491_200_000_000;
 /// An offset within ±2 s is left to NTP.
 pub const MAX_SKEW: Micros = 2_000_000;
 
-static APPLIED: AtomicI64 = AtomicI64::new(0);
-static MEASURED: AtomicI64 = AtomicI64::new(0);
-static TRUSTED: AtomicBool = AtomicBool::new(true);
-static UNSYNCED: AtomicU64 = AtomicU64::new(0);
+/// The agent's clock. One per agent process, shared by its inputs (which
+/// stamp with [`Clock::now`]) and its uplink (which feeds it acks); it
+/// outlives a pipeline restarted in-process, so a reopened buffer keeps
+/// what the clock learned. Nothing about it is process-wide: two agents in
+/// one test process each have their own.
+#[derive(Debug)]
+pub struct Clock {
+    /// The correction added to local time (0 within [`MAX_SKEW`]).
+    applied: AtomicI64,
+    /// The best estimate of the offset, reported even when not applied.
+    measured: AtomicI64,
+    trusted: AtomicBool,
+    unsynced: AtomicU64,
+    /// Whether [`Clock::init`] has decided.
+    decided: AtomicBool,
+    /// The offsets measured from the last acks: an ack's delay in transit
+    /// only makes its offset lower, so the highest of them is the best
+    /// estimate.
+    recent: std::sync::Mutex<[Micros; 16]>,
+    next: AtomicU64,
+}
 
-/// Decides at start whether the local clock can be trusted; `floor` is the
-/// last server time the buffer remembers (0 when none). Only the first call
-/// decides: a pipeline restarted in-process keeps what it learned.
-pub fn init(floor: Micros) {
-    static DONE: AtomicBool = AtomicBool::new(false);
-    if DONE.swap(true, Ordering::SeqCst) {
-        return;
+impl Default for Clock {
+    /// Trusted and uncorrected until [`Clock::init`] or an ack says otherwise.
+    fn default() -> Self {
+        Clock {
+            applied: AtomicI64::new(0),
+            measured: AtomicI64::new(0),
+            trusted: AtomicBool::new(true),
+            unsynced: AtomicU64::new(0),
+            decided: AtomicBool::new(false),
+            recent: std::sync::Mutex::new([Micros::MIN; 16]),
+            next: AtomicU64::new(0),
+        }
     }
-    let local = now_micros();
-    let plausible = local >= PLAUSIBLE_FROM && local >= floor.saturating_sub(60_000_000);
-    TRUSTED.store(plausible, Ordering::SeqCst);
-    if !plausible {
-        tracing::warn!(
-            local = %rfc3339(local),
-            last_known = %rfc3339(floor),
-            "the local clock is behind the last known time; readings are flagged until the aggregator's time arrives"
-        );
+}
+
+impl Clock {
+    /// Decides at start whether the local clock can be trusted; `floor` is
+    /// the last server time the buffer remembers (0 when none). Only the
+    /// first call decides: a pipeline restarted in-process keeps what it
+    /// learned.
+    pub fn init(&self, floor: Micros) {
+        if self.decided.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let local = now_micros();
+        let plausible = local >= PLAUSIBLE_FROM && local >= floor.saturating_sub(60_000_000);
+        self.trusted.store(plausible, Ordering::SeqCst);
+        if !plausible {
+            tracing::warn!(
+                local = %rfc3339(local),
+                last_known = %rfc3339(floor),
+                "the local clock is behind the last known time; readings are flagged until the aggregator's time arrives"
+            );
+        }
+    }
+
+    /// The time to stamp a reading with.
+    pub fn now(&self) -> Micros {
+        if !self.trusted.load(Ordering::Relaxed) {
+            self.unsynced.fetch_add(1, Ordering::Relaxed);
+        }
+        now_micros().saturating_add(self.applied.load(Ordering::Relaxed))
+    }
+
+    /// Learns the offset from an ack's `server_time`.
+    pub fn observe(&self, server_time: Micros) {
+        if server_time <= 0 {
+            return;
+        }
+        let sample = server_time.saturating_sub(now_micros());
+        let measured = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = self.next.fetch_add(1, Ordering::Relaxed) as usize % recent.len();
+            recent[slot] = sample;
+            recent.iter().copied().max().unwrap_or(sample)
+        };
+        self.measured.store(measured, Ordering::Relaxed);
+        let applied = if measured.abs() > MAX_SKEW {
+            measured
+        } else {
+            0
+        };
+        let before = self.applied.swap(applied, Ordering::Relaxed);
+        if (applied - before).abs() > MAX_SKEW {
+            tracing::warn!(
+                offset_ms = applied / 1_000,
+                "the local clock is off; readings the agent stamps are corrected by the aggregator's time"
+            );
+        }
+        if !self.trusted.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                offset_ms = measured / 1_000,
+                "clock trusted: the aggregator's time arrived"
+            );
+        }
+    }
+
+    /// What the status reports.
+    pub fn status(&self) -> ClockStatus {
+        ClockStatus {
+            trusted: self.trusted.load(Ordering::SeqCst),
+            offset: self.measured.load(Ordering::Relaxed),
+            unsynced_stamps: self.unsynced.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -63,106 +147,52 @@ fn rfc3339(t: Micros) -> String {
     chrono::DateTime::from_timestamp_micros(t).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }
 
-/// The time to stamp a reading with.
-pub fn now() -> Micros {
-    if !TRUSTED.load(Ordering::Relaxed) {
-        UNSYNCED.fetch_add(1, Ordering::Relaxed);
-    }
-    now_micros().saturating_add(APPLIED.load(Ordering::Relaxed))
-}
-
-/// The offsets measured from the last acks: an ack's delay in transit only
-/// makes its offset lower, so the highest of them is the best estimate.
-static RECENT: std::sync::Mutex<[Micros; 16]> = std::sync::Mutex::new([Micros::MIN; 16]);
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// Learns the offset from an ack's `server_time`.
-pub fn observe(server_time: Micros) {
-    if server_time <= 0 {
-        return;
-    }
-    let sample = server_time.saturating_sub(now_micros());
-    let measured = {
-        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = NEXT.fetch_add(1, Ordering::Relaxed) as usize % recent.len();
-        recent[slot] = sample;
-        recent.iter().copied().max().unwrap_or(sample)
-    };
-    MEASURED.store(measured, Ordering::Relaxed);
-    let applied = if measured.abs() > MAX_SKEW {
-        measured
-    } else {
-        0
-    };
-    let before = APPLIED.swap(applied, Ordering::Relaxed);
-    if (applied - before).abs() > MAX_SKEW {
-        tracing::warn!(
-            offset_ms = applied / 1_000,
-            "the local clock is off; readings the agent stamps are corrected by the aggregator's time"
-        );
-    }
-    if !TRUSTED.swap(true, Ordering::SeqCst) {
-        tracing::info!(
-            offset_ms = measured / 1_000,
-            "clock trusted: the aggregator's time arrived"
-        );
-    }
-}
-
-/// What the status reports.
-pub fn status() -> ClockStatus {
-    ClockStatus {
-        trusted: TRUSTED.load(Ordering::SeqCst),
-        offset: MEASURED.load(Ordering::Relaxed),
-        unsynced_stamps: UNSYNCED.load(Ordering::Relaxed),
-    }
-}
-
-#[cfg(test)]
-pub(crate) fn reset_for_test(trusted: bool) {
-    *RECENT.lock().unwrap() = [Micros::MIN; 16];
-    APPLIED.store(0, Ordering::SeqCst);
-    MEASURED.store(0, Ordering::SeqCst);
-    TRUSTED.store(trusted, Ordering::SeqCst);
-    UNSYNCED.store(0, Ordering::SeqCst);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // One test: the clock is process-wide.
     #[test]
     fn stale_clock_is_flagged_then_corrected_by_the_server_time() {
+        let clock = Clock::default();
         // A floor in the future: this gateway booted with a stale clock.
-        init(now_micros() + 3_600_000_000);
-        assert!(!status().trusted);
-        now();
-        now();
-        assert_eq!(status().unsynced_stamps, 2);
+        clock.init(now_micros() + 3_600_000_000);
+        assert!(!clock.status().trusted);
+        clock.now();
+        clock.now();
+        assert_eq!(clock.status().unsynced_stamps, 2);
         // The aggregator says it is an hour later than we think.
-        observe(now_micros() + 3_600_000_000);
-        let s = status();
+        clock.observe(now_micros() + 3_600_000_000);
+        let s = clock.status();
         assert!(s.trusted);
         assert!((s.offset - 3_600_000_000).abs() < 1_000_000, "{}", s.offset);
-        let stamped = now();
+        let stamped = clock.now();
         assert!((stamped - now_micros() - 3_600_000_000).abs() < 1_000_000);
         assert_eq!(
-            status().unsynced_stamps,
+            clock.status().unsynced_stamps,
             2,
             "trusted stamps are not flagged"
         );
-        // A late ack does not pull the estimate down; a small offset is
-        // left to NTP.
-        reset_for_test(true);
-        observe(now_micros() + 500_000);
-        observe(now_micros() - 9_000_000);
-        assert!(
-            (status().offset - 500_000).abs() < 100_000,
-            "{}",
-            status().offset
-        );
-        assert!((now() - now_micros()).abs() < 100_000);
-        reset_for_test(true);
+        // Only the first init decides: a reopened buffer does not undo it.
+        clock.init(now_micros() + 7_200_000_000);
+        assert!(clock.status().trusted);
+    }
+
+    #[test]
+    fn a_late_ack_does_not_pull_the_estimate_down_and_a_small_offset_is_left_to_ntp() {
+        let clock = Clock::default();
+        clock.observe(now_micros() + 500_000);
+        clock.observe(now_micros() - 9_000_000);
+        let offset = clock.status().offset;
+        assert!((offset - 500_000).abs() < 100_000, "{offset}");
+        assert!((clock.now() - now_micros()).abs() < 100_000);
+    }
+
+    #[test]
+    fn two_clocks_in_one_process_are_independent() {
+        let (a, b) = (Clock::default(), Clock::default());
+        a.observe(now_micros() + 3_600_000_000);
+        assert!((a.now() - now_micros() - 3_600_000_000).abs() < 1_000_000);
+        assert!((b.now() - now_micros()).abs() < 100_000);
+        assert_eq!(b.status().offset, 0);
     }
 }

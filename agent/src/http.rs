@@ -175,6 +175,7 @@ struct Input {
     sources: Vec<(HttpSource, Vec<EventMetric>)>,
     committer: Committer,
     transforms: Arc<crate::transform::Transforms>,
+    clock: Arc<crate::clock::Clock>,
 }
 
 /// A refusal with its status and reason.
@@ -201,6 +202,7 @@ pub async fn serve(
     config: HttpInputConfig,
     committer: Committer,
     transforms: Arc<crate::transform::Transforms>,
+    clock: Arc<crate::clock::Clock>,
     buffer: Arc<Buffer>,
     stop: CancellationToken,
 ) {
@@ -213,6 +215,7 @@ pub async fn serve(
             .collect(),
         committer,
         transforms,
+        clock,
     });
     let app = Router::new()
         .route("/ingest/{source}", post(ingest))
@@ -280,7 +283,7 @@ async fn ingest(
             Some([source.name.as_bytes(), &[0], v.as_bytes()].concat())
         }
     };
-    let events = events(source, &body)?;
+    let events = events(source, &body, input.clock.now())?;
     let (samples, _) = dash_shared::events::derive(&events, rules);
     let n_samples: usize = samples.iter().map(|b| b.timestamps.len()).sum();
     let n_events = events.len();
@@ -320,7 +323,8 @@ async fn ingest(
 }
 
 /// The body's records as events of `source`.
-fn events(source: &HttpSource, body: &[u8]) -> Result<Vec<Event>, Refused> {
+/// `now` stamps the records that carry no time.
+fn events(source: &HttpSource, body: &[u8], now: Micros) -> Result<Vec<Event>, Refused> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
     let items = match value {
@@ -332,7 +336,6 @@ fn events(source: &HttpSource, body: &[u8]) -> Result<Vec<Event>, Refused> {
             ));
         }
     };
-    let now = crate::clock::now();
     items
         .iter()
         .enumerate()

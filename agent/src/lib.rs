@@ -61,7 +61,31 @@ use crate::uplink::UplinkSettings;
 /// reports the fault; once the disk takes writes again it restarts its
 /// pipeline in-process and opens the buffer afresh.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_reporting(config, shutdown, |_| {}).await
+}
+
+/// Where a running agent listens: a configured port 0 becomes a free port,
+/// and this says which.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bound {
+    /// `devices.listen`, the MQTT listener for devices.
+    pub devices: Option<SocketAddr>,
+    /// `http.listen`, the HTTP input.
+    pub http: Option<SocketAddr>,
+}
+
+/// [`run`], telling `bound` where the inputs listen each time the pipeline
+/// starts (at start, and again after an in-process reopen of the buffer,
+/// when a port 0 picks a new port). Everything it starts runs on tracked
+/// tasks and ends within the grace period; nothing in it is process-wide,
+/// so tests run several agents in one process.
+pub async fn run_reporting(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut bound: impl FnMut(Bound),
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    let clock = Arc::new(clock::Clock::default());
     let mut first = true;
     let mut corrupt = None;
     loop {
@@ -69,7 +93,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             tracing::info!("the disk takes writes again: reopening the buffer");
         }
         first = false;
-        match run_once(&config, shutdown.as_mut(), corrupt.take()).await? {
+        match run_once(
+            &config,
+            &clock,
+            shutdown.as_mut(),
+            corrupt.take(),
+            &mut bound,
+        )
+        .await?
+        {
             Exit::Shutdown => return Ok(()),
             Exit::Reopen => continue,
             Exit::Corrupt(why) => corrupt = Some(why),
@@ -154,8 +186,10 @@ async fn disk_writable(dir: std::path::PathBuf) -> bool {
 
 async fn run_once(
     config: &Config,
+    clock: &Arc<clock::Clock>,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     corrupt: Option<String>,
+    bound: &mut impl FnMut(Bound),
 ) -> anyhow::Result<Exit> {
     let buffer = open_buffer(config, corrupt).await?;
     let budget = buffer::Budget {
@@ -168,7 +202,7 @@ async fn run_once(
             .with_aggregation(config.aggregate.clone())
             .with_budget(budget),
     );
-    clock::init(buffer.clock_floor());
+    clock.init(buffer.clock_floor());
     tracing::info!(
         unsealed = buffer.unsealed(),
         unacked = buffer.unacked(),
@@ -192,15 +226,18 @@ async fn run_once(
     }
     let transforms = Arc::new(transform::Transforms::new(config.transform.clone()));
     let router = Arc::new(
-        Router::new(config.devices.mappings.clone()).with_transforms((*transforms).clone()),
+        Router::new(config.devices.mappings.clone())
+            .with_transforms((*transforms).clone())
+            .with_clock(clock.clone()),
     );
     let stop_inputs = CancellationToken::new();
-    let inputs = start_inputs(
+    let (inputs, listening) = start_inputs(
         config,
         &buffer,
         &router,
         &transforms,
         &committer,
+        clock,
         &stop_inputs,
     )
     .await?;
@@ -214,15 +251,17 @@ async fn run_once(
         sealed.clone(),
         stop.clone(),
     ));
-    let status = status_fn(&buffer, &router, &committer);
+    let status = status_fn(&buffer, &router, &committer, clock);
     let uplink = tokio::spawn(uplink::run(
         uplink_settings(config)?,
         buffer.clone(),
+        clock.clone(),
         status,
         sealed,
         stop.clone(),
     ));
     tracing::info!(tenant = %config.tenant, agent = %config.agent_id, "agent ready");
+    bound(listening);
     watchdog::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut check = tokio::time::interval(Duration::from_secs(5));
@@ -287,15 +326,19 @@ async fn start_inputs(
     router: &Arc<Router>,
     transforms: &Arc<transform::Transforms>,
     committer: &Committer,
+    clock: &Arc<clock::Clock>,
     stop: &CancellationToken,
-) -> anyhow::Result<TaskTracker> {
+) -> anyhow::Result<(TaskTracker, Bound)> {
     let tracker = TaskTracker::new();
+    let mut bound = Bound::default();
     let d = &config.devices;
     if !d.listen.is_empty() {
         let addr: SocketAddr = d.listen.parse().context("devices.listen")?;
         let socket = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for devices on {addr} (devices.listen)"))?;
+        let addr = socket.local_addr()?;
+        bound.devices = Some(addr);
         let auth = config.device_auth()?;
         tracing::info!(
             %addr,
@@ -346,6 +389,7 @@ async fn start_inputs(
             device.clone(),
             committer.clone(),
             transforms.clone(),
+            clock.clone(),
             stop.clone(),
         ));
     }
@@ -354,18 +398,21 @@ async fn start_inputs(
         let socket = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {addr} (http.listen)"))?;
+        let addr = socket.local_addr()?;
+        bound.http = Some(addr);
         tracing::info!(%addr, sources = config.http.sources.len(), "HTTP input listening");
         tracker.spawn(http::serve(
             socket,
             config.http.clone(),
             committer.clone(),
             transforms.clone(),
+            clock.clone(),
             buffer.clone(),
             stop.clone(),
         ));
     }
     tracker.close();
-    Ok(tracker)
+    Ok((tracker, bound))
 }
 
 fn uplink_settings(config: &Config) -> anyhow::Result<UplinkSettings> {
@@ -402,8 +449,10 @@ fn status_fn(
     buffer: &Arc<Buffer>,
     router: &Arc<Router>,
     committer: &Committer,
+    clock: &Arc<clock::Clock>,
 ) -> uplink::StatusFn {
     let (buffer, router, invalid) = (buffer.clone(), router.clone(), committer.invalid_counter());
+    let clock = clock.clone();
     Arc::new(move |online| {
         let mut faults = Vec::new();
         let mut state = match buffer.status() {
@@ -432,7 +481,7 @@ fn status_fn(
             version: env!("CARGO_PKG_VERSION").into(),
             time: dash_shared::now_micros(),
             buffer: state,
-            clock: clock::status(),
+            clock: clock.status(),
             faults,
             devices: dash_shared::DeviceStatus {
                 refused: router.refusals.snapshot(),

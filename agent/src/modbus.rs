@@ -474,6 +474,7 @@ pub async fn poll(
     device: ModbusDevice,
     committer: Committer,
     transforms: std::sync::Arc<crate::transform::Transforms>,
+    clock: std::sync::Arc<crate::clock::Clock>,
     stop: CancellationToken,
 ) {
     let reads = plan(&device.points, device.max_gap);
@@ -492,7 +493,7 @@ pub async fn poll(
         let mut results: Vec<(usize, Result<f64, ReadError>)> = Vec::new();
         for r in &reads {
             let outcome = read_with_retries(&device, &mut ctx, r, &stop).await;
-            let now = crate::clock::now();
+            let now = clock.now();
             match outcome {
                 Ok(values) => {
                     for &i in &r.points {
@@ -546,7 +547,7 @@ pub async fn poll(
                 });
                 records.push(Record::Event(Event {
                     source: device.name.clone(),
-                    time: crate::clock::now(),
+                    time: clock.now(),
                     kind: "modbus.status".into(),
                     body: body.to_string(),
                 }));

@@ -228,6 +228,7 @@ fn status_bytes(status: &StatusFn, online: bool) -> Vec<u8> {
 pub async fn run(
     settings: UplinkSettings,
     buffer: Arc<Buffer>,
+    clock: Arc<crate::clock::Clock>,
     status: StatusFn,
     sealed: Arc<Notify>,
     stop: CancellationToken,
@@ -298,7 +299,7 @@ pub async fn run(
                         tracing::warn!("uplink request queue full right after connecting");
                     }
                 }
-                Some(Link::Message(p)) if p.topic == ack_topic => on_ack(&p.payload, &buffer, &mut inflight),
+                Some(Link::Message(p)) if p.topic == ack_topic => on_ack(&p.payload, &buffer, &clock, &mut inflight),
                 Some(Link::Message(_)) => {}
                 Some(Link::Lost) => connected = false,
                 None => break,
@@ -407,13 +408,13 @@ fn send_due(
     Ok(())
 }
 
-fn on_ack(payload: &[u8], buffer: &Buffer, inflight: &mut Inflight) {
+fn on_ack(payload: &[u8], buffer: &Buffer, clock: &crate::clock::Clock, inflight: &mut Inflight) {
     let ack = match wire::decode(payload, &Limits::default()) {
         Ok(Message::Ack(ack)) => ack,
         Ok(_) => return tracing::warn!("non-ack message on the ack topic ignored"),
         Err(e) => return tracing::warn!(error = %e, "unreadable ack ignored"),
     };
-    crate::clock::observe(ack.server_time);
+    clock.observe(ack.server_time);
     buffer.remember_time(ack.server_time);
     if ack.seq == 0 {
         return; // the answer to a status: only the time
@@ -507,9 +508,14 @@ mod tests {
             };
             wire::encode(&Message::Ack(ack), &Limits::default()).unwrap()
         };
-        on_ack(&ack(1, u64::MAX), &buffer, &mut inflight);
+        on_ack(
+            &ack(1, u64::MAX),
+            &buffer,
+            &Default::default(),
+            &mut inflight,
+        );
         assert_eq!(buffer.outbox_seqs(10).unwrap(), vec![1, 2]);
-        on_ack(&ack(1, 1), &buffer, &mut inflight);
+        on_ack(&ack(1, 1), &buffer, &Default::default(), &mut inflight);
         assert_eq!(buffer.outbox_seqs(10).unwrap(), vec![2]);
     }
 

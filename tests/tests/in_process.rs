@@ -113,3 +113,39 @@ async fn the_gate_answers_as_mqtt_3_1_1_says_where_rumqttd_would_not() {
     assert_eq!(read_n(&mut c, 1).await, None);
     app.stop().await.unwrap();
 }
+
+/// Two agents and an aggregator in one process: each agent has its own
+/// clock and listener, both deliver exactly once, and each stops with its
+/// port closed. The kill and fault suites keep real processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_run_and_stop_in_one_process_beside_an_aggregator() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use dash_tests::app::TestAgent;
+    use dash_tests::device::{self, assert_delivered};
+
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |_| {}).await;
+    ready(&app).await;
+    let one = TestAgent::spawn("acme", "gw-1", app.broker, |_| {}).await;
+    let two = TestAgent::spawn("acme", "gw-2", app.broker, |_| {}).await;
+    assert_ne!(one.devices, two.devices);
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Duration::from_secs(60);
+    let (a, b) = tokio::join!(
+        device::publish(one.devices, "s-1", "temp", 0..50, stop.clone(), deadline),
+        device::publish(two.devices, "s-2", "temp", 0..50, stop.clone(), deadline),
+    );
+    assert_eq!((a.acked.len(), b.acked.len()), (50, 50));
+    assert_delivered(&pg, "acme", &[("s-1", &a), ("s-2", &b)]).await;
+    for agent in [one, two] {
+        let addr = agent.devices;
+        agent.stop().await.unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the device listener {addr} is still open after stop"
+        );
+    }
+    app.stop().await.unwrap();
+}

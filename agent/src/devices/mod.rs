@@ -93,6 +93,7 @@ impl Refusals {
 pub struct Router {
     mappings: Vec<Mapping>,
     transforms: crate::transform::Transforms,
+    clock: std::sync::Arc<crate::clock::Clock>,
     accepted: AtomicU64,
     rejected: AtomicU64,
     /// What the device listener refused, by reason.
@@ -104,6 +105,7 @@ impl Router {
         Router {
             mappings,
             transforms: Default::default(),
+            clock: Default::default(),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             refusals: Refusals::default(),
@@ -113,6 +115,13 @@ impl Router {
     /// Applies `[[transform]]` rules to what devices send.
     pub fn with_transforms(mut self, transforms: crate::transform::Transforms) -> Self {
         self.transforms = transforms;
+        self
+    }
+
+    /// Stamps readings without a time from `clock` (a router made with
+    /// [`Router::new`] alone has a clock of its own, uncorrected).
+    pub fn with_clock(mut self, clock: std::sync::Arc<crate::clock::Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -142,7 +151,7 @@ impl Router {
     /// payload has a time. Arrival stamps are cut to milliseconds: finer is
     /// noise for a reading that crossed a network, and costs wire bytes.
     pub fn route(&self, topic: &str, payload: &[u8]) -> Result<Vec<Sample>, RouteError> {
-        let now = crate::clock::now();
+        let now = self.clock.now();
         self.route_at(topic, payload, now - now.rem_euclid(1_000))
     }
 
