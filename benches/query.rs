@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 use dash_aggregator::api::Api;
 use dash_aggregator::config::{QueryToken, RetentionConfig};
-use dash_aggregator::ingest::Delivery;
 use dash_aggregator::storage::BinaryCopy;
 use dash_aggregator::storage::retention::{self, Layout};
 use dash_aggregator::telemetry::metrics::Metrics;
-use dash_shared::wire::{self, Limits};
-use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
+use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::fixture::{deliveries, payload};
 use dash_tests::get_json;
 use dash_tests::pg::TestPostgres;
 
@@ -71,16 +70,7 @@ fn raw_payloads(now: i64) -> Vec<Vec<u8>> {
                     values: vec![1.0],
                 }));
             }
-            let batch = Batch::samples(
-                StreamId {
-                    name: "telemetry".into(),
-                    incarnation: 1,
-                },
-                b as u64 + 1,
-                1,
-                series,
-            );
-            wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+            payload(b as u64 + 1, series)
         })
         .collect()
 }
@@ -103,15 +93,10 @@ async fn main() {
     let (tenant, agent) = (TenantId::new("bench").unwrap(), AgentId::new("gw").unwrap());
     let payloads = raw_payloads(now);
     for group in payloads.chunks(8) {
-        let deliveries: Vec<Delivery<'_>> = group
-            .iter()
-            .map(|p| Delivery {
-                tenant: &tenant,
-                agent: &agent,
-                payload: p,
-            })
-            .collect();
-        ing.handle_group(&deliveries).await.unwrap();
+        let group = group.iter().map(Vec::as_slice);
+        ing.handle_group(&deliveries(&tenant, &agent, group))
+            .await
+            .unwrap();
     }
     // 90 days of hourly rollups for every series (the charted one has its
     // last 7 days from the writer), then daily rollups from them.

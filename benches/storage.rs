@@ -9,10 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use dash_aggregator::ingest::Delivery;
 use dash_aggregator::storage::BinaryCopy;
-use dash_shared::wire::{self, Limits};
-use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
+use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::fixture::{deliveries, payload};
 use dash_tests::pg::TestPostgres;
 
 const SERIES: usize = 1_000;
@@ -43,18 +42,7 @@ fn payloads() -> Vec<Vec<u8>> {
                     }
                 })
                 .collect();
-            let batch = Batch {
-                stream: StreamId {
-                    name: "telemetry".into(),
-                    incarnation: 1,
-                },
-                seq: b as u64 + 1,
-                floor: 1,
-                series,
-                windows: Vec::new(),
-                events: Vec::new(),
-            };
-            wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+            payload(b as u64 + 1, series)
         })
         .collect()
 }
@@ -120,15 +108,10 @@ async fn main() {
     // Batches queue up at a busy aggregator; a worker stores up to 32 per transaction.
     let start = Instant::now();
     for group in payloads[1..].chunks(GROUP) {
-        let deliveries: Vec<Delivery<'_>> = group
-            .iter()
-            .map(|p| Delivery {
-                tenant: &tenant,
-                agent: &agent,
-                payload: p,
-            })
-            .collect();
-        ing.handle_group(&deliveries).await.unwrap();
+        let group = group.iter().map(Vec::as_slice);
+        ing.handle_group(&deliveries(&tenant, &agent, group))
+            .await
+            .unwrap();
     }
     let tiered =
         start.elapsed().as_secs_f64() * payloads.len() as f64 / (payloads.len() - 1) as f64;

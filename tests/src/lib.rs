@@ -9,6 +9,7 @@
 pub mod app;
 pub mod damage;
 pub mod device;
+pub mod fixture;
 pub mod pg;
 pub mod process;
 pub mod proxy;

@@ -4,37 +4,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dash_aggregator::ingest::{Delivery, Ingestor};
+use dash_aggregator::ingest::Ingestor;
 use dash_aggregator::storage::tiers::TieredWriter;
 use dash_aggregator::telemetry::metrics::Metrics;
 use dash_shared::wire::{self, Limits};
-use dash_shared::{
-    AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,
-};
+use dash_shared::{AckOutcome, AgentId, Batch, Message, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::fixture::{deliveries, encode, stream};
 use dash_tests::pg::TestPostgres;
 use dash_tests::{eventually, metrics_text};
 
 fn batch(seq: u64, floor: u64, incarnation: u64) -> Batch {
     let t0 = 1_764_000_000_000_000 + seq as i64 * 10_000_000;
-    Batch {
-        stream: StreamId {
-            name: "telemetry".into(),
-            incarnation,
-        },
+    Batch::samples(
+        stream(incarnation),
         seq,
         floor,
-        series: vec![SeriesBlock {
+        vec![SeriesBlock {
             key: SeriesKey::with_tags("th-1", "temp", [("site".into(), "north".into())]),
             timestamps: (0..10).map(|i| t0 + i * 1_000_000).collect(),
             values: (0..10).map(|i| seq as f64 * 100.0 + i as f64).collect(),
         }],
-        windows: Vec::new(),
-        events: Vec::new(),
-    }
-}
-
-fn encode(b: &Batch) -> Vec<u8> {
-    wire::encode(&Message::Batch(b.clone()), &Limits::default()).unwrap()
+    )
 }
 
 fn ids() -> (TenantId, AgentId) {
@@ -68,14 +58,7 @@ async fn one_group_holding_a_batch_twice_stores_it_once_and_answers_both() {
         encode(&batch(2, 1, 7)),
         b"junk".to_vec(),
     );
-    let group: Vec<Delivery<'_>> = [&one, &two, &one, &junk]
-        .iter()
-        .map(|p| Delivery {
-            tenant: &tenant,
-            agent: &agent,
-            payload: p,
-        })
-        .collect();
+    let group = deliveries(&tenant, &agent, [&one[..], &two[..], &one[..], &junk[..]]);
     let acks = ing.handle_group(&group).await.unwrap();
     let outcomes: Vec<_> = acks
         .iter()

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use dash_aggregator::api::Api;
 use dash_aggregator::config::{QueryToken, RetentionConfig};
 use dash_aggregator::telemetry::metrics::Metrics;
-use dash_shared::wire::{self, Limits};
-use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
+use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::fixture::payload;
 use dash_tests::get_json;
 use dash_tests::pg::TestPostgres;
 use proptest::prelude::*;
@@ -65,18 +65,7 @@ fn payloads() -> Vec<Vec<u8>> {
                         .collect(),
                 })
                 .collect();
-            let batch = Batch {
-                stream: StreamId {
-                    name: "telemetry".into(),
-                    incarnation: 1,
-                },
-                seq: i as u64 + 1,
-                floor: 1,
-                series,
-                windows: Vec::new(),
-                events: Vec::new(),
-            };
-            wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+            payload(i as u64 + 1, series)
         })
         .collect()
 }

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dash_shared::events::EventMetric;
 use dash_shared::wire::{self, Event, Limits};
-use dash_shared::{
-    AgentId, AgentStatus, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId,
-};
+use dash_shared::{AgentId, AgentStatus, Batch, Message, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::fixture::{encode, stream};
 use dash_tests::pg::TestPostgres;
 
 fn readme() -> String {
@@ -223,10 +222,7 @@ async fn the_grafana_queries_run_and_answer() {
         })
         .collect();
     let batch = Batch {
-        stream: StreamId {
-            name: "telemetry".into(),
-            incarnation: 1,
-        },
+        stream: stream(1),
         seq: 1,
         floor: 1,
         series: vec![SeriesBlock {
@@ -237,7 +233,7 @@ async fn the_grafana_queries_run_and_answer() {
         windows: Vec::new(),
         events,
     };
-    let bytes = wire::encode(&Message::Batch(batch), &Limits::default()).unwrap();
+    let bytes = encode(&batch);
     let ack = ingest.handle(&tenant, &agent, &bytes).await.unwrap();
     assert!(
         ack.is_some_and(|a| a.seq == 1),

@@ -5,8 +5,8 @@
 
 use dash_aggregator::config::RetentionConfig;
 use dash_aggregator::storage::retention::{self, Layout};
-use dash_shared::wire::{self, Limits};
-use dash_shared::{AgentId, Batch, Message, SeriesBlock, SeriesKey, StreamId, TenantId};
+use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::fixture::payload;
 use dash_tests::pg::{TestPostgres, expected_layout};
 
 const SEC: i64 = 1_000_000;
@@ -21,22 +21,14 @@ fn now() -> i64 {
 
 /// One batch of series `dev-0` with a reading of 1.0 at each time.
 fn batch(seq: u64, times: &[i64]) -> Vec<u8> {
-    let batch = Batch {
-        stream: StreamId {
-            name: "telemetry".into(),
-            incarnation: 1,
-        },
+    payload(
         seq,
-        floor: 1,
-        series: vec![SeriesBlock {
+        vec![SeriesBlock {
             key: SeriesKey::new("dev-0", "temp"),
             timestamps: times.to_vec(),
             values: vec![1.0; times.len()],
         }],
-        windows: Vec::new(),
-        events: Vec::new(),
-    };
-    wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+    )
 }
 
 fn keep(raw_days: u32, hourly_days: u32) -> RetentionConfig {

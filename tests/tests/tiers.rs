@@ -1,14 +1,13 @@
 //! The storage tiers on a real PostgreSQL: rollups equal a recomputation from
 //! the raw tier whatever the delivery order, and tenant-local days follow DST.
 
-use dash_aggregator::ingest::Delivery;
 use dash_aggregator::query::{self, Step};
 use dash_aggregator::storage::retention::Horizons;
 use dash_shared::events::EventMetric;
-use dash_shared::wire::{self, Limits};
 use dash_shared::{
-    AgentId, Batch, Event, Message, SeriesBlock, SeriesKey, StreamId, TenantId, Window, WindowBlock,
+    AgentId, Batch, Event, SeriesBlock, SeriesKey, StreamId, TenantId, Window, WindowBlock,
 };
+use dash_tests::fixture::{deliveries, encode, stream};
 use dash_tests::pg::TestPostgres;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -41,18 +40,12 @@ fn batches(samples: &[Sample], chunk: usize, incarnation: u64) -> Vec<Vec<u8>> {
                 block.timestamps.push(START + secs * 1_000_000);
                 block.values.push(*q as f64 / 4.0);
             }
-            let batch = Batch {
-                stream: StreamId {
-                    name: "telemetry".into(),
-                    incarnation,
-                },
-                seq: i as u64 + 1,
-                floor: 1,
+            encode(&Batch::samples(
+                stream(incarnation),
+                i as u64 + 1,
+                1,
                 series,
-                windows: Vec::new(),
-                events: Vec::new(),
-            };
-            wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+            ))
         })
         .collect()
 }
@@ -146,15 +139,10 @@ fn rollups_equal_a_recomputation_from_raw_for_late_out_of_order_and_duplicate_ba
                 // In groups, as a worker takes them from its queue: one transaction
                 // may hold several batches, and the same batch twice.
                 for group in order.chunks(group) {
-                    let deliveries: Vec<Delivery<'_>> = group
-                        .iter()
-                        .map(|i| Delivery {
-                            tenant: &t,
-                            agent: &agent,
-                            payload: &payloads[*i],
-                        })
-                        .collect();
-                    ing.handle_group(&deliveries).await.unwrap();
+                    let group = group.iter().map(|i| &payloads[*i][..]);
+                    ing.handle_group(&deliveries(&t, &agent, group))
+                        .await
+                        .unwrap();
                 }
                 let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM samples WHERE tenant = $1")
                     .bind(&tenant)
@@ -383,7 +371,7 @@ fn edge_windows_land_in_the_tiers_exactly_like_the_samples_they_summarise() {
                     vec![],
                 );
                 batch.windows = windows;
-                let payload = wire::encode(&Message::Batch(batch), &Limits::default()).unwrap();
+                let payload = encode(&batch);
                 let win_t = TenantId::new(win.clone()).unwrap();
                 ing.handle(&win_t, &agent, &payload).await.unwrap();
                 ing.handle(&win_t, &agent, &payload).await.unwrap(); // a redelivery
@@ -484,7 +472,7 @@ async fn events_are_stored_once_and_sale_amounts_become_series() {
         vec![],
     );
     batch.events = events;
-    let payload = wire::encode(&Message::Batch(batch), &Limits::default()).unwrap();
+    let payload = encode(&batch);
     ing.handle(&t, &agent, &payload).await.unwrap();
     let again = ing.handle(&t, &agent, &payload).await.unwrap().unwrap();
     assert_eq!(again.outcome, dash_shared::AckOutcome::Duplicate);

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dash_shared::wire::{self, Limits};
-use dash_shared::{Batch, Message, SeriesBlock, SeriesKey, StreamId};
+use dash_shared::{Batch, SeriesBlock, SeriesKey};
 use dash_tests::device::{self, rows_of};
+use dash_tests::fixture::{encode, stream};
 use dash_tests::pg::TestPostgres;
 use dash_tests::process::{self, Proc, binary};
 use dash_tests::{eventually, free_port, metrics_text};
@@ -185,10 +185,7 @@ async fn first_answer(mut events: rumqttc::EventLoop) -> Answer {
 fn batch_payload(device: &str, n: i64) -> Vec<u8> {
     let now = chrono::Utc::now().timestamp_micros();
     let batch = Batch::samples(
-        StreamId {
-            name: "telemetry".into(),
-            incarnation: 42,
-        },
+        stream(42),
         1,
         1,
         vec![SeriesBlock {
@@ -197,7 +194,7 @@ fn batch_payload(device: &str, n: i64) -> Vec<u8> {
             values: (0..n).map(|i| (1000 + i) as f64).collect(),
         }],
     );
-    wire::encode(&Message::Batch(batch), &Limits::default()).unwrap()
+    encode(&batch)
 }
 
 /// Connects, publishes `payload` on `topic`, and reports whether the broker
