@@ -71,11 +71,21 @@ tags = ["location", "item"]
     }
 }
 
+/// An hour ago, to the second: within the raw tier's 7 days, whatever the
+/// date (a fixed date fell out of it a week after it was written).
+fn sale_time() -> &'static str {
+    static AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        (chrono::Utc::now() - chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+}
+
 fn sale(id: usize) -> serde_json::Value {
     json!({
         "id": id,
         "till": format!("till-{}", id % 3),
-        "time": "2026-11-25T12:00:00Z",
+        "time": sale_time(),
         "location": "soho",
         "item": if id.is_multiple_of(2) { "coffee" } else { "cake" },
         "amount": (id % 50) as f64 / 4.0,
