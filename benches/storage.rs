@@ -5,11 +5,19 @@
 //! cluster. Shape: 1,000 series at 1 Hz; batches of 5,000 samples, as an
 //! agent sends them (5 s of every series per batch).
 //!
+//! A second figure: the same writer with the fleet registry noting every
+//! committed batch's devices (and writing them after each group, more often
+//! than the aggregator's one flush a second), beside the writer without it,
+//! interleaved over three rounds into fresh tenants.
+//!
 //! Run: `cargo bench -p dash-benches --bench storage`
 
 use std::time::{Duration, Instant};
 
-use dash_aggregator::storage::BinaryCopy;
+use std::sync::Arc;
+
+use dash_aggregator::fleet::tracker::Tracker;
+use dash_aggregator::storage::{BinaryCopy, fleet};
 use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
 use dash_tests::fixture::{deliveries, payload};
 use dash_tests::pg::TestPostgres;
@@ -96,6 +104,53 @@ async fn row_per_point(pg: &TestPostgres) -> (Duration, i64) {
     (took, size(pg, "'rows_baseline'").await)
 }
 
+/// Seconds to store `payloads` (series registered first, untimed) as
+/// `tenant`, with the fleet tracker when given.
+async fn timed_ingest(
+    pg: &TestPostgres,
+    payloads: &[Vec<u8>],
+    tenant: &str,
+    fleet: Option<Arc<Tracker>>,
+) -> f64 {
+    let ing = match &fleet {
+        Some(t) => pg.ingestor().with_fleet(t.clone()),
+        None => pg.ingestor(),
+    };
+    let (tenant, agent) = (TenantId::new(tenant).unwrap(), AgentId::new("gw").unwrap());
+    ing.handle(&tenant, &agent, &payloads[0]).await.unwrap();
+    if let Some(t) = &fleet {
+        fleet::record_seen(&pg.pool, &t.take()).await.unwrap();
+    }
+    let start = Instant::now();
+    for group in payloads[1..].chunks(GROUP) {
+        let group = group.iter().map(Vec::as_slice);
+        ing.handle_group(&deliveries(&tenant, &agent, group))
+            .await
+            .unwrap();
+        if let Some(t) = &fleet {
+            fleet::record_seen(&pg.pool, &t.take()).await.unwrap();
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Samples/s with and without device registration, the median of three
+/// interleaved rounds each.
+async fn registration(pg: &TestPostgres, payloads: &[Vec<u8>]) -> (f64, f64) {
+    let n = (SERIES as i64 * (SECONDS - PER_BATCH_SECONDS)) as f64;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        without.push(n / timed_ingest(pg, payloads, &format!("plain-{round}"), None).await);
+        let tracker = Some(Arc::new(Tracker::default()));
+        with.push(n / timed_ingest(pg, payloads, &format!("fleet-{round}"), tracker).await);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(with), median(without))
+}
+
 #[tokio::main]
 async fn main() {
     let n = (SERIES as i64 * SECONDS) as f64;
@@ -135,6 +190,7 @@ async fn main() {
         .unwrap();
     let compacted_bytes = size(&pg, "'raw_blocks'").await as f64;
     let (copy, copy_bytes) = row_per_point(&pg).await;
+    let (with_fleet, without_fleet) = registration(&pg, &payloads).await;
 
     let writer = n / tiered;
     let baseline = n / copy.as_secs_f64();
@@ -190,5 +246,19 @@ async fn main() {
         "row-per-point table with (series, ts) index",
         copy_bytes as f64 / n,
         Some(dash_benches::Target::AtMost(12.0)),
+    );
+    println!(
+        "  writer noting devices for the fleet registry {with_fleet:>10.0} samples/s, without {without_fleet:>10.0}: ratio {:.3}",
+        with_fleet / without_fleet
+    );
+    dash_benches::row(
+        "storage",
+        &format!("writer with device registration ({db})"),
+        with_fleet,
+        "samples/s",
+        dash_benches::Better::Higher,
+        "the same writer without it",
+        without_fleet,
+        Some(dash_benches::Target::AtLeast(0.95 * without_fleet)),
     );
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub http: HttpConfig,
     pub retention: RetentionConfig,
+    /// The fleet registry and liveness (see [`crate::fleet`]).
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +156,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             http: HttpConfig::default(),
             retention: RetentionConfig::default(),
+            fleet: Default::default(),
         }
     }
 }
@@ -212,6 +215,7 @@ const TOP_LEVEL: &[&str] = &[
     "ingest",
     "http",
     "retention",
+    "fleet",
 ];
 
 impl Config {
@@ -281,6 +285,10 @@ impl Config {
         }
         if self.broker.client_id.is_empty() {
             bail!("broker.client_id must not be empty");
+        }
+        let fleet = self.fleet.problems();
+        if !fleet.is_empty() {
+            bail!("{}", fleet.join("\n"));
         }
         Ok(())
     }
@@ -366,8 +374,9 @@ pub fn default_toml() -> String {
          # DASH_DATABASE_URL, DASH_BROKER__URL, DASH_HTTP__LISTEN, ...\n\
          # database_url = \"\" runs a private PostgreSQL under data_dir/postgres.\n\
          # broker.url = \"\" runs the embedded MQTT broker on broker.listen.\n\n{body}\n\
-         # Examples, commented out: numeric fields of events stored as series, and a\n\
-         # query API token (sha256 of the token: printf %s \"$TOKEN\" | sha256sum).\n{examples}",
+         # Examples, commented out: numeric fields of events stored as series, a\n\
+         # query API token (sha256 of the token: printf %s \"$TOKEN\" | sha256sum), and\n\
+         # the silence a device model may keep before it counts as offline.\n{examples}",
         examples = examples_toml()
             .lines()
             .map(|l| format!("# {l}\n"))
@@ -383,6 +392,11 @@ pub fn examples_toml() -> String {
     struct Examples {
         ingest: IngestExample,
         http: HttpExample,
+        fleet: FleetExample,
+    }
+    #[derive(Serialize)]
+    struct FleetExample {
+        models: Vec<crate::fleet::ModelInterval>,
     }
     #[derive(Serialize)]
     struct IngestExample {
@@ -408,6 +422,12 @@ pub fn examples_toml() -> String {
                 sha256: "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f".into(),
             }],
         },
+        fleet: FleetExample {
+            models: vec![crate::fleet::ModelInterval {
+                model: "th-10".into(),
+                interval_secs: 900,
+            }],
+        },
     })
     .expect("examples serialize")
 }
@@ -428,7 +448,8 @@ mod tests {
     fn the_examples_are_valid_settings() {
         let text = default_toml()
             .replace("event_metrics = []\n", "")
-            .replace("tokens = []\n", "");
+            .replace("tokens = []\n", "")
+            .replace("models = []\n", "");
         let mut full: toml::Table = toml::from_str(&text).unwrap();
         let examples: toml::Table = toml::from_str(&examples_toml()).unwrap();
         for (table, value) in examples {

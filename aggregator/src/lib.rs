@@ -10,7 +10,8 @@
 //!     --> ingest: decode, series ids, BEGIN; ledger row FOR UPDATE; COPY raw blocks;
 //!         merge rollups; ledger update; COMMIT            (storage::{ledger, tiers})
 //!     --> ack on dash/v1/{tenant}/{agent}/ack, then PUBACK
-//! query API (api::http, api) --> query --> storage tiers
+//!     --> fleet::tracker (devices seen) --> fleet: flush, liveness sweep (storage::fleet)
+//! query API (api::http, api) --> query --> storage tiers; api::fleet --> storage::fleet
 //! ```
 //!
 //! Modules, by what they do:
@@ -27,14 +28,17 @@
 //!   blocks and exact rollups ([`storage::tiers`]), what ingest holds back
 //!   ([`storage::held`]), the agents' rows and statuses
 //!   ([`storage::agents`]), the query API's reads ([`storage::read`]),
-//!   retention ([`storage::retention`]).
-//! - [`query`]: tier-aware queries; [`api`]: the HTTP query API and the
-//!   server around it ([`api::http`]: `/healthz`, `/readyz`, `/metrics`).
+//!   the fleet's places, customers, devices and liveness sweep
+//!   ([`storage::fleet`]), retention ([`storage::retention`]).
+//! - [`fleet`]: devices registered at ingest ([`fleet::tracker`]) and
+//!   judged online, offline, delayed or unknown on a timer.
+//! - [`query`]: tier-aware queries; [`api`]: the HTTP query API, the
+//!   fleet's ([`api::fleet`]) and the server around it ([`api::http`]: `/healthz`, `/readyz`, `/metrics`).
 //! - [`auth`]: the agents registry ([`auth::registry`]) and the CA
 //!   ([`auth::pki`]).
 //! - [`telemetry`]: counters ([`telemetry::metrics`]) and readiness
 //!   ([`telemetry::health`]).
-//! - [`cli`]: the admin commands behind `dash-aggregator ca|agent`.
+//! - [`cli`]: the admin commands behind `dash-aggregator ca|agent|place|customer|device`.
 //!
 //! Errors at the boundaries are typed: [`storage::pool::StorageError`]
 //! (opening the database), [`storage::private::PrivateError`] (the private
@@ -57,6 +61,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod ingest;
 pub mod query;
 pub mod storage;
@@ -157,14 +162,16 @@ pub async fn run_reporting(
         max_message_bytes: config.ingest.max_message_bytes,
         ..Limits::default()
     };
+    let devices = Arc::new(fleet::tracker::Tracker::default());
     let ingestor = Arc::new(
         Ingestor::new(
             pool.clone(),
             TieredWriter::new(config.retention.clone()).with_metrics(metrics.clone()),
             limits,
-            metrics,
+            metrics.clone(),
         )
         .with_registry(registry)
+        .with_fleet(devices.clone())
         .with_event_metrics(config.ingest.event_metrics.clone())
         .with_time_window(ingest::TimeWindow {
             max_future: config.ingest.max_future_secs as i64 * 1_000_000,
@@ -179,6 +186,13 @@ pub async fn run_reporting(
     tasks.spawn(retention::run_loop(
         pool.clone(),
         config.retention.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(fleet::run(
+        pool.clone(),
+        devices,
+        config.fleet.clone(),
+        metrics,
         stop.clone(),
     ));
     if let Some(pg) = private_pg.clone() {

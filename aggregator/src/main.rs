@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dash_aggregator::auth::pki::CaDir;
-use dash_aggregator::cli::admin;
+use dash_aggregator::cli::{admin, fleet};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,94 @@ enum Command {
         ca_dir: Option<PathBuf>,
         #[command(subcommand)]
         command: AgentCommand,
+    },
+    /// The tree of places (corporate, regions, districts, locations).
+    Place {
+        /// Aggregator config file (for database_url or data_dir).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: PlaceCommand,
+    },
+    /// Customers: who owns devices (a franchisee, an end customer, a patient).
+    Customer {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CustomerCommand,
+    },
+    /// Devices: where they are, whose they are, whether they report.
+    Device {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlaceCommand {
+    /// Add a place, at the root or under --parent.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// Its id: letters, digits, '.', '_', '-'.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        parent: Option<String>,
+        /// What people read; default: the id.
+        #[arg(long)]
+        name: Option<String>,
+        /// Its level: corporate, region, district, location, ...
+        #[arg(long, default_value = "")]
+        kind: String,
+    },
+    /// Show a tenant's places as a tree.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Add a customer, or change its name and contacts.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Set devices' place, customer, position, model, firmware, interval and
+    /// labels from a CSV file (see the README for its columns).
+    Import {
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+    },
+    /// Show devices with their state, agent, place, customer and last reading.
+    List {
+        #[arg(long)]
+        tenant: String,
+        /// online, offline, delayed, unknown or never_reported.
+        #[arg(long)]
+        state: Option<String>,
+        /// A place: its devices and those of every place below it.
+        #[arg(long)]
+        within: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
     },
 }
 
@@ -221,7 +309,82 @@ fn main() -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
+        Command::Place { config, command } => {
+            fleet_command(cli.log.log_format, config, async |pool| match command {
+                PlaceCommand::Add {
+                    tenant,
+                    id,
+                    parent,
+                    name,
+                    kind,
+                } => {
+                    fleet::place_add(
+                        pool,
+                        &tenant,
+                        &id,
+                        parent.as_deref(),
+                        name.as_deref(),
+                        &kind,
+                    )
+                    .await
+                }
+                PlaceCommand::List { tenant } => fleet::place_list(pool, &tenant).await,
+            })
+        }
+        Command::Customer { config, command } => {
+            fleet_command(cli.log.log_format, config, async |pool| match command {
+                CustomerCommand::Add {
+                    tenant,
+                    id,
+                    name,
+                    email,
+                    phone,
+                } => {
+                    let c = dash_aggregator::storage::fleet::Customer {
+                        customer: id,
+                        name,
+                        email,
+                        phone,
+                    };
+                    fleet::customer_add(pool, &tenant, &c).await
+                }
+            })
+        }
+        Command::Device { config, command } => {
+            fleet_command(cli.log.log_format, config, async |pool| match command {
+                DeviceCommand::Import { tenant, file } => {
+                    fleet::device_import(pool, &tenant, &file).await
+                }
+                DeviceCommand::List {
+                    tenant,
+                    state,
+                    within,
+                    customer,
+                } => {
+                    let filter = dash_aggregator::storage::fleet::DeviceFilter {
+                        state,
+                        within,
+                        customer,
+                        ..Default::default()
+                    };
+                    fleet::device_list(pool, &tenant, &filter).await
+                }
+            })
+        }
     }
+}
+
+/// Runs a command on the configured database and prints what it says.
+fn fleet_command(
+    format: dash_runtime::logging::LogFormat,
+    config: Option<PathBuf>,
+    work: impl AsyncFnOnce(&sqlx::PgPool) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    init_tracing(format);
+    let config = dash_aggregator::Config::load(config.as_deref())?;
+    let text = block_on(admin::with_database(&config, work))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

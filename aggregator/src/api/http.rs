@@ -91,5 +91,15 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/api/v1/tenants/{tenant}/series", get(api::series))
         .route("/api/v1/tenants/{tenant}/query", get(api::query))
+        .route("/api/v1/tenants/{tenant}/devices", get(api::fleet::devices))
+        .route(
+            "/api/v1/tenants/{tenant}/devices/{device}",
+            get(api::fleet::device),
+        )
+        .route("/api/v1/tenants/{tenant}/places", get(api::fleet::places))
+        .route(
+            "/api/v1/tenants/{tenant}/customers",
+            get(api::fleet::customers),
+        )
         .with_state(api)
 }

@@ -13,6 +13,7 @@
 //! must be configured for that tenant in `http.tokens`. A bad parameter is a
 //! 400 whose JSON `error` names it and says why.
 
+pub mod fleet;
 pub mod http;
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub struct Api {
 
 /// A refusal: status and a message for the `error` field.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

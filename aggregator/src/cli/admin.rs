@@ -13,13 +13,13 @@ use crate::Config;
 use crate::auth::pki::{self, CaDir};
 use crate::auth::registry::{self, NewAgent, Registry};
 
-/// The registry on the configured database. The private cluster is used
-/// as a running `serve` owns it, never stopped; with no `serve` running the
-/// command takes the data directory's lock, starts the cluster, and stops
-/// it after (see [`crate::storage::private`]).
-pub async fn with_registry<T>(
+/// A pool on the configured database for one command. The private
+/// cluster is used as a running `serve` owns it, never stopped; with no
+/// `serve` running the command takes the data directory's lock, starts the
+/// cluster, and stops it after (see [`crate::storage::private`]).
+pub async fn with_database<T>(
     config: &Config,
-    work: impl AsyncFnOnce(&Registry) -> anyhow::Result<T>,
+    work: impl AsyncFnOnce(&sqlx::PgPool) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let lock = match config.database_url.is_empty() {
         true => crate::storage::private::DataDirLock::try_take(&config.data_dir)?.ok(),
@@ -27,13 +27,24 @@ pub async fn with_registry<T>(
     };
     let (url, private) = crate::database(config, lock.is_some()).await?;
     let pool = crate::storage::pool::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
-    let result = work(&Registry::new(pool.clone())).await;
+    let result = work(&pool).await;
     pool.close().await;
     if let Some(mut pg) = private {
         tokio::task::spawn_blocking(move || pg.stop()).await??;
     }
     drop(lock);
     result
+}
+
+/// The registry of agents on the configured database ([`with_database`]).
+pub async fn with_registry<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&Registry) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    with_database(config, async |pool| {
+        work(&Registry::new(pool.clone())).await
+    })
+    .await
 }
 
 /// `ca init`: what was written and the settings that use it.

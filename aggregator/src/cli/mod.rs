@@ -1,4 +1,6 @@
 //! The admin commands of `dash-aggregator` (the binary parses them):
-//! [`admin`] for `ca init|crl` and `agent add|revoke|list`.
+//! [`admin`] for `ca init|crl` and `agent add|revoke|list`, [`fleet`] for
+//! `place`, `customer` and `device`.
 
 pub mod admin;
+pub mod fleet;

@@ -66,6 +66,8 @@ pub struct Ingestor<W> {
     faults: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>,
     /// With `broker.auth = "agents"`: only registered, unrevoked agents' messages are stored.
     agents: Option<crate::auth::registry::Registry>,
+    /// Where committed batches' devices are noted for the fleet registry.
+    fleet: Option<Arc<crate::fleet::tracker::Tracker>>,
 }
 
 /// Readings stamped outside `[now - max_past, now + max_future]` when they
@@ -170,7 +172,14 @@ impl<W: SampleWriter> Ingestor<W> {
             window: TimeWindow::default(),
             faults: Default::default(),
             agents: None,
+            fleet: None,
         }
+    }
+
+    /// Notes the devices of every committed batch in `tracker`.
+    pub fn with_fleet(mut self, tracker: Arc<crate::fleet::tracker::Tracker>) -> Self {
+        self.fleet = Some(tracker);
+        self
     }
 
     /// Stores messages only from agents `registry` knows and has not revoked.
@@ -422,6 +431,11 @@ impl<W: SampleWriter> Ingestor<W> {
             .await?;
         }
         tx.commit().await?;
+        if let Some(fleet) = &self.fleet {
+            for a in &admitted {
+                fleet.note(a.tenant, a.agent, a.batch);
+            }
+        }
         for (i, q) in &held {
             self.metrics.quarantined(q.kind, q.reason);
             tracing::warn!(tenant = %ds[*i].tenant, agent = %ds[*i].agent, kind = q.kind, series = %q.series, ts = q.ts, reason = q.reason, "reading quarantined for its timestamp");

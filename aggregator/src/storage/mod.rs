@@ -10,6 +10,7 @@
 //! deadlock.
 
 pub mod agents;
+pub mod fleet;
 pub mod held;
 pub mod ledger;
 pub mod pool;
@@ -207,6 +208,16 @@ impl SeriesRegistry {
         .bind(&devices)
         .bind(&metrics)
         .bind(&tags)
+        .execute(pool)
+        .await?;
+        // A device exists from its first series (the fleet registry).
+        sqlx::query(
+            "INSERT INTO devices (tenant, device)
+             SELECT DISTINCT $1, d FROM unnest($2::text[]) AS u(d)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(&devices)
         .execute(pool)
         .await?;
         let rows: Vec<(i64, i64)> = sqlx::query_as(

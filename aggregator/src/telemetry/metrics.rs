@@ -15,6 +15,8 @@ pub const QUARANTINED: &str = "dash_ingest_quarantined_total";
 pub const CONNECTIONS: &str = "dash_broker_connections_total";
 pub const REFUSED: &str = "dash_auth_refused_total";
 pub const DEVICE_REFUSALS: &str = "dash_agent_device_refusals";
+pub const FLEET_TRANSITIONS: &str = "dash_fleet_transitions_total";
+pub const FLEET_DEVICES: &str = "dash_fleet_devices";
 
 /// Outcome of one batch message.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,10 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Each agent's device listener refusals, as its last status said.
     device_refusals: Mutex<BTreeMap<(String, String), BTreeMap<String, u64>>>,
+    /// Device state changes made by liveness sweeps.
+    fleet_transitions: AtomicU64,
+    /// Devices per liveness state (all tenants), as of the last sweep.
+    fleet_devices: Mutex<BTreeMap<String, i64>>,
     /// What `/readyz` reads (see [`crate::telemetry::health`]).
     pub health: crate::telemetry::health::Health,
 }
@@ -129,6 +135,16 @@ impl Metrics {
         }
     }
 
+    /// A sweep changed `n` device states.
+    pub fn fleet_transitions(&self, n: u64) {
+        self.fleet_transitions.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Devices per state after a sweep.
+    pub fn fleet_devices(&self, by_state: Vec<(String, i64)>) {
+        *self.fleet_devices.lock().expect("metrics lock") = by_state.into_iter().collect();
+    }
+
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -191,6 +207,18 @@ impl Metrics {
                 out,
                 "{QUARANTINED}{{kind=\"{kind}\",reason=\"{reason}\"}} {n}"
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {FLEET_TRANSITIONS} Device liveness state changes.\n# TYPE {FLEET_TRANSITIONS} counter\n{FLEET_TRANSITIONS} {}",
+            load(&self.fleet_transitions)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {FLEET_DEVICES} Devices per liveness state, as of the last sweep.\n# TYPE {FLEET_DEVICES} gauge"
+        );
+        for (state, n) in self.fleet_devices.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "{FLEET_DEVICES}{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(
             out,

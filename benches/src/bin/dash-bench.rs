@@ -23,6 +23,11 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
         "the tiered writer and bytes on disk against row-per-point COPY",
     ),
     (
+        "fleet",
+        "fleet",
+        "the liveness sweep of 100,000 devices against reading their rows",
+    ),
+    (
         "query",
         "query",
         "a 90-day chart through the API against SQL over row-per-point samples",
