@@ -150,6 +150,7 @@ async fn main() {
             sha256: dash_runtime::secret::sha256_hex(token),
         }],
         retention: RetentionConfig::default(),
+        sessions: Default::default(),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(

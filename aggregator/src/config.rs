@@ -103,6 +103,16 @@ pub struct HttpConfig {
     /// Bearer tokens for the query API, one tenant each, stored as SHA-256:
     /// `printf %s "$TOKEN" | sha256sum`. No tokens: the API refuses every query.
     pub tokens: Vec<QueryToken>,
+    /// How long a login session lasts, in hours.
+    pub session_hours: u32,
+    /// Failed logins in a row before the user is locked out.
+    pub login_attempts: u32,
+    /// How long a lockout lasts, in seconds.
+    pub lockout_secs: u32,
+    /// Mark the session cookie Secure (HTTPS only). Set it when a TLS proxy
+    /// fronts `http.listen`; a request with `X-Forwarded-Proto: https` gets
+    /// a Secure cookie anyway.
+    pub secure_cookies: bool,
 }
 
 /// A query API token: the tenant it may read and the SHA-256 of the token (hex).
@@ -202,6 +212,10 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "0.0.0.0:8080".parse().expect("valid literal"),
             tokens: Vec::new(),
+            session_hours: 12,
+            login_attempts: 5,
+            lockout_secs: 900,
+            secure_cookies: false,
         }
     }
 }
@@ -256,6 +270,12 @@ impl Config {
                     "http.tokens[{i}].sha256 must be 64 hex digits (printf %s \"$TOKEN\" | sha256sum)"
                 );
             }
+        }
+        let h = &self.http;
+        if h.session_hours == 0 || h.login_attempts == 0 || h.lockout_secs == 0 {
+            bail!(
+                "http.session_hours, http.login_attempts and http.lockout_secs must be at least 1"
+            );
         }
         let r = &self.retention;
         if r.every_secs == 0 {

@@ -133,6 +133,7 @@ pub async fn run_reporting(
         pool: pool.clone(),
         tokens: config.http.tokens.clone(),
         retention: config.retention.clone(),
+        sessions: config.http.clone(),
     });
     let http = http::serve(
         config.http.listen,

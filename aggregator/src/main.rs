@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dash_aggregator::auth::pki::CaDir;
-use dash_aggregator::cli::{admin, fleet};
+use dash_aggregator::cli::{admin, fleet, users};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +69,102 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// People who log in (works on a fresh install: make the first admin here).
+    User {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Give a user a role in a tenant, a place's subtree, or a customer.
+    Grant {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        login: String,
+        #[arg(long)]
+        tenant: String,
+        /// admin, editor or viewer.
+        #[arg(long)]
+        role: String,
+        /// Only this place and everything below it.
+        #[arg(long)]
+        place: Option<String>,
+        /// Only this customer's devices.
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    /// API tokens: a role in a scope, for programs.
+    Token {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user.
+    Add {
+        #[arg(long)]
+        login: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password (12 characters or more) from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// An operator: admin of every tenant.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Set a user's password from the first line of standard input (lifts a lockout).
+    Passwd {
+        #[arg(long)]
+        login: String,
+    },
+    /// Disable a user and end their sessions.
+    Disable {
+        #[arg(long)]
+        login: String,
+    },
+    /// Show users and their bindings.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token; it is printed once and stored only as its SHA-256.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// admin, editor or viewer.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long)]
+        place: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        /// When it stops working (RFC 3339); default: never.
+        #[arg(long)]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Stop a token from working.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Show a tenant's tokens (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -350,6 +446,9 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
+        command @ (Command::User { .. } | Command::Grant { .. } | Command::Token { .. }) => {
+            access_command(cli.log.log_format, command)
+        }
         Command::Device { config, command } => {
             fleet_command(cli.log.log_format, config, async |pool| match command {
                 DeviceCommand::Import { tenant, file } => {
@@ -371,6 +470,78 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
+    }
+}
+
+/// `user`, `grant` and `token`.
+fn access_command(
+    format: dash_runtime::logging::LogFormat,
+    command: Command,
+) -> anyhow::Result<()> {
+    match command {
+        Command::User { config, command } => {
+            let password = match &command {
+                UserCommand::Add {
+                    password_stdin: true,
+                    ..
+                }
+                | UserCommand::Passwd { .. } => Some(users::password_from_stdin()?),
+                _ => None,
+            };
+            fleet_command(format, config, async |pool| match command {
+                UserCommand::Add {
+                    login,
+                    name,
+                    email,
+                    operator,
+                    ..
+                } => {
+                    users::user_add(pool, &login, &name, email.as_deref(), password, operator).await
+                }
+                UserCommand::Passwd { login } => {
+                    users::user_passwd(pool, &login, password.unwrap_or_default()).await
+                }
+                UserCommand::Disable { login } => users::user_disable(pool, &login).await,
+                UserCommand::List => users::user_list(pool).await,
+            })
+        }
+        Command::Grant {
+            config,
+            login,
+            tenant,
+            role,
+            place,
+            customer,
+        } => {
+            let g = users::grant(&role, place, customer)?;
+            fleet_command(format, config, async |pool| {
+                users::grant_add(pool, &login, &tenant, &g).await
+            })
+        }
+        Command::Token { config, command } => {
+            fleet_command(format, config, async |pool| match command {
+                TokenCommand::Add {
+                    tenant,
+                    name,
+                    role,
+                    place,
+                    customer,
+                    expires,
+                } => {
+                    let g = users::grant(&role, place, customer)?;
+                    let token =
+                        users::token_add(pool, &tenant, &name, &g, "command line", expires).await?;
+                    Ok(format!(
+                        "token {name} of {tenant} ({role}): {token}\n(shown once; use it as Authorization: Bearer <token>)"
+                    ))
+                }
+                TokenCommand::Revoke { tenant, name } => {
+                    users::token_revoke(pool, &tenant, &name).await
+                }
+                TokenCommand::List { tenant } => users::token_list(pool, &tenant).await,
+            })
+        }
+        _ => unreachable!("only user, grant and token come here"),
     }
 }
 

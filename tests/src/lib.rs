@@ -187,3 +187,70 @@ fn response(raw: &[u8]) -> (u16, serde_json::Value) {
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// One HTTP/1.1 exchange: what came back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// Header lines, as sent (`name: value`).
+    pub headers: Vec<String>,
+    /// The body as text (chunked bodies are not expected: axum sends lengths).
+    pub text: String,
+    /// The body as JSON, `Null` when it is not.
+    pub json: serde_json::Value,
+}
+
+impl Answer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            let (k, v) = h.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+}
+
+/// `METHOD path` with extra header lines and an optional JSON body.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    if let Some(b) = body {
+        let _ = s.write_all(b.as_bytes()).await;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let raw = String::from_utf8_lossy(&out).into_owned();
+    let (head, text) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {raw:?}"));
+    Answer {
+        status,
+        headers: lines.map(str::to_owned).collect(),
+        text: text.to_owned(),
+        json: serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+    }
+}

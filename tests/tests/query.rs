@@ -100,6 +100,7 @@ async fn fixture(retention: RetentionConfig) -> Fixture {
             token_for("other", "other-secret"),
         ],
         retention,
+        sessions: Default::default(),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(

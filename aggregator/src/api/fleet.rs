@@ -1,4 +1,4 @@
-//! The fleet over HTTP, read-only for now (writes go through the CLI):
+//! The fleet over HTTP, each answer limited to the caller's scope:
 //!
 //! - `GET /api/v1/tenants/{tenant}/devices?state=&within=&customer=&agent=&limit=`
 //!   lists devices with their attributes and liveness (`within`: a place
@@ -8,16 +8,19 @@
 //! - `GET /api/v1/tenants/{tenant}/places`: the tree, each place with its
 //!   subtree's device counts per state.
 //! - `GET /api/v1/tenants/{tenant}/customers`.
+//! - `PUT /api/v1/tenants/{tenant}/devices/{device}`: set attributes (editor).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, Params, authorize, bad, refuse_unknown, take};
+use super::auth::{Scoped, require};
+use super::{Api, ApiError, Params, bad, refuse_unknown, take};
+use crate::auth::access::Role;
 use crate::storage::fleet::{self, DeviceFilter};
 
 const STATES: [&str; 5] = ["never_reported", "online", "offline", "delayed", "unknown"];
@@ -25,11 +28,9 @@ const STATES: [&str; 5] = ["never_reported", "online", "offline", "delayed", "un
 /// `GET /api/v1/tenants/{tenant}/devices`
 pub async fn devices(
     State(api): State<Arc<Api>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
+    Scoped(scope): Scoped,
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authorize(&api, &tenant, &headers)?;
     let state = take(&mut params, "state");
     if let Some(s) = state.as_deref().filter(|s| !STATES.contains(s)) {
         return Err(bad(format!(
@@ -53,42 +54,43 @@ pub async fn devices(
             .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 100000")))?,
     };
     refuse_unknown(&params)?;
-    let devices = fleet::devices(&api.pool, tenant.as_str(), &filter, limit).await?;
+    let devices = fleet::devices(&api.pool, &scope, &filter, limit).await?;
     Ok(Json(json!({ "devices": devices })))
 }
 
 /// `GET /api/v1/tenants/{tenant}/devices/{device}`
 pub async fn device(
     State(api): State<Arc<Api>>,
-    Path((tenant, device)): Path<(String, String)>,
-    headers: HeaderMap,
+    Scoped(scope): Scoped,
+    Path((_, device)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authorize(&api, &tenant, &headers)?;
     let filter = DeviceFilter {
         device: Some(device.clone()),
         ..DeviceFilter::default()
     };
-    let Some(found) = fleet::devices(&api.pool, tenant.as_str(), &filter, 1)
+    let Some(found) = fleet::devices(&api.pool, &scope, &filter, 1)
         .await?
         .into_iter()
         .next()
     else {
-        return Err(ApiError(StatusCode::NOT_FOUND, "no such device".into()));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no such device in your scope".into(),
+        ));
     };
-    let history = fleet::transitions(&api.pool, tenant.as_str(), &device, 100).await?;
+    let history =
+        fleet::transitions(&api.pool, scope.tenant().as_str(), &found.device, 100).await?;
     Ok(Json(json!({ "device": found, "transitions": history })))
 }
 
 /// `GET /api/v1/tenants/{tenant}/places`
 pub async fn places(
     State(api): State<Arc<Api>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
+    Scoped(scope): Scoped,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authorize(&api, &tenant, &headers)?;
-    let places = fleet::places(&api.pool, tenant.as_str()).await?;
+    let places = fleet::places_in(&api.pool, &scope).await?;
     let mut counts: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
-    for c in fleet::counts_by_place(&api.pool, tenant.as_str()).await? {
+    for c in fleet::counts_by_place(&api.pool, &scope).await? {
         counts
             .entry(c.place)
             .or_default()
@@ -109,10 +111,67 @@ pub async fn places(
 /// `GET /api/v1/tenants/{tenant}/customers`
 pub async fn customers(
     State(api): State<Arc<Api>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
+    Scoped(scope): Scoped,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authorize(&api, &tenant, &headers)?;
-    let customers = fleet::customers(&api.pool, tenant.as_str()).await?;
+    let customers = fleet::customers_in(&api.pool, &scope).await?;
     Ok(Json(json!({ "customers": customers })))
+}
+
+/// `PUT /api/v1/tenants/{tenant}/devices/{device}` with a JSON object of
+/// the attributes to set (place, customer, latitude, longitude, model,
+/// firmware, expected_interval_secs, labels). An editor may change a device
+/// they reach, and may move it only to a place or customer they reach.
+pub async fn set_device(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Path((_, device)): Path<(String, String)>,
+    Json(meta): Json<fleet::DeviceMeta>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = require(&scope, Role::Editor)?;
+    let filter = DeviceFilter {
+        device: Some(device.clone()),
+        ..DeviceFilter::default()
+    };
+    let Some(found) = fleet::devices(&api.pool, &scope, &filter, 1)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no such device in your scope".into(),
+        ));
+    };
+    if let Some(lat) = meta.latitude.filter(|l| !(-90.0..=90.0).contains(l)) {
+        return Err(bad(format!("latitude {lat} is outside -90..90")));
+    }
+    if let Some(lon) = meta.longitude.filter(|l| !(-180.0..=180.0).contains(l)) {
+        return Err(bad(format!("longitude {lon} is outside -180..180")));
+    }
+    if meta.expected_interval_secs.is_some_and(|s| s <= 0) {
+        return Err(bad("expected_interval_secs must be at least 1"));
+    }
+    let place = meta.place.as_deref().or(found.place.as_deref());
+    let customer = meta.customer.as_deref().or(found.customer.as_deref());
+    if !fleet::covers(&api.pool, &scope, place, customer).await? {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "the device would leave your scope: pick a place or customer you edit".into(),
+        ));
+    }
+    match fleet::set_meta(
+        &api.pool,
+        scope.tenant().as_str(),
+        &[(device.clone(), meta)],
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            return Err(bad("no such place or customer"));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let updated = fleet::devices(&api.pool, &scope, &filter, 1).await?;
+    Ok(Json(json!({ "device": updated.first() })))
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, post, put};
+
+use crate::auth::access::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,9 +45,12 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
     let addr = listener.local_addr()?;
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -86,20 +92,151 @@ async fn readyz(State(r): State<Ready>) -> (axum::http::StatusCode, String) {
     }
 }
 
-/// The query API's routes.
-pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/api/v1/tenants/{tenant}/series", get(api::series))
-        .route("/api/v1/tenants/{tenant}/query", get(api::query))
-        .route("/api/v1/tenants/{tenant}/devices", get(api::fleet::devices))
-        .route(
+/// Who may call a route, for the isolation suite (which takes this list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (the login itself).
+    Public,
+    /// Any authenticated caller, no tenant.
+    Caller,
+    /// A caller with a scope in `{tenant}`, and at least this role.
+    Tenant(Role),
+}
+
+/// One route of the API.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    handler: MethodRouter<Arc<Api>>,
+}
+
+/// Every API route. [`router`] is built from this list and nothing else, so
+/// a new route is in it and the isolation suite checks it.
+pub fn routes() -> Vec<Route> {
+    use Access::*;
+    let r = |method: Method,
+             path: &'static str,
+             access: Access,
+             handler: MethodRouter<Arc<Api>>| Route {
+        method,
+        path,
+        access,
+        handler,
+    };
+    vec![
+        r(
+            Method::POST,
+            "/api/v1/login",
+            Public,
+            post(api::session::login),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/logout",
+            Caller,
+            post(api::session::logout),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/session",
+            Caller,
+            get(api::session::session),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/series",
+            Tenant(Role::Viewer),
+            get(api::series),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/query",
+            Tenant(Role::Viewer),
+            get(api::query),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/devices",
+            Tenant(Role::Viewer),
+            get(api::fleet::devices),
+        ),
+        r(
+            Method::GET,
             "/api/v1/tenants/{tenant}/devices/{device}",
+            Tenant(Role::Viewer),
             get(api::fleet::device),
-        )
-        .route("/api/v1/tenants/{tenant}/places", get(api::fleet::places))
-        .route(
+        ),
+        r(
+            Method::PUT,
+            "/api/v1/tenants/{tenant}/devices/{device}",
+            Tenant(Role::Editor),
+            put(api::fleet::set_device),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/places",
+            Tenant(Role::Viewer),
+            get(api::fleet::places),
+        ),
+        r(
+            Method::GET,
             "/api/v1/tenants/{tenant}/customers",
+            Tenant(Role::Viewer),
             get(api::fleet::customers),
-        )
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/users",
+            Tenant(Role::Admin),
+            get(api::people::users),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/tenants/{tenant}/bindings",
+            Tenant(Role::Admin),
+            post(api::people::bind),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/tenants/{tenant}/bindings/{id}",
+            Tenant(Role::Admin),
+            delete(api::people::unbind),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/tokens",
+            Tenant(Role::Admin),
+            get(api::people::tokens),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/tenants/{tenant}/tokens",
+            Tenant(Role::Admin),
+            post(api::people::add_token),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/tenants/{tenant}/tokens/{name}",
+            Tenant(Role::Admin),
+            delete(api::people::revoke_token),
+        ),
+    ]
+}
+
+/// The API's routes ([`routes`]), on `api`.
+pub fn router(api: Arc<Api>) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<Arc<Api>>)> = Vec::new();
+    for route in routes() {
+        match by_path.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, m)) => *m = std::mem::take(m).merge(route.handler),
+            None => by_path.push((route.path, route.handler)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         .with_state(api)
 }

@@ -9,36 +9,44 @@
 //!   or seconds, default about 1,000 points; `agg`: avg (default), min, max,
 //!   sum, count, last. See [`crate::query`] for which tier answers.
 //!
-//! Every request carries `Authorization: Bearer TOKEN`; the token's SHA-256
-//! must be configured for that tenant in `http.tokens`. A bad parameter is a
+//! Every request is authenticated by [`auth`] (a bootstrap or API token, or
+//! a session) and answers only from the caller's [`crate::auth::access::Scope`]
+//! in the tenant: a series is seen when its device is. A bad parameter is a
 //! 400 whose JSON `error` names it and says why.
 
+pub mod auth;
 pub mod fleet;
 pub mod http;
+pub mod people;
+pub mod session;
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
-use dash_shared::{Micros, TenantId};
+use dash_shared::Micros;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::config::{QueryToken, RetentionConfig};
+use crate::config::{HttpConfig, QueryToken, RetentionConfig};
 use crate::query::{self, Agg, Buckets, MAX_POINTS, MAX_SERIES, Step};
 use crate::storage::read::{self, SeriesFilter, SeriesRow};
 use crate::storage::retention::Horizons;
+use auth::Scoped;
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct Api {
     pub pool: PgPool,
+    /// Bootstrap query tokens (`http.tokens`).
     pub tokens: Vec<QueryToken>,
     pub retention: RetentionConfig,
+    /// Sessions, lockout and cookies (`http.*`).
+    pub sessions: HttpConfig,
 }
 
 /// A refusal: status and a message for the `error` field.
@@ -66,32 +74,6 @@ impl From<sqlx::Error> for ApiError {
 }
 
 type Params = Query<Vec<(String, String)>>;
-
-/// The tenant of the path, once the bearer token is checked against it.
-fn authorize(api: &Api, tenant: &str, headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    let tenant =
-        TenantId::new(tenant.to_owned()).map_err(|e| bad(format!("tenant in the path: {e}")))?;
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.into());
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(dash_runtime::secret::bearer)
-        .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
-    // Every token is checked, so the time taken does not tell which matched.
-    let ok = api
-        .tokens
-        .iter()
-        .filter(|t| {
-            dash_runtime::secret::token_matches(token, &t.sha256) && t.tenant == tenant.as_str()
-        })
-        .count()
-        > 0;
-    if ok {
-        Ok(tenant)
-    } else {
-        Err(unauthorized("token not valid for this tenant"))
-    }
-}
 
 /// Takes the series filter shared by both endpoints out of `params`.
 fn take_filter(
@@ -150,11 +132,9 @@ fn take(params: &mut Vec<(String, String)>, key: &str) -> Option<String> {
 /// `GET /api/v1/tenants/{tenant}/series`
 pub async fn series(
     State(api): State<Arc<Api>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
+    Scoped(scope): Scoped,
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authorize(&api, &tenant, &headers)?;
     let selection = take_filter(&mut params, false)?;
     let limit = match take(&mut params, "limit") {
         None => 1_000,
@@ -165,7 +145,7 @@ pub async fn series(
             .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 100000")))?,
     };
     refuse_unknown(&params)?;
-    let series = read::series(&api.pool, &tenant, &selection, limit).await?;
+    let series = read::series(&api.pool, &scope, &selection, limit).await?;
     let series: Vec<Value> = series.iter().map(series_json).collect();
     Ok(Json(json!({ "series": series })))
 }
@@ -243,11 +223,10 @@ fn rfc3339(us: Micros) -> String {
 /// `GET /api/v1/tenants/{tenant}/query`
 pub async fn query(
     State(api): State<Arc<Api>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
+    Scoped(scope): Scoped,
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = authorize(&api, &tenant, &headers)?;
+    let tenant = scope.tenant().clone();
     let selection = take_filter(&mut params, true)?;
     let from = take(&mut params, "from")
         .ok_or_else(|| bad("from is required (RFC 3339 or Unix seconds)"))?;
@@ -276,7 +255,7 @@ pub async fn query(
     };
     refuse_unknown(&params)?;
 
-    let series = read::series(&api.pool, &tenant, &selection, MAX_SERIES as i64 + 1).await?;
+    let series = read::series(&api.pool, &scope, &selection, MAX_SERIES as i64 + 1).await?;
     if series.len() > MAX_SERIES {
         return Err(bad(format!(
             "the selection holds more than {MAX_SERIES} series; narrow it with device, metric, tag or series"

@@ -222,7 +222,8 @@ pub async fn device_import(pool: &PgPool, t: &str, file: &Path) -> anyhow::Resul
 /// `device list`: a table.
 pub async fn device_list(pool: &PgPool, t: &str, filter: &DeviceFilter) -> anyhow::Result<String> {
     let t = tenant(t)?;
-    let devices = fleet::devices(pool, t.as_str(), filter, 100_000).await?;
+    let scope = crate::auth::access::Scope::command_line(t.clone());
+    let devices = fleet::devices(pool, &scope, filter, 100_000).await?;
     let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())

@@ -7,6 +7,7 @@ use dash_shared::Micros;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::auth::access::Scope;
 use crate::fleet::tracker::{Seen, SeenDevice};
 
 /// Writes what ingest saw of each device: registers new devices, moves
@@ -207,6 +208,62 @@ pub async fn places(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<Place>> {
     .await
 }
 
+/// The places a scope sees: the subtrees it reaches, and the places of
+/// the devices of its customers.
+pub async fn places_in(pool: &PgPool, scope: &Scope) -> sqlx::Result<Vec<Place>> {
+    let reach = scope.reach();
+    sqlx::query_as(
+        "SELECT p.place, p.parent, p.name, p.kind, p.path FROM places p
+         WHERE p.tenant = $1 AND ($2::text[] IS NULL
+             OR EXISTS (SELECT 1 FROM places a
+                        WHERE a.tenant = p.tenant AND a.place = ANY($2) AND p.path LIKE a.path || '%')
+             OR EXISTS (SELECT 1 FROM devices d
+                        WHERE d.tenant = p.tenant AND d.place = p.place AND d.customer = ANY($3)))
+         ORDER BY p.path",
+    )
+    .bind(scope.tenant().as_str())
+    .bind(&reach.places)
+    .bind(&reach.customers)
+    .fetch_all(pool)
+    .await
+}
+
+/// The customers a scope sees: its own, and those owning devices it reaches.
+pub async fn customers_in(pool: &PgPool, scope: &Scope) -> sqlx::Result<Vec<Customer>> {
+    let reach = scope.reach();
+    sqlx::query_as(
+        "SELECT c.customer, c.name, c.email, c.phone FROM customers c
+         WHERE c.tenant = $1 AND ($2::text[] IS NULL OR c.customer = ANY($3)
+             OR EXISTS (SELECT 1 FROM devices d WHERE d.tenant = c.tenant AND d.customer = c.customer
+                        AND dash_in_scope(d.tenant, d.place, d.customer, $2, $3)))
+         ORDER BY c.customer",
+    )
+    .bind(scope.tenant().as_str())
+    .bind(&reach.places)
+    .bind(&reach.customers)
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether a device at `place` owned by `customer` would be within the
+/// scope's reach (both may be `None`).
+pub async fn covers(
+    pool: &PgPool,
+    scope: &Scope,
+    place: Option<&str>,
+    customer: Option<&str>,
+) -> sqlx::Result<bool> {
+    let reach = scope.reach();
+    sqlx::query_scalar("SELECT dash_in_scope($1, $2, $3, $4, $5)")
+        .bind(scope.tenant().as_str())
+        .bind(place)
+        .bind(customer)
+        .bind(&reach.places)
+        .bind(&reach.customers)
+        .fetch_one(pool)
+        .await
+}
+
 /// A customer as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Customer {
@@ -328,12 +385,14 @@ pub struct DeviceFilter {
     pub device: Option<String>,
 }
 
+/// The scope's devices matching `f`, by name.
 pub async fn devices(
     pool: &PgPool,
-    tenant: &str,
+    scope: &Scope,
     f: &DeviceFilter,
     limit: i64,
 ) -> sqlx::Result<Vec<Device>> {
+    let reach = scope.reach();
     sqlx::query_as(
         "SELECT d.device, d.agent, d.place, d.customer, d.latitude, d.longitude, d.model, d.firmware,
                 d.labels, d.expected_interval_secs, d.learned_cadence_ms, d.first_reading,
@@ -345,15 +404,18 @@ pub async fn devices(
            AND ($4::text IS NULL OR d.customer = $4)
            AND ($5::text IS NULL OR d.agent = $5)
            AND ($6::text IS NULL OR d.device = $6)
+           AND dash_in_scope(d.tenant, d.place, d.customer, $8, $9)
          ORDER BY d.device LIMIT $7",
     )
-    .bind(tenant)
+    .bind(scope.tenant().as_str())
     .bind(&f.state)
     .bind(&f.within)
     .bind(&f.customer)
     .bind(&f.agent)
     .bind(&f.device)
     .bind(limit)
+    .bind(&reach.places)
+    .bind(&reach.customers)
     .fetch_all(pool)
     .await
 }
@@ -392,16 +454,20 @@ pub struct PlaceCounts {
     pub devices: i64,
 }
 
-pub async fn counts_by_place(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<PlaceCounts>> {
+/// Of the scope's devices only.
+pub async fn counts_by_place(pool: &PgPool, scope: &Scope) -> sqlx::Result<Vec<PlaceCounts>> {
+    let reach = scope.reach();
     sqlx::query_as(
         "SELECT a.place, d.state, count(*) AS devices
          FROM places a
          JOIN places p ON p.tenant = a.tenant AND p.path LIKE a.path || '%'
          JOIN devices d ON d.tenant = p.tenant AND d.place = p.place
-         WHERE a.tenant = $1
+         WHERE a.tenant = $1 AND dash_in_scope(d.tenant, d.place, d.customer, $2, $3)
          GROUP BY a.place, d.state ORDER BY a.place, d.state",
     )
-    .bind(tenant)
+    .bind(scope.tenant().as_str())
+    .bind(&reach.places)
+    .bind(&reach.customers)
     .fetch_all(pool)
     .await
 }

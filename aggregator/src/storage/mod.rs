@@ -9,6 +9,7 @@
 //! key order, so concurrent workers registering the same new series cannot
 //! deadlock.
 
+pub mod access;
 pub mod agents;
 pub mod fleet;
 pub mod held;

@@ -7,6 +7,7 @@ use dash_shared::{Micros, TenantId};
 use serde_json::Value;
 use sqlx::PgPool;
 
+use crate::auth::access::Scope;
 use crate::storage::tiers::{BLOCK_SPAN, Partial};
 
 /// Which table family answers a segment.
@@ -37,25 +38,31 @@ pub struct SeriesRow {
     pub tags: Value,
 }
 
-/// At most `limit` series of `tenant` matching `filter`, by device, metric, id.
+/// At most `limit` series of the scope's tenant matching `filter`, by
+/// device, metric, id: only those whose device the scope reaches.
 pub async fn series(
     pool: &PgPool,
-    tenant: &TenantId,
+    scope: &Scope,
     filter: &SeriesFilter,
     limit: i64,
 ) -> sqlx::Result<Vec<SeriesRow>> {
+    let reach = scope.reach();
     let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT id, device, metric, tags::text FROM series
-         WHERE tenant = $1 AND ($2::text IS NULL OR device = $2) AND ($3::text IS NULL OR metric = $3)
-           AND tags @> $4::text::jsonb AND ($5::int8[] IS NULL OR id = ANY($5))
-         ORDER BY device, metric, id LIMIT $6",
+        "SELECT s.id, s.device, s.metric, s.tags::text FROM series s
+         LEFT JOIN devices d ON d.tenant = s.tenant AND d.device = s.device
+         WHERE s.tenant = $1 AND ($2::text IS NULL OR s.device = $2) AND ($3::text IS NULL OR s.metric = $3)
+           AND s.tags @> $4::text::jsonb AND ($5::int8[] IS NULL OR s.id = ANY($5))
+           AND dash_in_scope(s.tenant, d.place, d.customer, $7, $8)
+         ORDER BY s.device, s.metric, s.id LIMIT $6",
     )
-    .bind(tenant.as_str())
+    .bind(scope.tenant().as_str())
     .bind(filter.device.as_deref())
     .bind(filter.metric.as_deref())
     .bind(Value::Object(filter.tags.clone()).to_string())
     .bind(filter.ids.as_deref())
     .bind(limit)
+    .bind(&reach.places)
+    .bind(&reach.customers)
     .fetch_all(pool)
     .await?;
     Ok(rows

@@ -1,0 +1,219 @@
+//! People and tokens of a tenant, for its admins:
+//!
+//! - `GET /api/v1/tenants/{tenant}/users`: users with a binding here, and
+//!   the bindings (a tenant-wide admin).
+//! - `POST /api/v1/tenants/{tenant}/bindings` with
+//!   `{"login", "role", "place"?, "customer"?}`: an admin grants a role
+//!   within what they administer, never beyond it.
+//! - `DELETE /api/v1/tenants/{tenant}/bindings/{id}` (a tenant-wide admin).
+//! - `GET /api/v1/tenants/{tenant}/tokens`, `POST` with
+//!   `{"name", "role", "place"?, "customer"?, "expires_at"?}` (the answer
+//!   holds the token, the only time it is shown), and
+//!   `DELETE /api/v1/tenants/{tenant}/tokens/{name}` to revoke one.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Scoped, require};
+use super::{Api, ApiError, bad};
+use crate::auth::access::{Grant, Role, Scope, Within};
+use crate::storage::access as rows;
+use crate::storage::fleet;
+
+fn tenant_admin(scope: &Scope) -> Result<(), ApiError> {
+    if scope.may_tenant_wide(Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this needs the admin role for the whole tenant".into(),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    role: String,
+    place: Option<String>,
+    customer: Option<String>,
+}
+
+impl GrantBody {
+    fn grant(&self) -> Result<Grant, ApiError> {
+        let role = Role::parse(&self.role)
+            .ok_or_else(|| bad(format!("role {:?}: admin, editor or viewer", self.role)))?;
+        let within = match (&self.place, &self.customer) {
+            (Some(_), Some(_)) => return Err(bad("give place or customer, not both")),
+            (Some(p), None) => Within::Place(p.clone()),
+            (None, Some(c)) => Within::Customer(c.clone()),
+            (None, None) => Within::Tenant,
+        };
+        Ok(Grant { role, within })
+    }
+}
+
+/// 403 unless the caller administers all of `grant`'s scope.
+async fn may_give(api: &Api, scope: &Scope, grant: &Grant) -> Result<(), ApiError> {
+    let admin = require(scope, Role::Admin)?;
+    let covered = match &grant.within {
+        Within::Tenant => admin.whole_tenant(),
+        Within::Place(p) => fleet::covers(&api.pool, &admin, Some(p), None).await?,
+        Within::Customer(c) => {
+            admin.whole_tenant()
+                || admin
+                    .reach()
+                    .customers
+                    .is_some_and(|cs| cs.iter().any(|x| x == c))
+        }
+    };
+    if covered {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "you may grant only within what you administer".into(),
+        ))
+    }
+}
+
+fn foreign_key(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+            bad("no such place or customer in this tenant")
+        }
+        e => e.into(),
+    }
+}
+
+/// `GET /api/v1/tenants/{tenant}/users`
+pub async fn users(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+) -> Result<Json<Value>, ApiError> {
+    tenant_admin(&scope)?;
+    let t = scope.tenant().as_str();
+    let users = rows::users_of(&api.pool, t).await?;
+    let bindings = rows::bindings_in(&api.pool, t).await?;
+    Ok(Json(json!({ "users": users, "bindings": bindings })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindBody {
+    login: String,
+    #[serde(flatten)]
+    grant: GrantBody,
+}
+
+/// `POST /api/v1/tenants/{tenant}/bindings`
+pub async fn bind(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Json(body): Json<BindBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let grant = body.grant.grant()?;
+    may_give(&api, &scope, &grant).await?;
+    match rows::bind(&api.pool, &body.login, scope.tenant().as_str(), &grant)
+        .await
+        .map_err(foreign_key)?
+    {
+        None => Err(ApiError(StatusCode::NOT_FOUND, "no such user".into())),
+        Some(added) => Ok((
+            if added {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            Json(json!({ "login": body.login, "grant": grant, "added": added })),
+        )),
+    }
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/bindings/{id}`
+pub async fn unbind(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Path((_, id)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    tenant_admin(&scope)?;
+    if rows::unbind(&api.pool, scope.tenant().as_str(), id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, "no such binding".into()))
+    }
+}
+
+/// `GET /api/v1/tenants/{tenant}/tokens`
+pub async fn tokens(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+) -> Result<Json<Value>, ApiError> {
+    tenant_admin(&scope)?;
+    let tokens = rows::tokens(&api.pool, scope.tenant().as_str()).await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    name: String,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(flatten)]
+    grant: GrantBody,
+}
+
+/// `POST /api/v1/tenants/{tenant}/tokens`
+pub async fn add_token(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Json(body): Json<TokenBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let grant = body.grant.grant()?;
+    may_give(&api, &scope, &grant).await?;
+    if body.name.is_empty() || body.name.len() > 64 {
+        return Err(bad("name: 1 to 64 characters"));
+    }
+    let token = crate::cli::users::new_token();
+    let sha = dash_runtime::secret::sha256_hex(&token);
+    let added = rows::add_token(
+        &api.pool,
+        scope.tenant().as_str(),
+        &body.name,
+        &sha,
+        &grant,
+        &scope.actor().to_string(),
+        body.expires_at,
+    )
+    .await
+    .map_err(foreign_key)?;
+    if !added {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "a token of that name exists; pick another or revoke it".into(),
+        ));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": body.name, "token": token, "grant": grant })),
+    ))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/tokens/{name}`
+pub async fn revoke_token(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Path((_, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    tenant_admin(&scope)?;
+    if rows::revoke_token(&api.pool, scope.tenant().as_str(), &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, "no such token".into()))
+    }
+}

@@ -1,0 +1,219 @@
+//! `dash-aggregator user|grant|token ...`: people and programs from the
+//! command line, which works on a fresh install (it needs the database,
+//! not a login), so the first admin is made here:
+//!
+//! ```text
+//! printf '%s\n' "$PASSWORD" | dash-aggregator user add --login ana --password-stdin
+//! dash-aggregator grant --login ana --tenant acme --role admin
+//! ```
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use dash_shared::TenantId;
+use sqlx::PgPool;
+
+use crate::auth::access::{Grant, Role, Within};
+use crate::auth::password;
+use crate::storage::access as rows;
+
+/// A role in a scope, from `--role` and at most one of `--place`, `--customer`.
+pub fn grant(role: &str, place: Option<String>, customer: Option<String>) -> anyhow::Result<Grant> {
+    let role =
+        Role::parse(role).with_context(|| format!("--role {role:?}: admin, editor or viewer"))?;
+    let within = match (place, customer) {
+        (Some(_), Some(_)) => bail!("give --place or --customer, not both"),
+        (Some(p), None) => Within::Place(p),
+        (None, Some(c)) => Within::Customer(c),
+        (None, None) => Within::Tenant,
+    };
+    Ok(Grant { role, within })
+}
+
+/// The first line of standard input, without its newline.
+pub fn password_from_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// `user add`.
+pub async fn user_add(
+    pool: &PgPool,
+    login: &str,
+    name: &str,
+    email: Option<&str>,
+    password: Option<String>,
+    operator: bool,
+) -> anyhow::Result<String> {
+    let hash = match password {
+        Some(p) => Some(tokio::task::spawn_blocking(move || password::hash(&p)).await??),
+        None => None,
+    };
+    if !rows::add_user(pool, login, name, email, hash.as_deref(), operator).await? {
+        bail!("user {login:?} exists (change it with `user passwd`, `grant`)");
+    }
+    Ok(format!(
+        "user {login} added{}{}",
+        if operator {
+            " as an operator (every tenant)"
+        } else {
+            ""
+        },
+        if hash.is_none() {
+            "; no password yet (`user passwd`)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// `user passwd`.
+pub async fn user_passwd(pool: &PgPool, login: &str, password: String) -> anyhow::Result<String> {
+    let hash = tokio::task::spawn_blocking(move || password::hash(&password)).await??;
+    if !rows::set_password(pool, login, &hash).await? {
+        bail!("no user {login:?} (`user list`)");
+    }
+    Ok(format!("password of {login} set; a lockout is lifted"))
+}
+
+/// `user disable`.
+pub async fn user_disable(pool: &PgPool, login: &str) -> anyhow::Result<String> {
+    if !rows::disable_user(pool, login).await? {
+        bail!("no user {login:?} (`user list`)");
+    }
+    Ok(format!("user {login} disabled; their sessions are ended"))
+}
+
+/// `user list`: users and their bindings.
+pub async fn user_list(pool: &PgPool) -> anyhow::Result<String> {
+    let users = rows::users(pool).await?;
+    let mut out = String::new();
+    for u in &users {
+        let state = match (u.disabled_at, u.locked_until.filter(|t| *t > Utc::now())) {
+            (Some(_), _) => " (disabled)",
+            (None, Some(_)) => " (locked)",
+            _ => "",
+        };
+        let _ = writeln!(
+            out,
+            "{}{}{}",
+            u.login,
+            if u.operator { " [operator]" } else { "" },
+            state
+        );
+        for b in rows::bindings_of_user(pool, u.id).await? {
+            let within = match (&b.place, &b.customer) {
+                (Some(p), _) => format!("place {p}"),
+                (None, Some(c)) => format!("customer {c}"),
+                _ => "whole tenant".into(),
+            };
+            let _ = writeln!(out, "  {} {} in {} ({within})", b.id, b.role, b.tenant);
+        }
+    }
+    let _ = write!(out, "{} users", users.len());
+    Ok(out)
+}
+
+/// `grant`.
+pub async fn grant_add(
+    pool: &PgPool,
+    login: &str,
+    tenant: &str,
+    g: &Grant,
+) -> anyhow::Result<String> {
+    let tenant = TenantId::new(tenant.to_owned()).context("--tenant")?;
+    match rows::bind(pool, login, tenant.as_str(), g).await {
+        Ok(None) => bail!("no user {login:?} (`user add` first)"),
+        Ok(Some(added)) => Ok(format!(
+            "{login}: {} in {tenant} ({}){}",
+            g.role.as_str(),
+            describe(&g.within),
+            if added { "" } else { ", already held" }
+        )),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            bail!("no such place or customer in {tenant} (`place list`)")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn describe(w: &Within) -> String {
+    match w {
+        Within::Tenant => "whole tenant".into(),
+        Within::Place(p) => format!("place {p} and below"),
+        Within::Customer(c) => format!("customer {c}"),
+    }
+}
+
+/// A new API token's secret: 256 random bits, hex.
+pub fn new_token() -> String {
+    dash_runtime::secret::hex(&rand::random::<[u8; 32]>())
+}
+
+/// `token add`: records the token and returns it, the only time it is shown.
+pub async fn token_add(
+    pool: &PgPool,
+    tenant: &str,
+    name: &str,
+    g: &Grant,
+    created_by: &str,
+    expires: Option<DateTime<Utc>>,
+) -> anyhow::Result<String> {
+    let tenant = TenantId::new(tenant.to_owned()).context("--tenant")?;
+    let token = new_token();
+    let sha = dash_runtime::secret::sha256_hex(&token);
+    match rows::add_token(pool, tenant.as_str(), name, &sha, g, created_by, expires).await {
+        Ok(true) => Ok(token),
+        Ok(false) => bail!("a token {name:?} exists in {tenant}; pick another name or revoke it"),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            bail!("no such place or customer in {tenant} (`place list`)")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `token revoke`.
+pub async fn token_revoke(pool: &PgPool, tenant: &str, name: &str) -> anyhow::Result<String> {
+    if !rows::revoke_token(pool, tenant, name).await? {
+        bail!("no token {name:?} in {tenant} (`token list`)");
+    }
+    Ok(format!(
+        "token {name} of {tenant} revoked: refused from now on"
+    ))
+}
+
+/// `token list`.
+pub async fn token_list(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
+    let tokens = rows::tokens(pool, tenant).await?;
+    let when = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "{:<24} {:<7} {:<20} {:<21} {:<21} {:<21}\n",
+        "TOKEN", "ROLE", "SCOPE", "EXPIRES", "REVOKED", "LAST USED"
+    );
+    for t in &tokens {
+        let scope = match (&t.place, &t.customer) {
+            (Some(p), _) => format!("place {p}"),
+            (None, Some(c)) => format!("customer {c}"),
+            _ => "tenant".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<7} {:<20} {:<21} {:<21} {:<21}",
+            t.name,
+            t.role,
+            scope,
+            when(t.expires_at),
+            when(t.revoked_at),
+            when(t.last_used_at)
+        );
+    }
+    let _ = write!(out, "{} tokens", tokens.len());
+    Ok(out)
+}

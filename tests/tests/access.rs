@@ -1,0 +1,644 @@
+//! People, roles, tokens and sessions, and the isolation of every route:
+//! the route list comes from the router itself
+//! (`dash_aggregator::api::http::routes`), so a new route is checked too.
+
+use std::path::Path;
+
+use dash_aggregator::api::http::{Access, routes};
+use dash_aggregator::auth::access::Role;
+use dash_aggregator::config::QueryToken;
+use dash_aggregator::ingest::Delivery;
+use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
+use dash_tests::app::TestApp;
+use dash_tests::fixture::payload;
+use dash_tests::pg::TestPostgres;
+use dash_tests::{Answer, http};
+
+const PASSWORD: &str = "a long enough password";
+
+/// Runs `dash-aggregator ARGS` (with `stdin` on its standard input).
+fn cli(dir: &Path, pg: &TestPostgres, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(dash_tests::process::binary("dash-aggregator"))
+        .args(args)
+        .env("DASH_DATABASE_URL", &pg.url)
+        .env("DASH_DATA_DIR", dir.join("aggregator"))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dash-aggregator {args:?}: {said}");
+    said
+}
+
+/// A logged-in browser: its cookie and CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn login(port: u16, login: &str, password: &str) -> Result<Session, Answer> {
+    let body = serde_json::json!({ "login": login, "password": password }).to_string();
+    let a = http(port, "POST", "/api/v1/login", &[], Some(&body)).await;
+    if a.status != 200 {
+        return Err(a);
+    }
+    let set = a.header("set-cookie").expect("a session cookie").to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    Ok(Session {
+        cookie,
+        csrf: a.json["csrf_token"].as_str().unwrap().to_owned(),
+    })
+}
+
+/// How a caller authenticates.
+#[derive(Clone)]
+enum Who {
+    Nobody,
+    Bearer(String),
+    Browser(String, String),
+}
+
+impl Who {
+    fn of(s: &Session) -> Who {
+        Who::Browser(s.cookie.clone(), s.csrf.clone())
+    }
+}
+
+async fn call(port: u16, who: &Who, method: &str, path: &str, body: Option<&str>) -> Answer {
+    let auth;
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    match who {
+        Who::Nobody => {}
+        Who::Bearer(t) => {
+            auth = format!("Bearer {t}");
+            headers.push(("Authorization", &auth));
+        }
+        Who::Browser(cookie, csrf) => {
+            headers.push(("Cookie", cookie));
+            headers.push(("X-CSRF-Token", csrf));
+        }
+    }
+    http(port, method, path, &headers, body).await
+}
+
+/// The path of `route` with its parameters filled for `device`.
+fn path_of(route: &str, device: &str) -> String {
+    let p = route
+        .replace("{tenant}", "acme")
+        .replace("{device}", device)
+        .replace("{id}", "999999")
+        .replace("{name}", "no-such-token");
+    if p.ends_with("/query") {
+        format!("{p}?from=2025-01-01T00:00:00Z&to=2027-01-01T00:00:00Z&step=1d")
+    } else {
+        p
+    }
+}
+
+/// A body each write route accepts, for `device`'s caller.
+fn body_of(route: &str) -> Option<&'static str> {
+    if route.ends_with("/devices/{device}") {
+        Some(r#"{"firmware": "2.0.0"}"#)
+    } else if route.ends_with("/bindings") {
+        Some(r#"{"login": "wes", "role": "viewer", "place": "pl-west"}"#)
+    } else if route.ends_with("/tokens") {
+        Some(r#"{"name": "made-by-test", "role": "viewer", "place": "pl-west"}"#)
+    } else {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_only_within_the_callers_scope() {
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.http.tokens = vec![QueryToken {
+            tenant: "other".into(),
+            sha256: dash_runtime::secret::sha256_hex("other-tenant-token"),
+        }];
+    })
+    .await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Readings for three devices, then where they are and whose.
+    let ing = pg.ingestor();
+    let (acme, gw) = (TenantId::new("acme").unwrap(), AgentId::new("gw").unwrap());
+    let now = chrono::Utc::now().timestamp_micros();
+    for (seq, device) in ["w-dev", "e-dev", "c1-dev"].iter().enumerate() {
+        let p = payload(
+            seq as u64 + 1,
+            vec![SeriesBlock {
+                key: SeriesKey::new(*device, "temp"),
+                timestamps: vec![now - 60_000_000],
+                values: vec![1.0],
+            }],
+        );
+        let d = [Delivery {
+            tenant: &acme,
+            agent: &gw,
+            payload: &p,
+        }];
+        ing.handle_group(&d).await.unwrap();
+    }
+    for args in [
+        &["place", "add", "--tenant", "acme", "--id", "pl-corp"][..],
+        &[
+            "place", "add", "--tenant", "acme", "--id", "pl-west", "--parent", "pl-corp",
+        ],
+        &[
+            "place", "add", "--tenant", "acme", "--id", "pl-east", "--parent", "pl-corp",
+        ],
+        &[
+            "place",
+            "add",
+            "--tenant",
+            "acme",
+            "--id",
+            "pl-wstore",
+            "--parent",
+            "pl-west",
+        ],
+        &[
+            "place",
+            "add",
+            "--tenant",
+            "acme",
+            "--id",
+            "pl-estore",
+            "--parent",
+            "pl-east",
+        ],
+        &[
+            "customer", "add", "--tenant", "acme", "--id", "cu-one", "--name", "One",
+        ],
+        &[
+            "customer", "add", "--tenant", "acme", "--id", "cu-two", "--name", "Two",
+        ],
+    ] {
+        cli(d, &pg, args, "");
+    }
+    let csv = d.join("devices.csv");
+    std::fs::write(
+        &csv,
+        "device,place,customer\nw-dev,pl-wstore,\ne-dev,pl-estore,cu-two\nc1-dev,pl-estore,cu-one\n",
+    )
+    .unwrap();
+    cli(
+        d,
+        &pg,
+        &[
+            "device",
+            "import",
+            "--tenant",
+            "acme",
+            csv.to_str().unwrap(),
+        ],
+        "",
+    );
+
+    // People: an admin, a region viewer, a customer's user, an editor of
+    // the west; a region token.
+    for login in ["ana", "wes", "cus", "edd"] {
+        cli(
+            d,
+            &pg,
+            &["user", "add", "--login", login, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        );
+    }
+    cli(
+        d,
+        &pg,
+        &[
+            "grant", "--login", "ana", "--tenant", "acme", "--role", "admin",
+        ],
+        "",
+    );
+    cli(
+        d,
+        &pg,
+        &[
+            "grant", "--login", "wes", "--tenant", "acme", "--role", "viewer", "--place", "pl-west",
+        ],
+        "",
+    );
+    cli(
+        d,
+        &pg,
+        &[
+            "grant",
+            "--login",
+            "cus",
+            "--tenant",
+            "acme",
+            "--role",
+            "viewer",
+            "--customer",
+            "cu-one",
+        ],
+        "",
+    );
+    cli(
+        d,
+        &pg,
+        &[
+            "grant", "--login", "edd", "--tenant", "acme", "--role", "editor", "--place", "pl-west",
+        ],
+        "",
+    );
+    let said = cli(
+        d,
+        &pg,
+        &[
+            "token",
+            "add",
+            "--tenant",
+            "acme",
+            "--name",
+            "west-feed",
+            "--place",
+            "pl-west",
+        ],
+        "",
+    );
+    let west_token = said
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split('\n')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let listed = cli(d, &pg, &["user", "list"], "");
+    assert!(
+        listed.contains("viewer in acme (place pl-west)"),
+        "{listed}"
+    );
+
+    let ana = Who::of(&login(port, "ana", PASSWORD).await.unwrap());
+    let wes = Who::of(&login(port, "wes", PASSWORD).await.unwrap());
+    let cus = Who::of(&login(port, "cus", PASSWORD).await.unwrap());
+    let edd = Who::of(&login(port, "edd", PASSWORD).await.unwrap());
+    let token = Who::Bearer(west_token);
+    let other = Who::Bearer("other-tenant-token".into());
+
+    // Each scoped caller: the device they may name, and what must never
+    // appear in anything they are answered.
+    let scoped: Vec<(&str, &Who, &str, Vec<&str>)> = vec![
+        (
+            "region viewer",
+            &wes,
+            "w-dev",
+            vec![
+                "e-dev",
+                "c1-dev",
+                "pl-estore",
+                "pl-east",
+                "cu-one",
+                "cu-two",
+            ],
+        ),
+        (
+            "region token",
+            &token,
+            "w-dev",
+            vec![
+                "e-dev",
+                "c1-dev",
+                "pl-estore",
+                "pl-east",
+                "cu-one",
+                "cu-two",
+            ],
+        ),
+        (
+            "customer's user",
+            &cus,
+            "c1-dev",
+            vec!["w-dev", "e-dev", "pl-wstore", "pl-west", "cu-two"],
+        ),
+    ];
+    let all = routes();
+    assert!(all.len() >= 16, "the route list: {}", all.len());
+    let mut checked = 0;
+    for route in &all {
+        let method = route.method.as_str();
+        let body = body_of(route.path);
+        match route.access {
+            Access::Public => continue,
+            Access::Caller => {
+                let a = call(port, &Who::Nobody, method, route.path, body).await;
+                assert_eq!(a.status, 401, "{method} {} without credentials", route.path);
+                checked += 1;
+                continue;
+            }
+            Access::Tenant(_) => {}
+        }
+        let path = path_of(route.path, "w-dev");
+        for (who, name) in [
+            (&Who::Nobody, "no credentials"),
+            (&other, "another tenant's token"),
+        ] {
+            let a = call(port, who, method, &path, body).await;
+            assert_eq!(a.status, 401, "{method} {path} with {name}: {}", a.text);
+        }
+        // Another tenant's device path says the same as a device that does
+        // not exist: nothing about whether it does.
+        for (who_name, who, own, hidden) in &scoped {
+            let path = path_of(route.path, own);
+            let a = call(port, who, method, &path, body).await;
+            let Access::Tenant(needs) = route.access else {
+                unreachable!()
+            };
+            if needs > Role::Viewer {
+                assert_eq!(
+                    a.status, 403,
+                    "{who_name}: {method} {path} is refused: {}",
+                    a.text
+                );
+            } else {
+                assert_eq!(a.status, 200, "{who_name}: {method} {path}: {}", a.text);
+            }
+            for h in hidden {
+                assert!(
+                    !a.text.contains(h),
+                    "{who_name}: {method} {path} shows {h}: {}",
+                    a.text
+                );
+            }
+            if route.path.contains("{device}") && method == "GET" {
+                let theirs = call(port, who, method, &path_of(route.path, hidden[0]), body).await;
+                let nothing = call(
+                    port,
+                    who,
+                    method,
+                    &path_of(route.path, "no-such-device"),
+                    body,
+                )
+                .await;
+                assert_eq!(
+                    (theirs.status, &theirs.json),
+                    (404, &nothing.json),
+                    "{who_name}: {method} {}",
+                    route.path
+                );
+            }
+        }
+        // The tenant-wide admin is answered by every route (a 404 for the
+        // made-up binding and token ids).
+        let a = call(port, &ana, method, &path, body).await;
+        assert!(
+            matches!(a.status, 200 | 201 | 204 | 404),
+            "admin: {method} {path}: {} {}",
+            a.status,
+            a.text
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        all.iter().filter(|r| r.access != Access::Public).count()
+    );
+
+    // The series of a region viewer: its own device's only.
+    let a = call(port, &wes, "GET", "/api/v1/tenants/acme/series", None).await;
+    let devices: Vec<&str> = a.json["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["w-dev"]);
+    let a = call(port, &ana, "GET", "/api/v1/tenants/acme/series", None).await;
+    assert_eq!(a.json["series"].as_array().unwrap().len(), 3);
+
+    // An editor of the west changes a west device, but cannot move it east
+    // or touch an east one.
+    let put = |dev: &str| format!("/api/v1/tenants/acme/devices/{dev}");
+    let a = call(
+        port,
+        &edd,
+        "PUT",
+        &put("w-dev"),
+        Some(r#"{"model": "th-10"}"#),
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.json["device"]["model"]),
+        (200, &serde_json::json!("th-10")),
+        "{}",
+        a.text
+    );
+    let a = call(
+        port,
+        &edd,
+        "PUT",
+        &put("w-dev"),
+        Some(r#"{"place": "pl-estore"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let a = call(port, &edd, "PUT", &put("e-dev"), Some(r#"{"model": "x"}"#)).await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    // ... nor grant beyond the west, nor anything as an editor.
+    let a = call(
+        port,
+        &edd,
+        "POST",
+        "/api/v1/tenants/acme/bindings",
+        Some(r#"{"login": "cus", "role": "viewer"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_need_their_csrf_token_lock_out_guessers_and_end_at_logout() {
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.http.login_attempts = 3;
+        c.http.lockout_secs = 600;
+    })
+    .await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli(
+        d,
+        &pg,
+        &["user", "add", "--login", "ana", "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    cli(
+        d,
+        &pg,
+        &[
+            "grant", "--login", "ana", "--tenant", "acme", "--role", "admin",
+        ],
+        "",
+    );
+
+    // The cookie: HttpOnly, SameSite, Secure only behind TLS.
+    let body = serde_json::json!({ "login": "ana", "password": PASSWORD }).to_string();
+    let plain = http(port, "POST", "/api/v1/login", &[], Some(&body)).await;
+    let cookie = plain.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let proxied = http(
+        port,
+        "POST",
+        "/api/v1/login",
+        &[("X-Forwarded-Proto", "https")],
+        Some(&body),
+    )
+    .await;
+    assert!(proxied.header("set-cookie").unwrap().contains("; Secure"));
+    assert!(!plain.text.contains(PASSWORD));
+
+    let s = login(port, "ana", PASSWORD).await.unwrap();
+    let me = call(port, &Who::of(&s), "GET", "/api/v1/session", None).await;
+    assert_eq!(
+        (me.status, &me.json["login"]),
+        (200, &serde_json::json!("ana"))
+    );
+    assert_eq!(me.json["csrf_token"], s.csrf.as_str());
+    // A state-changing request of a session needs its CSRF token.
+    let add = r#"{"name": "t1", "role": "viewer"}"#;
+    let no_csrf = http(
+        port,
+        "POST",
+        "/api/v1/tenants/acme/tokens",
+        &[("Cookie", &s.cookie)],
+        Some(add),
+    )
+    .await;
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.text);
+    let wrong = http(
+        port,
+        "POST",
+        "/api/v1/tenants/acme/tokens",
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", "0123")],
+        Some(add),
+    )
+    .await;
+    assert_eq!(wrong.status, 403);
+    let made = call(
+        port,
+        &Who::of(&s),
+        "POST",
+        "/api/v1/tenants/acme/tokens",
+        Some(add),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let token = made.json["token"].as_str().unwrap().to_owned();
+    // The token works, is listed without its secret, and stops at revocation.
+    let t = Who::Bearer(token.clone());
+    assert_eq!(
+        call(port, &t, "GET", "/api/v1/tenants/acme/devices", None)
+            .await
+            .status,
+        200
+    );
+    let list = call(
+        port,
+        &Who::of(&s),
+        "GET",
+        "/api/v1/tenants/acme/tokens",
+        None,
+    )
+    .await;
+    assert!(
+        list.text.contains("\"t1\"") && !list.text.contains(&token),
+        "{}",
+        list.text
+    );
+    let gone = call(
+        port,
+        &Who::of(&s),
+        "DELETE",
+        "/api/v1/tenants/acme/tokens/t1",
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 204);
+    assert_eq!(
+        call(port, &t, "GET", "/api/v1/tenants/acme/devices", None)
+            .await
+            .status,
+        401
+    );
+
+    // Logout ends the session.
+    let out = call(port, &Who::of(&s), "POST", "/api/v1/logout", None).await;
+    assert_eq!(out.status, 204);
+    assert_eq!(
+        call(port, &Who::of(&s), "GET", "/api/v1/session", None)
+            .await
+            .status,
+        401
+    );
+
+    // Guessing: the same answer for a wrong password and an unknown login,
+    // then a lockout that the right password does not lift.
+    let unknown = login(port, "nobody", PASSWORD).await.err().unwrap();
+    let wrong = login(port, "ana", "not the password at all")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!((unknown.status, &unknown.json), (wrong.status, &wrong.json));
+    assert_eq!(wrong.status, 401);
+    let _ = login(port, "ana", "not the password either").await;
+    let locked = login(port, "ana", "still not the password")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(locked.status, 429, "{}", locked.text);
+    assert!(locked.header("retry-after").is_some());
+    let still = login(port, "ana", PASSWORD).await.err().unwrap();
+    assert_eq!(still.status, 429);
+    // `user passwd` lifts it.
+    cli(
+        d,
+        &pg,
+        &["user", "passwd", "--login", "ana"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(login(port, "ana", PASSWORD).await.is_ok());
+    // A disabled user cannot log in, and their sessions end.
+    let s = login(port, "ana", PASSWORD).await.unwrap();
+    cli(d, &pg, &["user", "disable", "--login", "ana"], "");
+    assert_eq!(
+        call(port, &Who::of(&s), "GET", "/api/v1/session", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        login(port, "ana", PASSWORD).await.err().unwrap().status,
+        401
+    );
+    app.stop().await.unwrap();
+}
