@@ -151,6 +151,7 @@ async fn main() {
         }],
         retention: RetentionConfig::default(),
         sessions: Default::default(),
+        audit: dash_aggregator::audit::Audit::spawn(pg.pool.clone()),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(

@@ -30,6 +30,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The fleet registry and liveness (see [`crate::fleet`]).
     pub fleet: crate::fleet::FleetConfig,
+    /// The audit log (see [`crate::audit`]).
+    pub audit: crate::audit::AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +169,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             retention: RetentionConfig::default(),
             fleet: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -230,6 +233,7 @@ const TOP_LEVEL: &[&str] = &[
     "http",
     "retention",
     "fleet",
+    "audit",
 ];
 
 impl Config {

@@ -57,6 +57,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod cli;
@@ -134,6 +135,7 @@ pub async fn run_reporting(
         tokens: config.http.tokens.clone(),
         retention: config.retention.clone(),
         sessions: config.http.clone(),
+        audit: audit::Audit::spawn(pool.clone()),
     });
     let http = http::serve(
         config.http.listen,
@@ -187,6 +189,11 @@ pub async fn run_reporting(
     tasks.spawn(retention::run_loop(
         pool.clone(),
         config.retention.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(audit::retention_loop(
+        pool.clone(),
+        config.audit.clone(),
         stop.clone(),
     ));
     tasks.spawn(fleet::run(

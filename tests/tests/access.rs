@@ -51,7 +51,18 @@ struct Session {
     csrf: String,
 }
 
+/// Requests made through [`call`] and [`login`] in this test process.
+static REQUESTS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+async fn audit_rows(pg: &TestPostgres) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap()
+}
+
 async fn login(port: u16, login: &str, password: &str) -> Result<Session, Answer> {
+    REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let body = serde_json::json!({ "login": login, "password": password }).to_string();
     let a = http(port, "POST", "/api/v1/login", &[], Some(&body)).await;
     if a.status != 200 {
@@ -80,6 +91,7 @@ impl Who {
 }
 
 async fn call(port: u16, who: &Who, method: &str, path: &str, body: Option<&str>) -> Answer {
+    REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let auth;
     let mut headers: Vec<(&str, &str)> = Vec::new();
     match who {
@@ -468,6 +480,159 @@ async fn every_route_answers_only_within_the_callers_scope() {
     )
     .await;
     assert_eq!(a.status, 403);
+
+    // Every one of those requests wrote exactly one audit row, and the
+    // chain holds.
+    let made = REQUESTS.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(audit_rows(&pg).await, made, "one row per request");
+    let said = cli(d, &pg, &["audit", "verify"], "");
+    assert!(
+        said.contains(&format!("audit log intact: {made} rows")),
+        "{said}"
+    );
+    // Who, what, in which scope, and how it ended.
+    let row: (String, String, String, String, String) = sqlx::query_as(
+        "SELECT actor, action, object, scope, outcome FROM audit_log
+         WHERE actor_kind = 'user' AND actor = 'edd' AND action = 'update' ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "edd".to_owned(),
+            "update".to_owned(),
+            "/api/v1/tenants/acme/devices/w-dev".to_owned(),
+            "place:pl-west".to_owned(),
+            "ok".to_owned()
+        )
+    );
+    let denied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE actor_kind = 'anonymous' AND outcome = 'denied' AND status = 401",
+    )
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap();
+    assert!(denied > 0);
+    let export = cli(d, &pg, &["audit", "export", "--tenant", "acme"], "");
+    assert!(
+        export.starts_with("seq,at,actor_kind") && export.contains(",user,edd,acme,update,"),
+        "{export}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_refuses_changes_and_its_chain_shows_an_edited_or_removed_row() {
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.http.tokens = vec![QueryToken {
+            tenant: "acme".into(),
+            sha256: dash_runtime::secret::sha256_hex("acme-token"),
+        }];
+    })
+    .await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = Who::Bearer("acme-token".into());
+    for _ in 0..10 {
+        assert_eq!(
+            call(port, &t, "GET", "/api/v1/tenants/acme/devices", None)
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(audit_rows(&pg).await, 10);
+    assert!(cli(d, &pg, &["audit", "verify"], "").contains("intact: 10 rows"));
+    // The database refuses to change or remove a row...
+    for sql in [
+        "UPDATE audit_log SET actor = 'someone else' WHERE seq = 4",
+        "DELETE FROM audit_log WHERE seq = 4",
+        "TRUNCATE audit_log",
+    ] {
+        let err = sqlx::query(sql).execute(&pg.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    // ... and whoever gets past that (the owner can drop the trigger) is
+    // caught by the chain.
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'someone else' WHERE seq = 4")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let broken = dash_aggregator::storage::audit::verify(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(broken.broken.as_ref().map(|b| b.0), Some(4), "{broken:?}");
+    assert!(broken.broken.unwrap().1.contains("changed"));
+    sqlx::query("UPDATE audit_log SET actor = 'http.tokens' WHERE seq = 4")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        dash_aggregator::storage::audit::verify(&pg.pool)
+            .await
+            .unwrap()
+            .broken,
+        None
+    );
+    sqlx::query("DELETE FROM audit_log WHERE seq = 7")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let broken = dash_aggregator::storage::audit::verify(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(broken.broken.as_ref().map(|b| b.0), Some(8), "{broken:?}");
+    assert!(broken.broken.unwrap().1.contains("missing"));
+    let out = std::process::Command::new(dash_tests::process::binary("dash-aggregator"))
+        .args(["audit", "verify"])
+        .env("DASH_DATABASE_URL", &pg.url)
+        .env("DASH_DATA_DIR", d.join("aggregator"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "verify fails on a broken chain");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken at row 8"));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_cuts_the_oldest_rows_and_the_chain_goes_on_from_there() {
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.http.tokens = vec![QueryToken {
+            tenant: "acme".into(),
+            sha256: dash_runtime::secret::sha256_hex("acme-token"),
+        }];
+    })
+    .await;
+    let port = app.http.port();
+    let t = Who::Bearer("acme-token".into());
+    for _ in 0..5 {
+        call(port, &t, "GET", "/api/v1/tenants/acme/places", None).await;
+    }
+    let cut_at = chrono::Utc::now();
+    for _ in 0..3 {
+        call(port, &t, "GET", "/api/v1/tenants/acme/places", None).await;
+    }
+    let gone = dash_aggregator::storage::audit::cut(&pg.pool, cut_at)
+        .await
+        .unwrap();
+    assert_eq!(gone, 5);
+    call(port, &t, "GET", "/api/v1/tenants/acme/places", None).await;
+    let v = dash_aggregator::storage::audit::verify(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.rows, v.first, v.last, v.broken),
+        (4, Some(6), Some(9), None)
+    );
     app.stop().await.unwrap();
 }
 

@@ -101,6 +101,7 @@ async fn fixture(retention: RetentionConfig) -> Fixture {
         ],
         retention,
         sessions: Default::default(),
+        audit: dash_aggregator::audit::Audit::spawn(pg.pool.clone()),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(

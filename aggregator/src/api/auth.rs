@@ -191,8 +191,11 @@ impl FromRequestParts<Arc<Api>> for Scoped {
         let tenant = TenantId::new(tenant.clone())
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("tenant in the path: {e}")))?;
         let caller = caller(api, &parts.headers).await?;
+        note(parts, &caller.actor(), "none");
         check_csrf(&caller, &parts.method, &parts.headers)?;
-        Ok(Scoped(scope_in(api, &caller, &tenant).await?))
+        let scope = scope_in(api, &caller, &tenant).await?;
+        note(parts, scope.actor(), &scope.describe());
+        Ok(Scoped(scope))
     }
 }
 
@@ -206,8 +209,27 @@ impl FromRequestParts<Arc<Api>> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let caller = caller(api, &parts.headers).await?;
+        note(parts, &caller.actor(), "none");
         check_csrf(&caller, &parts.method, &parts.headers)?;
         Ok(Authenticated(caller))
+    }
+}
+
+/// Tells the audit layer who is asking (see [`crate::audit`]).
+fn note(parts: &Parts, actor: &Actor, scope: &str) {
+    if let Some(slot) = parts.extensions.get::<crate::audit::Slot>() {
+        slot.note(actor, scope);
+    }
+}
+
+impl Caller {
+    /// Who it is, for the log.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::User { login, .. } => Actor::User(login.clone()),
+            Caller::Token { name, .. } => Actor::Token(name.clone()),
+            Caller::Bootstrap { .. } => Actor::Bootstrap,
+        }
     }
 }
 

@@ -221,6 +221,12 @@ pub fn routes() -> Vec<Route> {
             Tenant(Role::Admin),
             delete(api::people::revoke_token),
         ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/audit",
+            Tenant(Role::Admin),
+            get(api::people::audit),
+        ),
     ]
 }
 
@@ -233,10 +239,15 @@ pub fn router(api: Arc<Api>) -> Router {
             None => by_path.push((route.path, route.handler)),
         }
     }
+    let audit = api.audit.clone();
     by_path
         .into_iter()
         .fold(Router::new(), |router, (path, handler)| {
             router.route(path, handler)
         })
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(
+            audit,
+            crate::audit::layer,
+        ))
 }

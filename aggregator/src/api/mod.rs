@@ -47,6 +47,8 @@ pub struct Api {
     pub retention: RetentionConfig,
     /// Sessions, lockout and cookies (`http.*`).
     pub sessions: HttpConfig,
+    /// Where every request's audit row goes.
+    pub audit: crate::audit::Audit,
 }
 
 /// A refusal: status and a message for the `error` field.

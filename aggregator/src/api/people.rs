@@ -10,11 +10,13 @@
 //!   `{"name", "role", "place"?, "customer"?, "expires_at"?}` (the answer
 //!   holds the token, the only time it is shown), and
 //!   `DELETE /api/v1/tenants/{tenant}/tokens/{name}` to revoke one.
+//! - `GET /api/v1/tenants/{tenant}/audit`: the tenant's audit rows, as JSON
+//!   or CSV (a tenant-wide admin).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -216,4 +218,52 @@ pub async fn revoke_token(
     } else {
         Err(ApiError(StatusCode::NOT_FOUND, "no such token".into()))
     }
+}
+
+/// `GET /api/v1/tenants/{tenant}/audit?from=&to=&limit=&format=json|csv`:
+/// the tenant's audit rows, oldest first (a tenant-wide admin). `from` and
+/// `to` are RFC 3339, by default the last 24 hours.
+pub async fn audit(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Query(mut params): Query<Vec<(String, String)>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    tenant_admin(&scope)?;
+    let time =
+        |params: &mut Vec<(String, String)>, key: &str, default: chrono::DateTime<chrono::Utc>| {
+            match super::take(params, key) {
+                None => Ok(default),
+                Some(v) => chrono::DateTime::parse_from_rfc3339(&v)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| bad(format!("{key}={v:?}: expected an RFC 3339 time"))),
+            }
+        };
+    let now = chrono::Utc::now();
+    let from = time(&mut params, "from", now - chrono::Duration::days(1))?;
+    let to = time(&mut params, "to", now + chrono::Duration::seconds(1))?;
+    let limit = match super::take(&mut params, "limit") {
+        None => 10_000,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1_000_000).contains(l))
+            .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 1000000")))?,
+    };
+    let csv = match super::take(&mut params, "format").as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(f) => return Err(bad(format!("format={f:?}: json or csv"))),
+    };
+    super::refuse_unknown(&params)?;
+    let rows =
+        crate::storage::audit::list(&api.pool, scope.tenant().as_str(), from, to, limit).await?;
+    if !csv {
+        return Ok(Json(json!({ "rows": rows })).into_response());
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        crate::audit::to_csv(&rows),
+    )
+        .into_response())
 }

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -54,9 +55,14 @@ fn cookie_header(api: &Api, headers: &HeaderMap, value: &str, max_age: i64) -> H
 pub async fn login(
     State(api): State<Arc<Api>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<crate::audit::Slot>>,
     headers: HeaderMap,
     Json(body): Json<Login>,
 ) -> Result<Response, ApiError> {
+    if let Some(Extension(slot)) = &slot {
+        let login = dash_runtime::text::clip(&body.login, 128);
+        slot.note(&crate::auth::access::Actor::User(login.to_owned()), "none");
+    }
     let wrong = || ApiError(StatusCode::UNAUTHORIZED, "wrong login or password".into());
     let Some(user) = rows::credentials(&api.pool, &body.login).await? else {
         let pw = body.password.clone();

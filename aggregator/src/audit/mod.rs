@@ -1,0 +1,276 @@
+//! The audit log: who read or changed what, when, from where, and how it
+//! ended, for every API request, kept 7 years by default (`audit.days`).
+//!
+//! [`layer`] wraps every API route. The extractors that authenticate a
+//! request ([`crate::api::auth`]) note the caller and their scope in the
+//! request's [`Slot`]; once the handler has answered, the layer writes one
+//! row with the answer's status and only then sends the answer, so a read
+//! the log could not record is not answered (503). Rows go through one
+//! writer task that stores every row waiting in one transaction (a group
+//! commit) as a hash chain ([`crate::storage::audit`]).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::access::Actor;
+use crate::storage::audit::{self as rows, Entry};
+
+/// `[audit]` in the config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days the log is kept (7 years: a care programme's records). 0: forever.
+    pub days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { days: 2557 }
+    }
+}
+
+/// Why a row was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit writer has stopped")]
+    Stopped,
+    #[error("storing the audit row failed: {0}")]
+    Store(String),
+}
+
+type Job = (Entry, oneshot::Sender<Result<(), String>>);
+
+/// Where rows are handed to the writer.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Audit {
+    /// Starts the writer on the current runtime; it ends when every handle
+    /// is dropped, after storing what it holds.
+    pub fn spawn(pool: PgPool) -> Audit {
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        tokio::spawn(write_loop(pool, rx));
+        Audit { tx }
+    }
+
+    /// Stores `entry`; returns once it is committed.
+    pub async fn record(&self, entry: Entry) -> Result<(), AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((entry, done))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        wait.await
+            .map_err(|_| AuditError::Stopped)?
+            .map_err(AuditError::Store)
+    }
+}
+
+async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::new();
+    while rx.recv_many(&mut jobs, 512).await > 0 {
+        let entries: Vec<Entry> = jobs.iter().map(|(e, _)| e.clone()).collect();
+        let mut result = rows::append(&pool, &entries).await;
+        if result.is_err() {
+            // Once more: a pool connection may have gone with a restart.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            result = rows::append(&pool, &entries).await;
+        }
+        let result = result.map_err(|e| {
+            tracing::error!(error = %e, rows = entries.len(), "the audit log could not be written; the requests are answered 503");
+            e.to_string()
+        });
+        for (_, done) in jobs.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// What the authenticating extractor learned, for the row.
+#[derive(Debug, Clone, Default)]
+pub struct Slot(Arc<Mutex<Option<Noted>>>);
+
+#[derive(Debug, Clone)]
+struct Noted {
+    actor: Actor,
+    scope: String,
+}
+
+impl Slot {
+    /// Notes the caller and the scope they were answered from.
+    pub fn note(&self, actor: &Actor, scope: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Noted {
+            actor: actor.clone(),
+            scope: scope.to_owned(),
+        });
+    }
+}
+
+fn actor_columns(actor: &Actor) -> (&'static str, String) {
+    match actor {
+        Actor::User(login) => ("user", login.clone()),
+        Actor::Token(name) => ("token", name.clone()),
+        Actor::Bootstrap => ("bootstrap", "http.tokens".into()),
+        Actor::Cli => ("cli", "command line".into()),
+    }
+}
+
+fn action_of(method: &Method, path: &str) -> &'static str {
+    if path == "/api/v1/login" {
+        "login"
+    } else if path == "/api/v1/logout" {
+        "logout"
+    } else {
+        match *method {
+            Method::GET | Method::HEAD => "read",
+            Method::POST => "create",
+            Method::PUT | Method::PATCH => "update",
+            Method::DELETE => "delete",
+            _ => "other",
+        }
+    }
+}
+
+fn outcome_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=399 => "ok",
+        401 | 403 | 404 | 429 => "denied",
+        400..=499 => "refused",
+        _ => "error",
+    }
+}
+
+/// The middleware around the API routes: one row per request.
+pub async fn layer(
+    State(audit): State<Audit>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let slot = Slot::default();
+    request.extensions_mut().insert(slot.clone());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let object = dash_runtime::text::clip(
+        request
+            .uri()
+            .path_and_query()
+            .map_or(path.as_str(), |p| p.as_str()),
+        500,
+    )
+    .to_owned();
+    let tenant = path
+        .strip_prefix("/api/v1/tenants/")
+        .and_then(|rest| rest.split('/').next())
+        .map(|t| dash_runtime::text::clip(t, 64).to_owned());
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|a| dash_runtime::text::clip(a, 200).to_owned());
+    let response = next.run(request).await;
+    let noted = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (actor_kind, actor, scope) = match noted {
+        Some(n) => {
+            let (k, a) = actor_columns(&n.actor);
+            (k, a, n.scope)
+        }
+        None => ("anonymous", String::new(), "none".to_owned()),
+    };
+    let entry = Entry {
+        at: chrono::Utc::now(),
+        actor_kind: actor_kind.into(),
+        actor,
+        tenant,
+        action: action_of(&method, &path).into(),
+        object,
+        scope,
+        client: Some(client.ip().to_string()),
+        user_agent,
+        outcome: outcome_of(response.status()).into(),
+        status: i32::from(response.status().as_u16()),
+    };
+    match audit.record(entry).await {
+        Ok(()) => response,
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "error": format!("not answered: {e}; see the aggregator's log")
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Cuts rows older than `config.days` every hour until `stop`.
+pub async fn retention_loop(pool: PgPool, config: AuditConfig, stop: CancellationToken) {
+    if config.days == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(config.days));
+        match rows::cut(&pool, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, %before, "audit rows past retention removed"),
+            Err(e) => tracing::warn!(error = %e, "audit retention failed; retried in an hour"),
+        }
+    }
+}
+
+/// Rows as CSV with a header, every field quoted as needed.
+pub fn to_csv(rows: &[rows::Row]) -> String {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let _ = out.write_record([
+        "seq",
+        "at",
+        "actor_kind",
+        "actor",
+        "tenant",
+        "action",
+        "object",
+        "scope",
+        "client",
+        "user_agent",
+        "outcome",
+        "status",
+        "prev_hash",
+        "hash",
+    ]);
+    for r in rows {
+        let e = &r.entry;
+        let _ = out.write_record([
+            r.seq.to_string(),
+            e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            e.actor_kind.clone(),
+            e.actor.clone(),
+            e.tenant.clone().unwrap_or_default(),
+            e.action.clone(),
+            e.object.clone(),
+            e.scope.clone(),
+            e.client.clone().unwrap_or_default(),
+            e.user_agent.clone().unwrap_or_default(),
+            e.outcome.clone(),
+            e.status.to_string(),
+            r.prev_hash.clone(),
+            r.hash.clone(),
+        ]);
+    }
+    String::from_utf8(out.into_inner().unwrap_or_default()).unwrap_or_default()
+}
