@@ -128,23 +128,7 @@ async fn main() {
         &pg.url,
         free_port(),
         http,
-        &[
-            ("DASH_BROKER__LISTEN", String::new()),
-            ("DASH_BROKER__TLS_LISTEN", format!("127.0.0.1:{tls}")),
-            (
-                "DASH_BROKER__TLS_CERT",
-                ca.join("server.pem").display().to_string(),
-            ),
-            (
-                "DASH_BROKER__TLS_KEY",
-                ca.join("server.key").display().to_string(),
-            ),
-            (
-                "DASH_BROKER__CLIENT_CA",
-                ca.join("ca.pem").display().to_string(),
-            ),
-            ("DASH_BROKER__AUTH", "agents".into()),
-        ],
+        &process::tls_broker_env(&ca, tls),
     );
     aggregator.start();
     let snippet = std::fs::read_to_string(files.join("agent.toml")).unwrap();

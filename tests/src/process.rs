@@ -329,3 +329,31 @@ pub fn agent_status_file(dir: &Path, agent_id: &str) -> Option<serde_json::Value
     let text = std::fs::read_to_string(dir.join(agent_id).join("status.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// The environment of an aggregator whose embedded broker listens only on
+/// TLS at `tls_port`, with the certificates `ca init` wrote to `ca`, and
+/// takes only agents that prove who they are.
+pub fn tls_broker_env(ca: &Path, tls_port: u16) -> Vec<(&'static str, String)> {
+    let file = |name: &str| ca.join(name).display().to_string();
+    vec![
+        ("DASH_BROKER__LISTEN", String::new()),
+        ("DASH_BROKER__TLS_LISTEN", format!("127.0.0.1:{tls_port}")),
+        ("DASH_BROKER__TLS_CERT", file("server.pem")),
+        ("DASH_BROKER__TLS_KEY", file("server.key")),
+        ("DASH_BROKER__CLIENT_CA", file("ca.pem")),
+        ("DASH_BROKER__AUTH", "agents".into()),
+    ]
+}
+
+/// The environment of an aggregator linked over TLS to an external broker
+/// at `url`, with its client certificate from `ca init` in `ca`.
+pub fn external_broker_env(ca: &Path, url: &str) -> Vec<(&'static str, String)> {
+    let file = |name: &str| ca.join(name).display().to_string();
+    vec![
+        ("DASH_BROKER__URL", url.to_owned()),
+        ("DASH_BROKER__CA_FILE", file("ca.pem")),
+        ("DASH_BROKER__CERT_FILE", file("aggregator.pem")),
+        ("DASH_BROKER__KEY_FILE", file("aggregator.key")),
+        ("DASH_BROKER__AUTH", "agents".into()),
+    ]
+}

@@ -45,6 +45,17 @@ fn cli(dir: &Path, pg: &TestPostgres, args: &[&str], stdin: &str) -> String {
     said
 }
 
+/// An aggregator with the bootstrap token `acme-token` for acme.
+async fn with_token(pg: &TestPostgres) -> TestApp {
+    TestApp::spawn(&pg.url, |c| {
+        c.http.tokens = vec![QueryToken {
+            tenant: "acme".into(),
+            sha256: dash_runtime::secret::sha256_hex("acme-token"),
+        }];
+    })
+    .await
+}
+
 /// A logged-in browser: its cookie and CSRF token.
 struct Session {
     cookie: String,
@@ -526,13 +537,7 @@ async fn every_route_answers_only_within_the_callers_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_refuses_changes_and_its_chain_shows_an_edited_or_removed_row() {
     let pg = TestPostgres::start().await;
-    let app = TestApp::spawn(&pg.url, |c| {
-        c.http.tokens = vec![QueryToken {
-            tenant: "acme".into(),
-            sha256: dash_runtime::secret::sha256_hex("acme-token"),
-        }];
-    })
-    .await;
+    let app = with_token(&pg).await;
     let port = app.http.port();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -605,13 +610,7 @@ async fn the_audit_log_refuses_changes_and_its_chain_shows_an_edited_or_removed_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_cuts_the_oldest_rows_and_the_chain_goes_on_from_there() {
     let pg = TestPostgres::start().await;
-    let app = TestApp::spawn(&pg.url, |c| {
-        c.http.tokens = vec![QueryToken {
-            tenant: "acme".into(),
-            sha256: dash_runtime::secret::sha256_hex("acme-token"),
-        }];
-    })
-    .await;
+    let app = with_token(&pg).await;
     let port = app.http.port();
     let t = Who::Bearer("acme-token".into());
     for _ in 0..5 {

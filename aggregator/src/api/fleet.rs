@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Scoped, require};
 use super::{Api, ApiError, Params, bad, refuse_unknown, take};
-use crate::auth::access::Role;
+use crate::auth::access::{Role, Scope};
 use crate::storage::fleet::{self, DeviceFilter};
 
 const STATES: [&str; 5] = ["never_reported", "online", "offline", "delayed", "unknown"];
@@ -58,26 +58,27 @@ pub async fn devices(
     Ok(Json(json!({ "devices": devices })))
 }
 
+/// The device named `device` if the scope reaches it; 404 alike for one
+/// outside the scope and one that does not exist.
+async fn find(api: &Api, scope: &Scope, device: &str) -> Result<fleet::Device, ApiError> {
+    let filter = DeviceFilter {
+        device: Some(device.to_owned()),
+        ..DeviceFilter::default()
+    };
+    fleet::devices(&api.pool, scope, &filter, 1)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such device in your scope".into()))
+}
+
 /// `GET /api/v1/tenants/{tenant}/devices/{device}`
 pub async fn device(
     State(api): State<Arc<Api>>,
     Scoped(scope): Scoped,
     Path((_, device)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let filter = DeviceFilter {
-        device: Some(device.clone()),
-        ..DeviceFilter::default()
-    };
-    let Some(found) = fleet::devices(&api.pool, &scope, &filter, 1)
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no such device in your scope".into(),
-        ));
-    };
+    let found = find(&api, &scope, &device).await?;
     let history =
         fleet::transitions(&api.pool, scope.tenant().as_str(), &found.device, 100).await?;
     Ok(Json(json!({ "device": found, "transitions": history })))
@@ -128,20 +129,7 @@ pub async fn set_device(
     Json(meta): Json<fleet::DeviceMeta>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = require(&scope, Role::Editor)?;
-    let filter = DeviceFilter {
-        device: Some(device.clone()),
-        ..DeviceFilter::default()
-    };
-    let Some(found) = fleet::devices(&api.pool, &scope, &filter, 1)
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no such device in your scope".into(),
-        ));
-    };
+    let found = find(&api, &scope, &device).await?;
     if let Some(lat) = meta.latitude.filter(|l| !(-90.0..=90.0).contains(l)) {
         return Err(bad(format!("latitude {lat} is outside -90..90")));
     }
@@ -172,6 +160,6 @@ pub async fn set_device(
         }
         Err(e) => return Err(e.into()),
     }
-    let updated = fleet::devices(&api.pool, &scope, &filter, 1).await?;
-    Ok(Json(json!({ "device": updated.first() })))
+    let updated = find(&api, &scope, &device).await?;
+    Ok(Json(json!({ "device": updated })))
 }

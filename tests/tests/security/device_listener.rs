@@ -10,18 +10,7 @@ async fn the_agents_device_listener_takes_tls_and_asks_each_device_to_log_in() {
     let d = dir.path();
     let (broker, http, devices) = (free_port(), free_port(), free_port());
     let ca = d.join("ca");
-    cli(
-        d,
-        &pg,
-        &[
-            "ca",
-            "init",
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--host",
-            "127.0.0.1",
-        ],
-    );
+    ca_init(d, &pg, &ca);
     let password = "f3a9c1d27b6e4058";
     let digest = dash_aggregator::auth::registry::token_digest(password);
     let mut aggregator = process::aggregator(d, &pg.url, broker, http, &[]);

@@ -46,6 +46,40 @@ fn cli_output(dir: &Path, pg: &TestPostgres, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `ca init` into `ca` for 127.0.0.1.
+fn ca_init(dir: &Path, pg: &TestPostgres, ca: &Path) {
+    cli(
+        dir,
+        pg,
+        &[
+            "ca",
+            "init",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ],
+    );
+}
+
+/// `agent revoke` of `acme/name`, rewriting the CA's revocation list.
+fn revoke(dir: &Path, pg: &TestPostgres, ca: &Path, name: &str) {
+    cli(
+        dir,
+        pg,
+        &[
+            "agent",
+            "revoke",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--name",
+            name,
+        ],
+    );
+}
+
 /// `agent add` for `tenant/name`, files in `dir/tenant-name`; returns that directory.
 fn add_agent(
     dir: &Path,
@@ -303,20 +337,7 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
             .permissions(),
     );
     assert_eq!(env_mode & 0o777, 0o600, "the token file is private");
-    cli(
-        d,
-        &pg,
-        &[
-            "agent",
-            "revoke",
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--name",
-            "gw-3",
-        ],
-    );
+    revoke(d, &pg, &ca, "gw-3");
     // A revoked agent's name is never given again (RegistryError::Taken).
     let again = try_add_agent(d, &pg, "acme", "gw-3", &uplink, &d.join("again"), &[]);
     let said = String::from_utf8_lossy(&again.stderr);
@@ -328,23 +349,7 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
         &pg.url,
         free_port(),
         http,
-        &[
-            ("DASH_BROKER__LISTEN", String::new()),
-            ("DASH_BROKER__TLS_LISTEN", format!("127.0.0.1:{tls_port}")),
-            (
-                "DASH_BROKER__TLS_CERT",
-                ca.join("server.pem").display().to_string(),
-            ),
-            (
-                "DASH_BROKER__TLS_KEY",
-                ca.join("server.key").display().to_string(),
-            ),
-            (
-                "DASH_BROKER__CLIENT_CA",
-                ca.join("ca.pem").display().to_string(),
-            ),
-            ("DASH_BROKER__AUTH", "agents".into()),
-        ],
+        &process::tls_broker_env(&ca, tls_port),
     );
     aggregator.start();
     let mut agent1 = provisioned_agent(d, &gw1, "gw-1", device_a);
@@ -391,18 +396,7 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
     assert_eq!(refused(http, "connect", "no_identity").await, 1.0);
 
     let other = d.join("other-ca");
-    cli(
-        d,
-        &pg,
-        &[
-            "ca",
-            "init",
-            "--ca-dir",
-            other.to_str().unwrap(),
-            "--host",
-            "127.0.0.1",
-        ],
-    );
+    ca_init(d, &pg, &other);
     let foreign = dash_aggregator::auth::pki::issue_agent(
         &dash_aggregator::auth::pki::CaDir::new(&other),
         "acme",
@@ -551,20 +545,7 @@ async fn agents_prove_who_they_are_and_publish_only_as_themselves_through_the_em
         "-",
         "gw-3 shows its revocation: {listed}"
     );
-    cli(
-        d,
-        &pg,
-        &[
-            "agent",
-            "revoke",
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--name",
-            "gw-1",
-        ],
-    );
+    revoke(d, &pg, &ca, "gw-1");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let at_revocation = rows_of(&pg, "acme", "boiler").await.len();
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -20,18 +20,7 @@ async fn mosquitto_with_the_documented_certificates_and_acls_gives_the_same_guar
     let d = dir.path();
     let (port, http, device_a) = (free_port(), free_port(), free_port());
     let ca = d.join("ca");
-    cli(
-        d,
-        &pg,
-        &[
-            "ca",
-            "init",
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--host",
-            "127.0.0.1",
-        ],
-    );
+    ca_init(d, &pg, &ca);
     let uplink = format!("mqtts://127.0.0.1:{port}");
     let gw1 = add_agent(d, &pg, "acme", "gw-1", &uplink, &[]);
     let gw2 = add_agent(d, &pg, "acme", "gw-2", &uplink, &[]);
@@ -55,22 +44,7 @@ async fn mosquitto_with_the_documented_certificates_and_acls_gives_the_same_guar
         &pg.url,
         free_port(),
         http,
-        &[
-            ("DASH_BROKER__URL", uplink.clone()),
-            (
-                "DASH_BROKER__CA_FILE",
-                ca.join("ca.pem").display().to_string(),
-            ),
-            (
-                "DASH_BROKER__CERT_FILE",
-                ca.join("aggregator.pem").display().to_string(),
-            ),
-            (
-                "DASH_BROKER__KEY_FILE",
-                ca.join("aggregator.key").display().to_string(),
-            ),
-            ("DASH_BROKER__AUTH", "agents".into()),
-        ],
+        &process::external_broker_env(&ca, &uplink),
     );
     aggregator.start();
     let mut agent1 = provisioned_agent(d, &gw1, "gw-1", device_a);
@@ -120,20 +94,7 @@ async fn mosquitto_with_the_documented_certificates_and_acls_gives_the_same_guar
     }
     // gw-3, revoked, publishing on its own topic: Mosquitto (started before
     // the revocation) lets it in; the aggregator refuses to store it.
-    cli(
-        d,
-        &pg,
-        &[
-            "agent",
-            "revoke",
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--name",
-            "gw-3",
-        ],
-    );
+    revoke(d, &pg, &ca, "gw-3");
     let (c, mut events) = client(
         "gw-3",
         port,
