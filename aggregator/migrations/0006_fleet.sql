@@ -3,7 +3,8 @@
 
 -- A tenant's places, any depth: corporate -> region -> district -> location.
 -- `path` is the ids from the root, each followed by '/': '/corp/west/s17/'.
--- A subtree is `path LIKE '/corp/west/%'`; moving a place rewrites its
+-- A subtree is `starts_with(path, '/corp/west/')` (not LIKE: '_' is a
+-- LIKE wildcard and may be in an id); moving a place rewrites its
 -- subtree's paths in one statement.
 CREATE TABLE places (
     tenant      text        NOT NULL,

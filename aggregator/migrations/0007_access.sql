@@ -74,8 +74,8 @@ CREATE FUNCTION dash_in_scope(d_tenant text, d_place text, d_customer text,
                               scope_places text[], scope_customers text[])
 RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT scope_places IS NULL
-        OR d_customer = ANY (scope_customers)
+        OR coalesce(d_customer = ANY (scope_customers), false)
         OR EXISTS (
-            SELECT 1 FROM places a JOIN places p ON p.tenant = a.tenant AND p.path LIKE a.path || '%'
+            SELECT 1 FROM places a JOIN places p ON p.tenant = a.tenant AND starts_with(p.path, a.path)
             WHERE a.tenant = d_tenant AND a.place = ANY (scope_places) AND p.place = d_place)
 $$;

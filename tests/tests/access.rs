@@ -479,6 +479,19 @@ async fn every_route_answers_only_within_the_callers_scope() {
     )
     .await;
     assert_eq!(a.status, 403, "{}", a.text);
+    let a = call(
+        port,
+        &edd,
+        "PUT",
+        &put("w-dev"),
+        Some(r#"{"customer": "cu-two"}"#),
+    )
+    .await;
+    assert_eq!(
+        a.status, 403,
+        "a place editor hands a device to no customer: {}",
+        a.text
+    );
     let a = call(port, &edd, "PUT", &put("e-dev"), Some(r#"{"model": "x"}"#)).await;
     assert_eq!(a.status, 404, "{}", a.text);
     // ... nor grant beyond the west, nor anything as an editor.
@@ -632,6 +645,15 @@ async fn retention_cuts_the_oldest_rows_and_the_chain_goes_on_from_there() {
         (v.rows, v.first, v.last, v.broken),
         (4, Some(6), Some(9), None)
     );
+    // The tenant is logged as the route decoded it, not as it was spelled.
+    let a = call(port, &t, "GET", "/api/v1/tenants/ac%6De/places", None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let tenant: Option<String> =
+        sqlx::query_scalar("SELECT tenant FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(tenant.as_deref(), Some("acme"));
     app.stop().await.unwrap();
 }
 

@@ -241,6 +241,9 @@ async fn places_customers_and_a_csv_import_scope_the_device_api_to_a_subtree() {
             "place", "add", "--tenant", "acme", "--id", "s-17", "--parent", "west", "--name",
             "Store 17",
         ],
+        // '_' is a LIKE wildcard: r_1's subtree must not take in rx1.
+        &["place", "add", "--tenant", "acme", "--id", "r_1"],
+        &["place", "add", "--tenant", "acme", "--id", "rx1"],
         &[
             "customer",
             "add",
@@ -274,7 +277,9 @@ async fn places_customers_and_a_csv_import_scope_the_device_api_to_a_subtree() {
         "device,place,customer,latitude,longitude,model,labels\n\
          th-1,s-17,fr-4,51.5,-0.12,th-10,zone=cold\n\
          th-2,east,,,,th-10,\n\
-         th-3,,,,,,\n",
+         th-3,,,,,,\n\
+         th-5,r_1,,,,,\n\
+         th-6,rx1,,,,,\n",
     )
     .unwrap();
     let bad = dir.path().join("bad.csv");
@@ -311,7 +316,13 @@ async fn places_customers_and_a_csv_import_scope_the_device_api_to_a_subtree() {
     };
     let (status, all) = get_json(port, "/api/v1/tenants/acme/devices", Some(token)).await;
     assert_eq!(status, 200, "{all}");
-    assert_eq!(names(&all), ["th-1", "th-2", "th-3"]);
+    assert_eq!(names(&all), ["th-1", "th-2", "th-3", "th-5", "th-6"]);
+    let (_, r1) = get_json(port, "/api/v1/tenants/acme/devices?within=r_1", Some(token)).await;
+    assert_eq!(
+        names(&r1),
+        ["th-5"],
+        "a place id with '_' matches only itself: {r1}"
+    );
     assert_eq!(all["devices"][0]["state"], "never_reported");
     assert_eq!(all["devices"][0]["labels"]["zone"], "cold");
     let (_, west) = get_json(
@@ -368,6 +379,26 @@ async fn places_customers_and_a_csv_import_scope_the_device_api_to_a_subtree() {
             "{path}"
         );
     }
+    // An agent's status with figures past i64 does not stop the sweep.
+    sqlx::query(
+        "INSERT INTO agent_status (tenant, agent, online, version, reported_at, status)
+         VALUES ('acme', 'gw-odd', true, '0', now(),
+                 '{\"buffer\": {\"records\": 18446744073709551615, \"oldest\": 18446744073709551615}}')",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE devices SET agent = 'gw-odd', last_reading = now() - interval '1 hour'
+         WHERE tenant = 'acme' AND device = 'th-3'",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    let changes = dash_aggregator::storage::fleet::sweep(&pg.pool, &quick().rules())
+        .await
+        .unwrap();
+    assert!(changes.iter().any(|c| c.device == "th-3"), "{changes:?}");
     let (_, others) = get_json(port, "/api/v1/tenants/other/devices", Some("other-token")).await;
     assert_eq!(names(&others), Vec::<String>::new());
     app.stop().await.unwrap();

@@ -191,10 +191,15 @@ impl FromRequestParts<Arc<Api>> for Scoped {
         let tenant = TenantId::new(tenant.clone())
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("tenant in the path: {e}")))?;
         let caller = caller(api, &parts.headers).await?;
-        note(parts, &caller.actor(), "none");
+        note(parts, &caller.actor(), "none", Some(tenant.as_str()));
         check_csrf(&caller, &parts.method, &parts.headers)?;
         let scope = scope_in(api, &caller, &tenant).await?;
-        note(parts, scope.actor(), &scope.describe());
+        note(
+            parts,
+            scope.actor(),
+            &scope.describe(),
+            Some(tenant.as_str()),
+        );
         Ok(Scoped(scope))
     }
 }
@@ -209,16 +214,16 @@ impl FromRequestParts<Arc<Api>> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let caller = caller(api, &parts.headers).await?;
-        note(parts, &caller.actor(), "none");
+        note(parts, &caller.actor(), "none", None);
         check_csrf(&caller, &parts.method, &parts.headers)?;
         Ok(Authenticated(caller))
     }
 }
 
 /// Tells the audit layer who is asking (see [`crate::audit`]).
-fn note(parts: &Parts, actor: &Actor, scope: &str) {
+fn note(parts: &Parts, actor: &Actor, scope: &str, tenant: Option<&str>) {
     if let Some(slot) = parts.extensions.get::<crate::audit::Slot>() {
-        slot.note(actor, scope);
+        slot.note(actor, scope, tenant);
     }
 }
 

@@ -139,6 +139,24 @@ pub async fn set_device(
     if meta.expected_interval_secs.is_some_and(|s| s <= 0) {
         return Err(bad("expected_interval_secs must be at least 1"));
     }
+    // Each change on its own: a place the editor reaches, a customer the
+    // editor reaches; then the device as it will be.
+    let refuse = |what: &str| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{what} is outside your scope: pick one you edit"),
+        )
+    };
+    if let Some(p) = meta.place.as_deref()
+        && !fleet::covers(&api.pool, &scope, Some(p), None).await?
+    {
+        return Err(refuse("that place"));
+    }
+    if let Some(c) = meta.customer.as_deref()
+        && !fleet::covers(&api.pool, &scope, None, Some(c)).await?
+    {
+        return Err(refuse("that customer"));
+    }
     let place = meta.place.as_deref().or(found.place.as_deref());
     let customer = meta.customer.as_deref().or(found.customer.as_deref());
     if !fleet::covers(&api.pool, &scope, place, customer).await? {

@@ -61,7 +61,11 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     if let Some(Extension(slot)) = &slot {
         let login = dash_runtime::text::clip(&body.login, 128);
-        slot.note(&crate::auth::access::Actor::User(login.to_owned()), "none");
+        slot.note(
+            &crate::auth::access::Actor::User(login.to_owned()),
+            "none",
+            None,
+        );
     }
     let wrong = || ApiError(StatusCode::UNAUTHORIZED, "wrong login or password".into());
     let Some(user) = rows::credentials(&api.pool, &body.login).await? else {

@@ -106,14 +106,17 @@ pub struct Slot(Arc<Mutex<Option<Noted>>>);
 struct Noted {
     actor: Actor,
     scope: String,
+    /// The tenant the caller was answered for, as the route decoded it.
+    tenant: Option<String>,
 }
 
 impl Slot {
-    /// Notes the caller and the scope they were answered from.
-    pub fn note(&self, actor: &Actor, scope: &str) {
+    /// Notes the caller, the scope they were answered from and its tenant.
+    pub fn note(&self, actor: &Actor, scope: &str, tenant: Option<&str>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Noted {
             actor: actor.clone(),
             scope: scope.to_owned(),
+            tenant: tenant.map(str::to_owned),
         });
     }
 }
@@ -182,12 +185,12 @@ pub async fn layer(
         .map(|a| dash_runtime::text::clip(a, 200).to_owned());
     let response = next.run(request).await;
     let noted = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let (actor_kind, actor, scope) = match noted {
+    let (actor_kind, actor, scope, tenant) = match noted {
         Some(n) => {
             let (k, a) = actor_columns(&n.actor);
-            (k, a, n.scope)
+            (k, a, n.scope, n.tenant.or(tenant))
         }
-        None => ("anonymous", String::new(), "none".to_owned()),
+        None => ("anonymous", String::new(), "none".to_owned(), tenant),
     };
     let entry = Entry {
         at: chrono::Utc::now(),
@@ -204,13 +207,16 @@ pub async fn layer(
     };
     match audit.record(entry).await {
         Ok(()) => response,
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({
-                "error": format!("not answered: {e}; see the aggregator's log")
-            })),
-        )
-            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "a request could not be audited; answered 503");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({
+                    "error": "not answered: the audit log could not record it; see the aggregator's log"
+                })),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -234,7 +240,17 @@ pub async fn retention_loop(pool: PgPool, config: AuditConfig, stop: Cancellatio
     }
 }
 
-/// Rows as CSV with a header, every field quoted as needed.
+/// A field a spreadsheet would not take for a formula.
+fn inert(field: String) -> String {
+    if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{field}")
+    } else {
+        field
+    }
+}
+
+/// Rows as CSV with a header, every field quoted as needed, and text that
+/// a caller chose (actor, object, user agent) kept from being a formula.
 pub fn to_csv(rows: &[rows::Row]) -> String {
     let mut out = csv::Writer::from_writer(Vec::new());
     let _ = out.write_record([
@@ -259,13 +275,13 @@ pub fn to_csv(rows: &[rows::Row]) -> String {
             r.seq.to_string(),
             e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             e.actor_kind.clone(),
-            e.actor.clone(),
-            e.tenant.clone().unwrap_or_default(),
+            inert(e.actor.clone()),
+            inert(e.tenant.clone().unwrap_or_default()),
             e.action.clone(),
-            e.object.clone(),
+            inert(e.object.clone()),
             e.scope.clone(),
             e.client.clone().unwrap_or_default(),
-            e.user_agent.clone().unwrap_or_default(),
+            inert(e.user_agent.clone().unwrap_or_default()),
             e.outcome.clone(),
             e.status.to_string(),
             r.prev_hash.clone(),
@@ -273,4 +289,25 @@ pub fn to_csv(rows: &[rows::Row]) -> String {
         ]);
     }
     String::from_utf8(out.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_fields_a_caller_chose_cannot_become_spreadsheet_formulas() {
+        assert_eq!(inert("=HYPERLINK(\"x\")".into()), "'=HYPERLINK(\"x\")");
+        assert_eq!(inert("+1".into()), "'+1");
+        assert_eq!(inert("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(inert("/api/v1/tenants/acme".into()), "/api/v1/tenants/acme");
+        assert_eq!(outcome_of(StatusCode::NOT_FOUND), "denied");
+        assert_eq!(outcome_of(StatusCode::BAD_REQUEST), "refused");
+        assert_eq!(outcome_of(StatusCode::INTERNAL_SERVER_ERROR), "error");
+        assert_eq!(action_of(&Method::POST, "/api/v1/login"), "login");
+        assert_eq!(
+            action_of(&Method::PUT, "/api/v1/tenants/a/devices/d"),
+            "update"
+        );
+    }
 }

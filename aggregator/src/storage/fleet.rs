@@ -106,8 +106,9 @@ pub async fn sweep(pool: &PgPool, rules: &SweepRules) -> sqlx::Result<Vec<Transi
          ), gw AS (
              SELECT s.tenant, s.agent, s.online,
                     greatest(s.received_at, d.at) AS heard,
-                    coalesce((s.status->'buffer'->>'records')::int8, 0) AS held,
-                    coalesce((s.status->'buffer'->>'oldest')::int8, 0) AS oldest
+                    -- numeric: an agent's u64 figures never overflow the statement.
+                    coalesce((s.status->'buffer'->>'records')::numeric, 0) AS held,
+                    least(coalesce((s.status->'buffer'->>'oldest')::numeric, 0), 4102444800000000) AS oldest
              FROM agent_status s
              LEFT JOIN delivered d ON d.tenant = s.tenant AND d.agent = s.agent
          ), judged AS (
@@ -216,7 +217,7 @@ pub async fn places_in(pool: &PgPool, scope: &Scope) -> sqlx::Result<Vec<Place>>
         "SELECT p.place, p.parent, p.name, p.kind, p.path FROM places p
          WHERE p.tenant = $1 AND ($2::text[] IS NULL
              OR EXISTS (SELECT 1 FROM places a
-                        WHERE a.tenant = p.tenant AND a.place = ANY($2) AND p.path LIKE a.path || '%')
+                        WHERE a.tenant = p.tenant AND a.place = ANY($2) AND starts_with(p.path, a.path))
              OR EXISTS (SELECT 1 FROM devices d
                         WHERE d.tenant = p.tenant AND d.place = p.place AND d.customer = ANY($3)))
          ORDER BY p.path",
@@ -399,8 +400,8 @@ pub async fn devices(
                 d.last_reading, d.last_arrival, d.state, d.state_since
          FROM devices d LEFT JOIN places p ON p.tenant = d.tenant AND p.place = d.place
          WHERE d.tenant = $1 AND ($2::text IS NULL OR d.state = $2)
-           AND ($3::text IS NULL OR p.path LIKE
-                (SELECT path FROM places WHERE tenant = $1 AND place = $3) || '%')
+           AND ($3::text IS NULL OR starts_with(p.path,
+                (SELECT path FROM places WHERE tenant = $1 AND place = $3)))
            AND ($4::text IS NULL OR d.customer = $4)
            AND ($5::text IS NULL OR d.agent = $5)
            AND ($6::text IS NULL OR d.device = $6)
@@ -460,7 +461,7 @@ pub async fn counts_by_place(pool: &PgPool, scope: &Scope) -> sqlx::Result<Vec<P
     sqlx::query_as(
         "SELECT a.place, d.state, count(*) AS devices
          FROM places a
-         JOIN places p ON p.tenant = a.tenant AND p.path LIKE a.path || '%'
+         JOIN places p ON p.tenant = a.tenant AND starts_with(p.path, a.path)
          JOIN devices d ON d.tenant = p.tenant AND d.place = p.place
          WHERE a.tenant = $1 AND dash_in_scope(d.tenant, d.place, d.customer, $2, $3)
          GROUP BY a.place, d.state ORDER BY a.place, d.state",
