@@ -11,7 +11,8 @@
 //!         merge rollups; ledger update; COMMIT            (storage::{ledger, tiers})
 //!     --> ack on dash/v1/{tenant}/{agent}/ack, then PUBACK
 //!     --> fleet::tracker (devices seen) --> fleet: flush, liveness sweep (storage::fleet)
-//! query API (api::http, api) --> query --> storage tiers; api::fleet --> storage::fleet
+//! HTTP (api::http route table) --> audit::layer --> api::auth (caller -> Scope)
+//!     --> api, api::fleet, api::people --> query, storage::{read, fleet, access, audit}
 //! ```
 //!
 //! Modules, by what they do:
@@ -34,11 +35,14 @@
 //!   judged online, offline, delayed or unknown on a timer.
 //! - [`query`]: tier-aware queries; [`api`]: the HTTP query API, the
 //!   fleet's ([`api::fleet`]) and the server around it ([`api::http`]: `/healthz`, `/readyz`, `/metrics`).
-//! - [`auth`]: the agents registry ([`auth::registry`]) and the CA
-//!   ([`auth::pki`]).
+//! - [`auth`]: the agents registry ([`auth::registry`]), the CA
+//!   ([`auth::pki`]), roles and the [`auth::access::Scope`] every data query
+//!   takes ([`auth::access`]), passwords ([`auth::password`]).
+//! - [`audit`]: one hash-chained row per API request, written before the
+//!   answer.
 //! - [`telemetry`]: counters ([`telemetry::metrics`]) and readiness
 //!   ([`telemetry::health`]).
-//! - [`cli`]: the admin commands behind `dash-aggregator ca|agent|place|customer|device`.
+//! - [`cli`]: the admin commands behind `dash-aggregator ca|agent|place|customer|device|user|grant|token|audit`.
 //!
 //! Errors at the boundaries are typed: [`storage::pool::StorageError`]
 //! (opening the database), [`storage::private::PrivateError`] (the private
