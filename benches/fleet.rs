@@ -31,7 +31,7 @@ async fn main() {
     sqlx::query(
         "INSERT INTO devices (tenant, device, agent, model, learned_cadence_ms, first_reading, last_reading, last_arrival)
          SELECT 'bench', 'dev-' || d, 'gw-' || (d % $2 + 1), 'm-' || (d % 7), 10000 + (d % 50) * 1000,
-                now() - interval '1 day', now() - (d % 60) * interval '1 second', now()
+                now() - interval '1 day', now() - (d % 20) * interval '1 second', now()
          FROM generate_series(1, $1) d",
     )
     .bind(DEVICES)

@@ -28,26 +28,60 @@ pub struct Seen {
 
 impl Seen {
     fn merge(&mut self, other: Seen) {
-        self.first = self.first.min(other.first);
-        if other.last >= self.last {
-            self.agent = other.agent;
-        }
-        self.last = self.last.max(other.last);
-        self.arrival = self.arrival.max(other.arrival);
-        self.cadence_ms = match (self.cadence_ms, other.cadence_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let span = Span {
+            first: other.first,
+            last: other.last,
+            cadence_ms: other.cadence_ms,
         };
+        self.absorb(span, &other.agent, other.arrival);
+    }
+
+    /// Takes in a batch's span of this device, delivered by `agent` at
+    /// `arrival`; the agent of the latest reading is kept (cloned only
+    /// when it changes).
+    fn absorb(&mut self, s: Span, agent: &AgentId, arrival: Micros) {
+        if s.last >= self.last && self.agent != *agent {
+            self.agent = agent.clone();
+        }
+        self.first = self.first.min(s.first);
+        self.last = self.last.max(s.last);
+        self.arrival = self.arrival.max(arrival);
+        self.cadence_ms = min_cadence(self.cadence_ms, s.cadence_ms);
+    }
+}
+
+fn min_cadence(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
 /// One device's news with its `(tenant, device)`.
 pub type SeenDevice = ((TenantId, String), Seen);
 
-/// `(tenant, device) -> news`, drained by each flush.
+/// What one batch says of one device.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first: Micros,
+    last: Micros,
+    cadence_ms: Option<i64>,
+}
+
+impl Span {
+    fn merge(&mut self, o: Span) {
+        self.first = self.first.min(o.first);
+        self.last = self.last.max(o.last);
+        self.cadence_ms = min_cadence(self.cadence_ms, o.cadence_ms);
+    }
+}
+
+/// `tenant -> device -> news`, drained by each flush. Keyed in two levels
+/// so that a batch's devices are looked up by `&str`: a string is made
+/// only for a device not seen since the last flush.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    pending: Mutex<HashMap<(TenantId, String), Seen>>,
+    pending: Mutex<HashMap<TenantId, HashMap<String, Seen>>>,
 }
 
 impl Tracker {
@@ -55,57 +89,76 @@ impl Tracker {
     /// events' sources.
     pub fn note(&self, tenant: &TenantId, agent: &AgentId, batch: &Batch) {
         let arrival = now_micros();
-        let mut news: Vec<(&str, Seen)> = Vec::new();
-        fn add<'a>(news: &mut Vec<(&'a str, Seen)>, device: &'a str, seen: Seen) {
-            match news.iter_mut().find(|(d, _)| *d == device) {
-                Some((_, s)) => s.merge(seen),
-                None => news.push((device, seen)),
+        // A batch holds many series of few devices, or one series each of
+        // many (1,000 sensors behind one gateway): a map either way.
+        let mut spans: HashMap<&str, Span> = HashMap::new();
+        fn put<'a>(spans: &mut HashMap<&'a str, Span>, device: &'a str, span: Span) {
+            match spans.get_mut(device) {
+                Some(s) => s.merge(span),
+                None => {
+                    spans.insert(device, span);
+                }
             }
         }
-        let seen = |first: Micros, last: Micros, cadence_ms: Option<i64>| Seen {
-            agent: agent.clone(),
-            first,
-            last,
-            arrival,
-            cadence_ms,
-        };
         let span = |ts: &[Micros]| {
-            let (lo, hi) = ts.iter().fold((Micros::MAX, Micros::MIN), |(lo, hi), t| {
+            let (first, last) = ts.iter().fold((Micros::MAX, Micros::MIN), |(lo, hi), t| {
                 (lo.min(*t), hi.max(*t))
             });
-            let cadence =
-                (ts.len() >= 2 && hi > lo).then(|| (hi - lo) / (ts.len() as i64 - 1) / 1_000);
-            (lo, hi, cadence)
+            let cadence_ms = (ts.len() >= 2 && last > first)
+                .then(|| (last - first) / (ts.len() as i64 - 1) / 1_000);
+            Span {
+                first,
+                last,
+                cadence_ms,
+            }
         };
         for block in &batch.series {
             if !block.timestamps.is_empty() {
-                let (lo, hi, cadence) = span(&block.timestamps);
-                add(&mut news, block.key.device.as_str(), seen(lo, hi, cadence));
+                put(
+                    &mut spans,
+                    block.key.device.as_str(),
+                    span(&block.timestamps),
+                );
             }
         }
         for window in &batch.windows {
             let starts: Vec<Micros> = window.windows.iter().map(|w| w.start).collect();
             if !starts.is_empty() {
-                let (lo, hi, _) = span(&starts);
-                add(&mut news, window.key.device.as_str(), seen(lo, hi, None));
+                let s = Span {
+                    cadence_ms: None,
+                    ..span(&starts)
+                };
+                put(&mut spans, window.key.device.as_str(), s);
             }
         }
         for event in &batch.events {
-            add(
-                &mut news,
-                event.source.as_str(),
-                seen(event.time, event.time, None),
-            );
+            let s = Span {
+                first: event.time,
+                last: event.time,
+                cadence_ms: None,
+            };
+            put(&mut spans, event.source.as_str(), s);
         }
-        if news.is_empty() {
+        if spans.is_empty() {
             return;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (device, seen) in news {
-            match pending.get_mut(&(tenant.clone(), device.to_owned())) {
-                Some(s) => s.merge(seen),
+        let devices = match pending.get_mut(tenant) {
+            Some(d) => d,
+            None => pending.entry(tenant.clone()).or_default(),
+        };
+        for (device, s) in spans {
+            match devices.get_mut(device) {
+                Some(seen) => seen.absorb(s, agent, arrival),
                 None => {
-                    pending.insert((tenant.clone(), device.to_owned()), seen);
+                    let news = Seen {
+                        agent: agent.clone(),
+                        first: s.first,
+                        last: s.last,
+                        arrival,
+                        cadence_ms: s.cadence_ms,
+                    };
+                    devices.insert(device.to_owned(), news);
                 }
             }
         }
@@ -114,17 +167,25 @@ impl Tracker {
     /// Everything noted since the last call.
     pub fn take(&self) -> Vec<SeenDevice> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *pending).into_iter().collect()
+        std::mem::take(&mut *pending)
+            .into_iter()
+            .flat_map(|(t, devices)| {
+                devices
+                    .into_iter()
+                    .map(move |(d, seen)| ((t.clone(), d), seen))
+            })
+            .collect()
     }
 
     /// Puts back what a failed flush took, merged with what came since.
     pub fn put_back(&self, taken: Vec<SeenDevice>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, seen) in taken {
-            match pending.get_mut(&key) {
+        for ((tenant, device), seen) in taken {
+            let devices = pending.entry(tenant).or_default();
+            match devices.get_mut(&device) {
                 Some(s) => s.merge(seen),
                 None => {
-                    pending.insert(key, seen);
+                    devices.insert(device, seen);
                 }
             }
         }
