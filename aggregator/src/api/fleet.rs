@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::auth::{Scoped, require};
-use super::{Api, ApiError, Params, bad, refuse_unknown, take};
+use super::{Api, ApiError, Params, bad, refuse_unknown, take, take_limit};
 use crate::auth::access::{Role, Scope};
 use crate::storage::fleet::{self, DeviceFilter};
 
@@ -45,14 +45,7 @@ pub async fn devices(
         agent: take(&mut params, "agent"),
         device: None,
     };
-    let limit = match take(&mut params, "limit") {
-        None => 10_000,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=100_000).contains(l))
-            .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 100000")))?,
-    };
+    let limit = take_limit(&mut params, 10_000, 100_000)?;
     refuse_unknown(&params)?;
     let devices = fleet::devices(&api.pool, &scope, &filter, limit).await?;
     Ok(Json(json!({ "devices": devices })))

@@ -126,6 +126,18 @@ fn refuse_unknown(params: &[(String, String)]) -> Result<(), ApiError> {
     }
 }
 
+/// `limit=` from `params`: `default` when absent, else 1 to `max`.
+fn take_limit(params: &mut Vec<(String, String)>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match take(params, "limit") {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to {max}"))),
+    }
+}
+
 fn take(params: &mut Vec<(String, String)>, key: &str) -> Option<String> {
     let i = params.iter().position(|(k, _)| k == key)?;
     Some(params.remove(i).1)
@@ -138,14 +150,7 @@ pub async fn series(
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let selection = take_filter(&mut params, false)?;
-    let limit = match take(&mut params, "limit") {
-        None => 1_000,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=100_000).contains(l))
-            .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 100000")))?,
-    };
+    let limit = take_limit(&mut params, 1_000, 100_000)?;
     refuse_unknown(&params)?;
     let series = read::series(&api.pool, &scope, &selection, limit).await?;
     let series: Vec<Value> = series.iter().map(series_json).collect();

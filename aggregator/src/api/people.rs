@@ -48,15 +48,7 @@ pub struct GrantBody {
 
 impl GrantBody {
     fn grant(&self) -> Result<Grant, ApiError> {
-        let role = Role::parse(&self.role)
-            .ok_or_else(|| bad(format!("role {:?}: admin, editor or viewer", self.role)))?;
-        let within = match (&self.place, &self.customer) {
-            (Some(_), Some(_)) => return Err(bad("give place or customer, not both")),
-            (Some(p), None) => Within::Place(p.clone()),
-            (None, Some(c)) => Within::Customer(c.clone()),
-            (None, None) => Within::Tenant,
-        };
-        Ok(Grant { role, within })
+        Grant::from_parts(&self.role, self.place.clone(), self.customer.clone()).map_err(bad)
     }
 }
 
@@ -222,7 +214,8 @@ pub async fn revoke_token(
 
 /// `GET /api/v1/tenants/{tenant}/audit?from=&to=&limit=&format=json|csv`:
 /// the tenant's audit rows, oldest first (a tenant-wide admin). `from` and
-/// `to` are RFC 3339, by default the last 24 hours.
+/// `to` as the query API takes them (RFC 3339 or Unix seconds), by default
+/// the last 24 hours.
 pub async fn audit(
     State(api): State<Arc<Api>>,
     Scoped(scope): Scoped,
@@ -230,26 +223,19 @@ pub async fn audit(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     tenant_admin(&scope)?;
-    let time =
-        |params: &mut Vec<(String, String)>, key: &str, default: chrono::DateTime<chrono::Utc>| {
-            match super::take(params, key) {
-                None => Ok(default),
-                Some(v) => chrono::DateTime::parse_from_rfc3339(&v)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|_| bad(format!("{key}={v:?}: expected an RFC 3339 time"))),
-            }
-        };
     let now = chrono::Utc::now();
-    let from = time(&mut params, "from", now - chrono::Duration::days(1))?;
-    let to = time(&mut params, "to", now + chrono::Duration::seconds(1))?;
-    let limit = match super::take(&mut params, "limit") {
-        None => 10_000,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1_000_000).contains(l))
-            .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to 1000000")))?,
+    let mut time = |key: &str, default: chrono::DateTime<chrono::Utc>| -> Result<_, ApiError> {
+        match super::take(&mut params, key) {
+            None => Ok(default),
+            Some(v) => Ok(
+                chrono::DateTime::from_timestamp_micros(super::parse_time(key, &v)?)
+                    .unwrap_or(default),
+            ),
+        }
     };
+    let from = time("from", now - chrono::Duration::days(1))?;
+    let to = time("to", now + chrono::Duration::seconds(1))?;
+    let limit = super::take_limit(&mut params, 10_000, 1_000_000)?;
     let csv = match super::take(&mut params, "format").as_deref() {
         None | Some("json") => false,
         Some("csv") => true,

@@ -7,7 +7,8 @@
 //!   `{"login", "csrf_token", "expires_at"}`. A wrong login or password is
 //!   401 with one message for both; after `http.login_attempts` failures in
 //!   a row the user is locked for `http.lockout_secs` (429 with
-//!   Retry-After), and an unknown login costs the same time as a known one.
+//!   Retry-After), and an unknown login is checked against a dummy hash so
+//!   that it takes about as long as a known one.
 //! - `POST /api/v1/logout`: ends the session (it needs the CSRF token).
 //! - `GET /api/v1/session`: who is logged in, their CSRF token and their
 //!   bindings.

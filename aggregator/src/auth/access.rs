@@ -69,6 +69,27 @@ pub struct Grant {
     pub within: Within,
 }
 
+impl Grant {
+    /// A grant from its parts as people and rows spell them: a role name,
+    /// and at most one of a place and a customer (neither: the whole
+    /// tenant). The error says what is wrong.
+    pub fn from_parts(
+        role: &str,
+        place: Option<String>,
+        customer: Option<String>,
+    ) -> Result<Grant, String> {
+        let role =
+            Role::parse(role).ok_or_else(|| format!("role {role:?}: admin, editor or viewer"))?;
+        let within = match (place, customer) {
+            (Some(_), Some(_)) => return Err("give a place or a customer, not both".into()),
+            (Some(p), None) => Within::Place(p),
+            (None, Some(c)) => Within::Customer(c),
+            (None, None) => Within::Tenant,
+        };
+        Ok(Grant { role, within })
+    }
+}
+
 /// Who made a request, for the log and the audit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "id")]

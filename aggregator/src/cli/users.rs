@@ -14,21 +14,14 @@ use chrono::{DateTime, Utc};
 use dash_shared::TenantId;
 use sqlx::PgPool;
 
-use crate::auth::access::{Grant, Role, Within};
+use crate::auth::access::{Grant, Within};
 use crate::auth::password;
 use crate::storage::access as rows;
 
 /// A role in a scope, from `--role` and at most one of `--place`, `--customer`.
 pub fn grant(role: &str, place: Option<String>, customer: Option<String>) -> anyhow::Result<Grant> {
-    let role =
-        Role::parse(role).with_context(|| format!("--role {role:?}: admin, editor or viewer"))?;
-    let within = match (place, customer) {
-        (Some(_), Some(_)) => bail!("give --place or --customer, not both"),
-        (Some(p), None) => Within::Place(p),
-        (None, Some(c)) => Within::Customer(c),
-        (None, None) => Within::Tenant,
-    };
-    Ok(Grant { role, within })
+    Grant::from_parts(role, place, customer)
+        .map_err(|e| anyhow::anyhow!("{e} (--role, --place, --customer)"))
 }
 
 /// The first line of standard input, without its newline.

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::auth::access::{Grant, Role, Within};
+use crate::auth::access::{Grant, Within};
 
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -163,14 +163,9 @@ fn within_columns(w: &Within) -> (Option<&str>, Option<&str>) {
     }
 }
 
+/// A stored grant (the table's CHECKs keep it well formed).
 fn grant_of(role: &str, place: Option<String>, customer: Option<String>) -> Option<Grant> {
-    let role = Role::parse(role)?;
-    let within = match (place, customer) {
-        (Some(p), _) => Within::Place(p),
-        (None, Some(c)) => Within::Customer(c),
-        (None, None) => Within::Tenant,
-    };
-    Some(Grant { role, within })
+    Grant::from_parts(role, place, customer).ok()
 }
 
 /// Binds `login` to `grant` in `tenant`. `Ok(None)`: no such user;
