@@ -143,16 +143,15 @@ async fn main() {
     let setup = setup.elapsed();
 
     let token = "bench-token";
-    let api = Arc::new(Api {
-        pool: pg.pool.clone(),
-        tokens: vec![QueryToken {
+    let api = Arc::new(Api::new(
+        pg.pool.clone(),
+        vec![QueryToken {
             tenant: "bench".into(),
             sha256: dash_runtime::secret::sha256_hex(token),
         }],
-        retention: RetentionConfig::default(),
-        sessions: Default::default(),
-        audit: dash_aggregator::audit::Audit::spawn(pg.pool.clone()),
-    });
+        RetentionConfig::default(),
+        Default::default(),
+    ));
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(
         "127.0.0.1:0".parse().unwrap(),

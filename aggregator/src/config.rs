@@ -111,6 +111,10 @@ pub struct HttpConfig {
     pub login_attempts: u32,
     /// How long a lockout lasts, in seconds.
     pub lockout_secs: u32,
+    /// Failed logins from one client address, whatever logins it tries,
+    /// before it is held for `lockout_secs`. 0: no such limit (behind a
+    /// proxy every client has the proxy's address; limit there instead).
+    pub client_login_attempts: u32,
     /// Mark the session cookie Secure (HTTPS only). Set it when a TLS proxy
     /// fronts `http.listen`; a request with `X-Forwarded-Proto: https` gets
     /// a Secure cookie anyway.
@@ -218,6 +222,7 @@ impl Default for HttpConfig {
             session_hours: 12,
             login_attempts: 5,
             lockout_secs: 900,
+            client_login_attempts: 50,
             secure_cookies: false,
         }
     }

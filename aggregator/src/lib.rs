@@ -134,13 +134,12 @@ pub async fn run_reporting(
     let pool = pool::connect(&url, config.ingest.max_connections, Duration::from_secs(30)).await?;
     let stop = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
-    let api = Arc::new(api::Api {
-        pool: pool.clone(),
-        tokens: config.http.tokens.clone(),
-        retention: config.retention.clone(),
-        sessions: config.http.clone(),
-        audit: audit::Audit::spawn(pool.clone()),
-    });
+    let api = Arc::new(api::Api::new(
+        pool.clone(),
+        config.http.tokens.clone(),
+        config.retention.clone(),
+        config.http.clone(),
+    ));
     let http = http::serve(
         config.http.listen,
         metrics.clone(),

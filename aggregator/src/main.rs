@@ -109,6 +109,49 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Share links: one dashboard, read-only, over a scope, expiring.
+    Share {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ShareCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShareCommand {
+    /// Make a link; its token is printed once and stored only as its SHA-256.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// The dashboard it opens.
+        #[arg(long)]
+        dashboard: String,
+        /// Show only this place and below.
+        #[arg(long)]
+        place: Option<String>,
+        /// Show only this customer's devices.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Days until it stops working (1 to 365).
+        #[arg(long, default_value_t = dash_aggregator::api::shares::DEFAULT_DAYS)]
+        days: u32,
+        /// Who it is for, for the list.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Stop a link from working, at once.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: i64,
+    },
+    /// Show a tenant's links (never their tokens).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -468,9 +511,10 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
-        command @ (Command::User { .. } | Command::Grant { .. } | Command::Token { .. }) => {
-            access_command(cli.log.log_format, command)
-        }
+        command @ (Command::User { .. }
+        | Command::Grant { .. }
+        | Command::Token { .. }
+        | Command::Share { .. }) => access_command(cli.log.log_format, command),
         Command::Audit { config, command } => {
             fleet_command(cli.log.log_format, config, async |pool| match command {
                 AuditCommand::Verify => {
@@ -525,7 +569,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `user`, `grant` and `token`.
+/// `user`, `grant`, `token` and `share`.
 fn access_command(
     format: dash_runtime::logging::LogFormat,
     command: Command,
@@ -593,7 +637,24 @@ fn access_command(
                 TokenCommand::List { tenant } => users::token_list(pool, &tenant).await,
             })
         }
-        _ => unreachable!("only user, grant and token come here"),
+        Command::Share { config, command } => {
+            fleet_command(format, config, async |pool| match command {
+                ShareCommand::Add {
+                    tenant,
+                    dashboard,
+                    place,
+                    customer,
+                    days,
+                    label,
+                } => {
+                    let g = users::grant("viewer", place, customer)?;
+                    users::share_add(pool, &tenant, &dashboard, &label, &g.within, days).await
+                }
+                ShareCommand::Revoke { tenant, id } => users::share_revoke(pool, &tenant, id).await,
+                ShareCommand::List { tenant } => users::share_list(pool, &tenant).await,
+            })
+        }
+        _ => unreachable!("only user, grant, token and share come here"),
     }
 }
 

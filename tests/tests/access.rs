@@ -125,7 +125,9 @@ fn path_of(route: &str, device: &str) -> String {
         .replace("{tenant}", "acme")
         .replace("{device}", device)
         .replace("{id}", "999999")
-        .replace("{name}", "no-such-token");
+        .replace("{name}", "no-such-token")
+        .replace("{login}", "no-such-user")
+        .replace("{customer}", "cu-new");
     if p.ends_with("/query") {
         format!("{p}?from=2025-01-01T00:00:00Z&to=2027-01-01T00:00:00Z&step=1d")
     } else {
@@ -141,6 +143,16 @@ fn body_of(route: &str) -> Option<&'static str> {
         Some(r#"{"login": "wes", "role": "viewer", "place": "pl-west"}"#)
     } else if route.ends_with("/tokens") {
         Some(r#"{"name": "made-by-test", "role": "viewer", "place": "pl-west"}"#)
+    } else if route.ends_with("/users") {
+        Some(
+            r#"{"login": "made-by-test", "password": "a long enough password", "role": "viewer", "place": "pl-west"}"#,
+        )
+    } else if route.ends_with("/places") {
+        Some(r#"{"place": "pl-made", "parent": "pl-west"}"#)
+    } else if route.ends_with("/customers/{customer}") {
+        Some(r#"{"name": "Made by the test"}"#)
+    } else if route.ends_with("/shares") {
+        Some(r#"{"dashboard": "fleet", "place": "pl-west"}"#)
     } else {
         None
     }
@@ -310,6 +322,30 @@ async fn every_route_answers_only_within_the_callers_scope() {
         .unwrap()
         .trim()
         .to_owned();
+    let said = cli(
+        d,
+        &pg,
+        &[
+            "share",
+            "add",
+            "--tenant",
+            "acme",
+            "--dashboard",
+            "fleet",
+            "--place",
+            "pl-west",
+            "--label",
+            "for the west's landlord",
+        ],
+        "",
+    );
+    let share_token = said
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(": ").next())
+        .unwrap()
+        .trim()
+        .to_owned();
     let listed = cli(d, &pg, &["user", "list"], "");
     assert!(
         listed.contains("viewer in acme (place pl-west)"),
@@ -322,6 +358,7 @@ async fn every_route_answers_only_within_the_callers_scope() {
     let edd = Who::of(&login(port, "edd", PASSWORD).await.unwrap());
     let token = Who::Bearer(west_token);
     let other = Who::Bearer("other-tenant-token".into());
+    let share = Who::Bearer(share_token);
 
     // Each scoped caller: the device they may name, and what must never
     // appear in anything they are answered.
@@ -360,7 +397,7 @@ async fn every_route_answers_only_within_the_callers_scope() {
         ),
     ];
     let all = routes();
-    assert!(all.len() >= 16, "the route list: {}", all.len());
+    assert!(all.len() >= 28, "the route list: {}", all.len());
     let mut checked = 0;
     for route in &all {
         let method = route.method.as_str();
@@ -368,8 +405,39 @@ async fn every_route_answers_only_within_the_callers_scope() {
         match route.access {
             Access::Public => continue,
             Access::Caller => {
-                let a = call(port, &Who::Nobody, method, route.path, body).await;
-                assert_eq!(a.status, 401, "{method} {} without credentials", route.path);
+                let path = path_of(route.path, "w-dev");
+                for (who, name) in [(&Who::Nobody, "no credentials"), (&share, "a share link")] {
+                    let a = call(port, who, method, &path, body).await;
+                    assert_eq!(a.status, 401, "{method} {path} with {name}: {}", a.text);
+                }
+                checked += 1;
+                continue;
+            }
+            Access::Share => {
+                // Only a share link's token, and it is told only what it opens.
+                for (who, name) in [
+                    (&Who::Nobody, "no credentials"),
+                    (&ana, "the tenant's admin"),
+                    (&token, "an API token"),
+                ] {
+                    let a = call(port, who, method, route.path, body).await;
+                    assert_eq!(
+                        a.status, 401,
+                        "{method} {} with {name}: {}",
+                        route.path, a.text
+                    );
+                }
+                let a = call(port, &share, method, route.path, body).await;
+                assert_eq!(
+                    (a.status, &a.json["dashboard"], &a.json["scope"]),
+                    (
+                        200,
+                        &serde_json::json!("fleet"),
+                        &serde_json::json!("place:pl-west")
+                    ),
+                    "{}",
+                    a.text
+                );
                 checked += 1;
                 continue;
             }
@@ -379,6 +447,7 @@ async fn every_route_answers_only_within_the_callers_scope() {
         for (who, name) in [
             (&Who::Nobody, "no credentials"),
             (&other, "another tenant's token"),
+            (&share, "a share link (it opens its dashboard only)"),
         ] {
             let a = call(port, who, method, &path, body).await;
             assert_eq!(a.status, 401, "{method} {path} with {name}: {}", a.text);
@@ -826,5 +895,456 @@ async fn sessions_need_their_csrf_token_lock_out_guessers_and_end_at_logout() {
         login(port, "ana", PASSWORD).await.err().unwrap().status,
         401
     );
+    app.stop().await.unwrap();
+}
+
+/// acme with the places `pl-corp` → `pl-west`, `pl-east`, a customer
+/// `cu-one`, and the users `ana` (admin), `edd` (editor of the west) and
+/// `wes` (viewer of the west).
+fn people_and_places(d: &Path, pg: &TestPostgres) {
+    for args in [
+        &["place", "add", "--tenant", "acme", "--id", "pl-corp"][..],
+        &[
+            "place", "add", "--tenant", "acme", "--id", "pl-west", "--parent", "pl-corp",
+        ],
+        &[
+            "place", "add", "--tenant", "acme", "--id", "pl-east", "--parent", "pl-corp",
+        ],
+        &[
+            "customer", "add", "--tenant", "acme", "--id", "cu-one", "--name", "One",
+        ],
+    ] {
+        cli(d, pg, args, "");
+    }
+    for (login, role, place) in [
+        ("ana", "admin", None),
+        ("edd", "editor", Some("pl-west")),
+        ("wes", "viewer", Some("pl-west")),
+    ] {
+        cli(
+            d,
+            pg,
+            &["user", "add", "--login", login, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        );
+        let mut args = vec![
+            "grant", "--login", login, "--tenant", "acme", "--role", role,
+        ];
+        if let Some(p) = place {
+            args.extend(["--place", p]);
+        }
+        cli(d, pg, &args, "");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_links_open_one_dashboard_until_revoked_or_expired() {
+    let pg = TestPostgres::start().await;
+    let app = with_token(&pg).await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    people_and_places(dir.path(), &pg);
+    let ana = Who::of(&login(port, "ana", PASSWORD).await.unwrap());
+    let edd = Who::of(&login(port, "edd", PASSWORD).await.unwrap());
+    let wes = Who::of(&login(port, "wes", PASSWORD).await.unwrap());
+    let shares = "/api/v1/tenants/acme/shares";
+
+    // An editor shares within what they edit, for at most a year.
+    let made = call(
+        port,
+        &edd,
+        "POST",
+        shares,
+        Some(r#"{"dashboard": "sales", "place": "pl-west", "label": "landlord", "days": 7}"#),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let link = Who::Bearer(made.json["token"].as_str().unwrap().to_owned());
+    let id = made.json["share"]["id"].as_i64().unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(made.json["share"]["expires_at"].as_str().unwrap())
+            .unwrap();
+    let days = (expires.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours();
+    assert!((167..=168).contains(&days), "7 days: {days} h");
+    for (body, status, why) in [
+        (
+            r#"{"dashboard": "sales", "place": "pl-east"}"#,
+            403,
+            "outside the west",
+        ),
+        (r#"{"dashboard": "sales"}"#, 403, "the whole tenant"),
+        (
+            r#"{"dashboard": "sales", "place": "pl-west", "days": 400}"#,
+            400,
+            "longer than a year",
+        ),
+        (
+            r#"{"dashboard": "<b>x</b>", "place": "pl-west"}"#,
+            400,
+            "a hostile id",
+        ),
+        (
+            r#"{"dashboard": "sales", "place": "pl-nowhere"}"#,
+            403,
+            "no such place",
+        ),
+    ] {
+        let a = call(port, &edd, "POST", shares, Some(body)).await;
+        assert_eq!(a.status, status, "{why}: {}", a.text);
+    }
+    let a = call(
+        port,
+        &wes,
+        "POST",
+        shares,
+        Some(r#"{"dashboard": "sales", "place": "pl-west"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 403, "a viewer shares nothing: {}", a.text);
+    // The token is shown once: listed without it, to its maker and the admin.
+    let token = made.json["token"].as_str().unwrap();
+    for who in [&edd, &ana] {
+        let a = call(port, who, "GET", shares, None).await;
+        assert_eq!(a.json["shares"][0]["id"], id, "{}", a.text);
+        assert!(!a.text.contains(token));
+    }
+    let theirs = call(port, &ana, "POST", shares, Some(r#"{"dashboard": "exec"}"#)).await;
+    assert_eq!(theirs.status, 201, "{}", theirs.text);
+    let a = call(port, &edd, "GET", shares, None).await;
+    assert_eq!(
+        a.json["shares"].as_array().unwrap().len(),
+        1,
+        "only their own: {}",
+        a.text
+    );
+    let other_id = theirs.json["share"]["id"].as_i64().unwrap();
+    let a = call(port, &edd, "DELETE", &format!("{shares}/{other_id}"), None).await;
+    assert_eq!(a.status, 404, "not theirs to revoke: {}", a.text);
+
+    // The link opens what it was made for, and nothing else.
+    let a = call(port, &link, "GET", "/api/v1/share", None).await;
+    assert_eq!(
+        (
+            a.status,
+            &a.json["dashboard"],
+            &a.json["scope"],
+            &a.json["label"]
+        ),
+        (
+            200,
+            &serde_json::json!("sales"),
+            &serde_json::json!("place:pl-west"),
+            &serde_json::json!("landlord")
+        ),
+        "{}",
+        a.text
+    );
+    let a = call(port, &link, "GET", "/api/v1/tenants/acme/devices", None).await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    // Each view is in the audit log as the share.
+    let views: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE actor_kind = 'share' AND actor = $1 AND tenant = 'acme'",
+    )
+    .bind(id.to_string())
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(views, 2);
+
+    // Revoked: refused at once. Expired: refused too.
+    let a = call(port, &edd, "DELETE", &format!("{shares}/{id}"), None).await;
+    assert_eq!(a.status, 204);
+    assert_eq!(
+        call(port, &link, "GET", "/api/v1/share", None).await.status,
+        401
+    );
+    let exec = Who::Bearer(theirs.json["token"].as_str().unwrap().to_owned());
+    assert_eq!(
+        call(port, &exec, "GET", "/api/v1/share", None).await.status,
+        200
+    );
+    sqlx::query("UPDATE share_tokens SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(other_id)
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        call(port, &exec, "GET", "/api/v1/share", None).await.status,
+        401
+    );
+
+    // The command line makes, lists and revokes them as well.
+    let d = dir.path();
+    let said = cli(
+        d,
+        &pg,
+        &[
+            "share",
+            "add",
+            "--tenant",
+            "acme",
+            "--dashboard",
+            "fleet",
+            "--customer",
+            "cu-one",
+        ],
+        "",
+    );
+    assert!(said.contains("customer cu-one"), "{said}");
+    let listed = cli(d, &pg, &["share", "list", "--tenant", "acme"], "");
+    assert!(
+        listed.contains("fleet") && listed.contains("3 share links"),
+        "{listed}"
+    );
+    let new_id = said.split_whitespace().nth(1).unwrap();
+    cli(
+        d,
+        &pg,
+        &["share", "revoke", "--tenant", "acme", "--id", new_id],
+        "",
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_customers_users_and_sessions_through_the_api() {
+    let pg = TestPostgres::start().await;
+    let app = with_token(&pg).await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    people_and_places(dir.path(), &pg);
+    let ana_s = login(port, "ana", PASSWORD).await.unwrap();
+    let ana = Who::of(&ana_s);
+    let edd = Who::of(&login(port, "edd", PASSWORD).await.unwrap());
+    let places = "/api/v1/tenants/acme/places";
+
+    // Places: under what one edits; a root needs the whole tenant.
+    for (who, body, status) in [
+        (
+            &edd,
+            r#"{"place": "st-1", "parent": "pl-west", "kind": "location"}"#,
+            201,
+        ),
+        (&edd, r#"{"place": "st-2", "parent": "pl-east"}"#, 403),
+        (&edd, r#"{"place": "st-3"}"#, 403),
+        (&edd, r#"{"place": "st-1", "parent": "pl-west"}"#, 409),
+        (&edd, r#"{"place": "a b", "parent": "pl-west"}"#, 400),
+        (
+            &ana,
+            r#"{"place": "emea", "name": "EMEA", "kind": "region"}"#,
+            201,
+        ),
+    ] {
+        let a = call(port, who, "POST", places, Some(body)).await;
+        assert_eq!(a.status, status, "{body}: {}", a.text);
+    }
+    let a = call(port, &edd, "GET", places, None).await;
+    let seen: Vec<&str> = a.json["places"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["place"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ["pl-west", "st-1"], "{}", a.text);
+
+    // Customers: an editor of the whole tenant (or of that customer).
+    let put = |c: &str| format!("/api/v1/tenants/acme/customers/{c}");
+    let body = r#"{"name": "Franchise 4", "email": "owner@f4.example"}"#;
+    assert_eq!(
+        call(port, &edd, "PUT", &put("fr-4"), Some(body))
+            .await
+            .status,
+        403
+    );
+    let a = call(port, &ana, "PUT", &put("fr-4"), Some(body)).await;
+    assert_eq!(
+        (a.status, &a.json["customer"]["email"]),
+        (200, &serde_json::json!("owner@f4.example")),
+        "{}",
+        a.text
+    );
+    let bad = call(
+        port,
+        &ana,
+        "PUT",
+        &put("fr-4"),
+        Some(r#"{"name": "x", "email": "nope"}"#),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    // Users: an admin adds one with a role; it logs in and sees its scope.
+    let users = "/api/v1/tenants/acme/users";
+    let new = r#"{"login": "sam", "password": "another long password", "role": "viewer", "place": "pl-east"}"#;
+    assert_eq!(call(port, &edd, "POST", users, Some(new)).await.status, 403);
+    let a = call(port, &ana, "POST", users, Some(new)).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(call(port, &ana, "POST", users, Some(new)).await.status, 409);
+    let short = r#"{"login": "sue", "password": "short", "role": "viewer"}"#;
+    assert_eq!(
+        call(port, &ana, "POST", users, Some(short)).await.status,
+        400
+    );
+    let sam = login(port, "sam", "another long password").await.unwrap();
+    let a = call(port, &Who::of(&sam), "GET", places, None).await;
+    assert_eq!(a.json["places"][0]["place"], "pl-east", "{}", a.text);
+
+    // Sessions: a user lists theirs and ends one; an admin ends all of a
+    // user's.
+    let second = login(port, "ana", PASSWORD).await.unwrap();
+    let a = call(port, &ana, "GET", "/api/v1/sessions", None).await;
+    let list = a.json["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{}", a.text);
+    assert!(!a.text.contains(ana_s.cookie.split('=').nth(1).unwrap()));
+    let other = list.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let a = call(
+        port,
+        &ana,
+        "DELETE",
+        &format!("/api/v1/sessions/{other}"),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    assert_eq!(
+        call(port, &Who::of(&second), "GET", "/api/v1/session", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        call(port, &ana, "GET", "/api/v1/session", None)
+            .await
+            .status,
+        200
+    );
+    let a = call(
+        port,
+        &Who::of(&sam),
+        "DELETE",
+        &format!("/api/v1/sessions/{other}"),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404, "not theirs");
+    let a = call(
+        port,
+        &ana,
+        "DELETE",
+        "/api/v1/tenants/acme/users/sam/sessions",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.json["ended"]),
+        (200, &serde_json::json!(1)),
+        "{}",
+        a.text
+    );
+    assert_eq!(
+        call(port, &Who::of(&sam), "GET", "/api/v1/session", None)
+            .await
+            .status,
+        401
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_in_parallel_get_no_more_tries_and_unknown_logins_lock_alike() {
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.http.login_attempts = 4;
+        c.http.client_login_attempts = 30;
+    })
+    .await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    people_and_places(dir.path(), &pg);
+
+    // 12 wrong passwords at once: 4 are checked, the 4th answered with the
+    // lockout it caused, as one after another would be.
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let body = serde_json::json!({ "login": "wes", "password": format!("guess number {i}") })
+            .to_string();
+        guesses.spawn(async move {
+            http(port, "POST", "/api/v1/login", &[], Some(&body))
+                .await
+                .status
+        });
+    }
+    let statuses = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let held = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, held), (3, 9), "{statuses:?}");
+    let failed: i32 = sqlx::query_scalar("SELECT failed_logins FROM users WHERE login = 'wes'")
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 4, "passwords checked");
+
+    // An unknown login is held after as many tries, with the same answer.
+    let mut unknown = Vec::new();
+    for i in 0..5 {
+        let body =
+            serde_json::json!({ "login": "nobody", "password": format!("guess {i}") }).to_string();
+        unknown.push(http(port, "POST", "/api/v1/login", &[], Some(&body)).await);
+    }
+    let statuses: Vec<u16> = unknown.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    assert!(unknown[3].header("retry-after").is_some());
+
+    // One address trying many logins is held, even for a right password.
+    for i in 0..20 {
+        let body = serde_json::json!({ "login": format!("user-{i}"), "password": "x" }).to_string();
+        let _ = http(port, "POST", "/api/v1/login", &[], Some(&body)).await;
+    }
+    let a = login(port, "ana", PASSWORD).await.err().expect("held");
+    assert_eq!(a.status, 429, "{}", a.text);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let pg = TestPostgres::start().await;
+    let app = with_token(&pg).await;
+    let a = http(app.http.port(), "GET", "/api/v1/openapi.json", &[], None).await;
+    assert_eq!(a.status, 200);
+    let doc = &a.json;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc, &dash_aggregator::api::http::openapi());
+    let mut ids = std::collections::HashSet::new();
+    for route in routes() {
+        let method = route.method.as_str().to_ascii_lowercase();
+        let op = &doc["paths"][route.path][&method];
+        assert_eq!(op["summary"], route.summary, "{method} {}", route.path);
+        assert!(ids.insert(op["operationId"].as_str().unwrap().to_owned()));
+        // Every {parameter} of the path is declared, and nothing else.
+        let declared: Vec<&str> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        let in_path: Vec<&str> = route
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        assert_eq!(declared, in_path, "{}", route.path);
+        let public = route.access == Access::Public;
+        assert_eq!(op["security"].as_array().unwrap().is_empty(), public);
+        assert_eq!(op["responses"]["401"].is_null(), public, "{}", route.path);
+    }
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(operations, routes().len(), "nothing more than the routes");
     app.stop().await.unwrap();
 }

@@ -93,16 +93,15 @@ async fn fixture(retention: RetentionConfig) -> Fixture {
         ing.handle(&acme, &gw, p).await.unwrap();
     }
     ing.handle(&other, &gw, &payloads[0]).await.unwrap();
-    let api = Arc::new(Api {
-        pool: pg.pool.clone(),
-        tokens: vec![
+    let api = Arc::new(Api::new(
+        pg.pool.clone(),
+        vec![
             token_for("acme", "acme-secret"),
             token_for("other", "other-secret"),
         ],
         retention,
-        sessions: Default::default(),
-        audit: dash_aggregator::audit::Audit::spawn(pg.pool.clone()),
-    });
+        Default::default(),
+    ));
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(
         "127.0.0.1:0".parse().unwrap(),

@@ -53,6 +53,9 @@ pub enum Caller {
     },
     /// Bootstrap query tokens: the tenants they were configured for.
     Bootstrap { tenants: Vec<String> },
+    /// A share link: one dashboard, read-only, over its creator's choice
+    /// of scope. It opens nothing else.
+    Share(rows::Share),
 }
 
 pub(crate) fn unauthorized(msg: &str) -> ApiError {
@@ -95,12 +98,15 @@ pub async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, ApiError> 
             return Ok(Caller::Bootstrap { tenants });
         }
         let digest = dash_runtime::secret::sha256_hex(token);
-        return match rows::token_by_digest(&api.pool, &digest).await? {
-            Some((tenant, name, grant)) => Ok(Caller::Token {
+        if let Some((tenant, name, grant)) = rows::token_by_digest(&api.pool, &digest).await? {
+            return Ok(Caller::Token {
                 tenant,
                 name,
                 grant,
-            }),
+            });
+        }
+        return match rows::share_by_digest(&api.pool, &digest).await? {
+            Some(share) => Ok(Caller::Share(share)),
             None => Err(unauthorized("token not valid for this tenant")),
         };
     }
@@ -165,6 +171,8 @@ pub async fn scope_in(api: &Api, caller: &Caller, tenant: &TenantId) -> Result<S
             };
             (Actor::User(login.clone()), grants)
         }
+        // A share link reads through its dashboard's routes only ([`Shared`]).
+        Caller::Share(_) => (caller.actor(), vec![]),
     };
     Scope::new(tenant.clone(), actor, grants)
         .ok_or_else(|| unauthorized("token not valid for this tenant"))
@@ -215,8 +223,52 @@ impl FromRequestParts<Arc<Api>> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let caller = caller(api, &parts.headers).await?;
         note(parts, &caller.actor(), "none", None);
+        if matches!(caller, Caller::Share(_)) {
+            return Err(unauthorized("a share link opens only its dashboard"));
+        }
         check_csrf(&caller, &parts.method, &parts.headers)?;
         Ok(Authenticated(caller))
+    }
+}
+
+/// A share link's caller: the link, and its read-only [`Scope`] in the
+/// link's tenant. Only the routes that serve a shared dashboard take it; a
+/// share link on any other route is refused (401), and any other caller on
+/// these.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub share: rows::Share,
+    pub scope: Scope,
+}
+
+impl FromRequestParts<Arc<Api>> for Shared {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let caller = caller(api, &parts.headers).await?;
+        note(parts, &caller.actor(), "none", None);
+        let Caller::Share(share) = caller else {
+            return Err(unauthorized(
+                "this route serves share links only (Authorization: Bearer <share token>)",
+            ));
+        };
+        let tenant = TenantId::new(share.tenant.clone()).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored share: {e}"),
+            )
+        })?;
+        let grant = Grant::from_parts("viewer", share.place.clone(), share.customer.clone())
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("stored share: {e}"),
+                )
+            })?;
+        let scope = Scope::new(tenant, Actor::Share(share.id), vec![grant])
+            .ok_or_else(|| unauthorized("share not valid"))?;
+        note(parts, scope.actor(), &scope.describe(), Some(&share.tenant));
+        Ok(Shared { share, scope })
     }
 }
 
@@ -234,6 +286,7 @@ impl Caller {
             Caller::User { login, .. } => Actor::User(login.clone()),
             Caller::Token { name, .. } => Actor::Token(name.clone()),
             Caller::Bootstrap { .. } => Actor::Bootstrap,
+            Caller::Share(s) => Actor::Share(s.id),
         }
     }
 }

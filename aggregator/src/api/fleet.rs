@@ -174,3 +174,85 @@ pub async fn set_device(
     let updated = find(&api, &scope, &device).await?;
     Ok(Json(json!({ "device": updated })))
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPlace {
+    place: String,
+    parent: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    kind: String,
+}
+
+/// `POST /api/v1/tenants/{tenant}/places` with
+/// `{"place", "parent"?, "name"?, "kind"?}`: a place under one the editor
+/// reaches (a new root needs the whole tenant). 409 when the id is taken.
+pub async fn add_place(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Json(body): Json<NewPlace>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let under = match &body.parent {
+        Some(p) => crate::auth::access::Within::Place(p.clone()),
+        None => crate::auth::access::Within::Tenant,
+    };
+    super::people::may_open(&api, &scope, Role::Editor, &under).await?;
+    crate::cli::fleet::check_id("place", &body.place).map_err(|e| bad(e.to_string()))?;
+    let name = dash_runtime::text::clip(body.name.as_deref().unwrap_or(&body.place), 200);
+    let kind = dash_runtime::text::clip(&body.kind, 64);
+    let t = scope.tenant().as_str();
+    if !fleet::add_place(
+        &api.pool,
+        t,
+        &body.place,
+        body.parent.as_deref(),
+        name,
+        kind,
+    )
+    .await?
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "a place with that id exists in this tenant; pick another".into(),
+        ));
+    }
+    let place = fleet::places_in(&api.pool, &scope)
+        .await?
+        .into_iter()
+        .find(|p| p.place == body.place);
+    Ok((StatusCode::CREATED, Json(json!({ "place": place }))))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerBody {
+    name: String,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+/// `PUT /api/v1/tenants/{tenant}/customers/{customer}` with
+/// `{"name", "email"?, "phone"?}`: adds or changes a customer (an editor of
+/// the whole tenant, or of that customer).
+pub async fn put_customer(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Path((_, customer)): Path<(String, String)>,
+    Json(body): Json<CustomerBody>,
+) -> Result<Json<Value>, ApiError> {
+    let within = crate::auth::access::Within::Customer(customer.clone());
+    super::people::may_open(&api, &scope, Role::Editor, &within).await?;
+    crate::cli::fleet::check_id("customer", &customer).map_err(|e| bad(e.to_string()))?;
+    if body.email.as_deref().is_some_and(|e| !e.contains('@')) {
+        return Err(bad("email: an address with an '@'"));
+    }
+    let c = fleet::Customer {
+        customer,
+        name: dash_runtime::text::clip(&body.name, 200).to_owned(),
+        email: body.email,
+        phone: body.phone,
+    };
+    fleet::put_customer(&api.pool, scope.tenant().as_str(), &c).await?;
+    Ok(Json(json!({ "customer": c })))
+}

@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod http;
 pub mod people;
 pub mod session;
+pub mod shares;
 
 use std::sync::Arc;
 
@@ -49,6 +50,27 @@ pub struct Api {
     pub sessions: HttpConfig,
     /// Where every request's audit row goes.
     pub audit: crate::audit::Audit,
+    /// Failed logins per client address and unknown login.
+    pub guesses: session::Guesses,
+}
+
+impl Api {
+    /// The handlers' state; starts the audit writer on the current runtime.
+    pub fn new(
+        pool: PgPool,
+        tokens: Vec<QueryToken>,
+        retention: RetentionConfig,
+        http: HttpConfig,
+    ) -> Api {
+        Api {
+            audit: crate::audit::Audit::spawn(pool.clone()),
+            guesses: session::Guesses::new(&http),
+            pool,
+            tokens,
+            retention,
+            sessions: http,
+        }
+    }
 }
 
 /// A refusal: status and a message for the `error` field.

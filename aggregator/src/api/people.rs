@@ -2,6 +2,12 @@
 //!
 //! - `GET /api/v1/tenants/{tenant}/users`: users with a binding here, and
 //!   the bindings (a tenant-wide admin).
+//! - `POST /api/v1/tenants/{tenant}/users` with
+//!   `{"login", "password", "name"?, "email"?, "role", "place"?, "customer"?}`:
+//!   a new local account holding that one role here (an admin, within what
+//!   they administer). Logins are global, so a taken one is 409.
+//! - `DELETE /api/v1/tenants/{tenant}/users/{login}/sessions`: logs a user
+//!   of this tenant out everywhere (a tenant-wide admin; not an operator).
 //! - `POST /api/v1/tenants/{tenant}/bindings` with
 //!   `{"login", "role", "place"?, "customer"?}`: an admin grants a role
 //!   within what they administer, never beyond it.
@@ -27,7 +33,7 @@ use crate::auth::access::{Grant, Role, Scope, Within};
 use crate::storage::access as rows;
 use crate::storage::fleet;
 
-fn tenant_admin(scope: &Scope) -> Result<(), ApiError> {
+pub(crate) fn tenant_admin(scope: &Scope) -> Result<(), ApiError> {
     if scope.may_tenant_wide(Role::Admin) {
         Ok(())
     } else {
@@ -54,8 +60,18 @@ impl GrantBody {
 
 /// 403 unless the caller administers all of `grant`'s scope.
 async fn may_give(api: &Api, scope: &Scope, grant: &Grant) -> Result<(), ApiError> {
-    let admin = require(scope, Role::Admin)?;
-    let covered = match &grant.within {
+    may_open(api, scope, Role::Admin, &grant.within).await
+}
+
+/// 403 unless the caller holds `role` over all of `within`.
+pub(crate) async fn may_open(
+    api: &Api,
+    scope: &Scope,
+    role: Role,
+    within: &Within,
+) -> Result<(), ApiError> {
+    let admin = require(scope, role)?;
+    let covered = match within {
         Within::Tenant => admin.whole_tenant(),
         Within::Place(p) => fleet::covers(&api.pool, &admin, Some(p), None).await?,
         Within::Customer(c) => {
@@ -71,12 +87,15 @@ async fn may_give(api: &Api, scope: &Scope, grant: &Grant) -> Result<(), ApiErro
     } else {
         Err(ApiError(
             StatusCode::FORBIDDEN,
-            "you may grant only within what you administer".into(),
+            format!(
+                "you may grant or share only within what you hold {} for",
+                role.as_str()
+            ),
         ))
     }
 }
 
-fn foreign_key(e: sqlx::Error) -> ApiError {
+pub(crate) fn foreign_key(e: sqlx::Error) -> ApiError {
     match e {
         sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
             bad("no such place or customer in this tenant")
@@ -95,6 +114,77 @@ pub async fn users(
     let users = rows::users_of(&api.pool, t).await?;
     let bindings = rows::bindings_in(&api.pool, t).await?;
     Ok(Json(json!({ "users": users, "bindings": bindings })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    login: String,
+    password: String,
+    #[serde(default)]
+    name: String,
+    email: Option<String>,
+    #[serde(flatten)]
+    grant: GrantBody,
+}
+
+/// `POST /api/v1/tenants/{tenant}/users`
+pub async fn add_user(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Json(body): Json<NewUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let grant = body.grant.grant()?;
+    may_give(&api, &scope, &grant).await?;
+    let login_ok = (1..=128).contains(&body.login.len())
+        && body
+            .login
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
+    if !login_ok {
+        return Err(bad(
+            "login: 1 to 128 letters, digits, '.', '_', '@', '+' or '-'",
+        ));
+    }
+    let password = body.password.clone();
+    let hash = tokio::task::spawn_blocking(move || crate::auth::password::hash(&password))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let added = rows::add_user_bound(
+        &api.pool,
+        &body.login,
+        &body.name,
+        body.email.as_deref(),
+        &hash,
+        scope.tenant().as_str(),
+        &grant,
+    )
+    .await
+    .map_err(foreign_key)?;
+    if !added {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "that login is taken; pick another (an existing user is given a role with POST .../bindings)".into(),
+        ));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "login": body.login, "grant": grant })),
+    ))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/users/{login}/sessions`
+pub async fn end_sessions(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Path((_, login)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    tenant_admin(&scope)?;
+    match rows::end_sessions_in(&api.pool, scope.tenant().as_str(), &login).await? {
+        Some(ended) => Ok(Json(json!({ "login": login, "ended": ended }))),
+        None => Err(ApiError(StatusCode::NOT_FOUND, "no such user here".into())),
+    }
 }
 
 #[derive(Deserialize)]

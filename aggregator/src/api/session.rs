@@ -7,8 +7,13 @@
 //!   `{"login", "csrf_token", "expires_at"}`. A wrong login or password is
 //!   401 with one message for both; after `http.login_attempts` failures in
 //!   a row the user is locked for `http.lockout_secs` (429 with
-//!   Retry-After), and an unknown login is checked against a dummy hash so
-//!   that it takes about as long as a known one.
+//!   Retry-After). The attempt is counted before the password is checked,
+//!   in one statement, so parallel guesses get no more tries. An unknown
+//!   login is checked against a dummy hash and locks after as many tries
+//!   as a known one, so neither the time nor a 429 tells which logins
+//!   exist; and one client address that fails
+//!   `http.client_login_attempts` times is held for `http.lockout_secs`
+//!   whatever logins it tries.
 //! - `POST /api/v1/logout`: ends the session (it needs the CSRF token).
 //! - `GET /api/v1/session`: who is logged in, their CSRF token and their
 //!   bindings.
@@ -69,15 +74,38 @@ pub async fn login(
         );
     }
     let wrong = || ApiError(StatusCode::UNAUTHORIZED, "wrong login or password".into());
-    let Some(user) = rows::credentials(&api.pool, &body.login).await? else {
+    let s = &api.sessions;
+    let now = chrono::Utc::now();
+    let client_key = format!("client:{}", client.ip());
+    if let Some(secs) = api.guesses.blocked(&client_key) {
+        tracing::warn!(%client, "logins from this address held after repeated failures");
+        return Ok(locked_for(secs));
+    }
+    // One attempt is claimed (counted as failed) before the password is
+    // checked, in one statement, so parallel guesses cannot pass the limit.
+    let claimed = rows::claim_login(
+        &api.pool,
+        &body.login,
+        s.login_attempts as i32,
+        s.lockout_secs as f64,
+    )
+    .await?;
+    let Some(user) = claimed else {
         let pw = body.password.clone();
         let _ = tokio::task::spawn_blocking(move || password::verify_nothing(&pw)).await;
+        api.guesses.failed(&client_key);
+        if let Some(until) = rows::locked_until(&api.pool, &body.login)
+            .await?
+            .filter(|u| *u > now)
+        {
+            return Ok(locked(until, now));
+        }
+        // An unknown login locks like a known one, so a 429 tells nothing.
+        if let Some(secs) = api.guesses.failed(&format!("login:{}", body.login)) {
+            return Ok(locked_for(secs));
+        }
         return Err(wrong());
     };
-    let now = chrono::Utc::now();
-    if let Some(until) = user.locked_until.filter(|u| *u > now) {
-        return Ok(locked(until, now));
-    }
     let (pw, stored) = (body.password.clone(), user.password_hash.clone());
     let matches = tokio::task::spawn_blocking(move || match stored {
         Some(stored) => password::verify(&pw, &stored),
@@ -89,16 +117,8 @@ pub async fn login(
     .await
     .unwrap_or(false);
     if !matches || user.disabled_at.is_some() {
-        let s = &api.sessions;
-        if let Some(until) = rows::login_failed(
-            &api.pool,
-            user.id,
-            s.login_attempts as i32,
-            s.lockout_secs as f64,
-        )
-        .await?
-        .filter(|u| *u > now)
-        {
+        api.guesses.failed(&client_key);
+        if let Some(until) = user.locked_until.filter(|u| *u > now) {
             tracing::warn!(login = %body.login, %client, %until, "login locked after repeated failures");
             return Ok(locked(until, now));
         }
@@ -137,7 +157,10 @@ pub async fn login(
 
 /// 429 with Retry-After until the lockout ends.
 fn locked(until: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> Response {
-    let secs = (until - now).num_seconds().max(1);
+    locked_for((until - now).num_seconds().max(1) as u64)
+}
+
+fn locked_for(secs: u64) -> Response {
     let mut response = ApiError(
         StatusCode::TOO_MANY_REQUESTS,
         format!("too many failed logins: locked for {secs} s more"),
@@ -195,4 +218,108 @@ pub async fn session(
         "csrf_token": csrf,
         "bindings": bindings,
     })))
+}
+
+/// Failed logins kept in memory: per client address, and per login that
+/// does not exist (an existing login's count is its row's). Each key holds
+/// after `limit` failures within `window`, until the window ends.
+#[derive(Debug)]
+pub struct Guesses {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    login_limit: u32,
+    client_limit: u32,
+    window: std::time::Duration,
+}
+
+/// Keys kept before expired ones are dropped.
+const GUESS_KEYS: usize = 100_000;
+
+impl Guesses {
+    pub fn new(http: &crate::config::HttpConfig) -> Guesses {
+        Guesses {
+            seen: Default::default(),
+            login_limit: http.login_attempts,
+            client_limit: match http.client_login_attempts {
+                0 => u32::MAX,
+                n => n,
+            },
+            window: std::time::Duration::from_secs(http.lockout_secs.into()),
+        }
+    }
+
+    fn limit(&self, key: &str) -> u32 {
+        if key.starts_with("client:") {
+            self.client_limit
+        } else {
+            self.login_limit
+        }
+    }
+
+    /// Seconds until `key` may try again, if it is held now.
+    pub fn blocked(&self, key: &str) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, since) = seen.get(key)?;
+        let left = self.window.checked_sub(since.elapsed())?;
+        (*n >= self.limit(key)).then_some(left.as_secs().max(1))
+    }
+
+    /// Counts a failure of `key`; the seconds it is held for, if this one
+    /// reached the limit.
+    pub fn failed(&self, key: &str) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= GUESS_KEYS {
+            let window = self.window;
+            seen.retain(|_, (_, since)| since.elapsed() < window);
+        }
+        let entry = seen
+            .entry(dash_runtime::text::clip(key, 200).to_owned())
+            .or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+        (entry.0 >= self.limit(key)).then_some(
+            self.window
+                .saturating_sub(entry.1.elapsed())
+                .as_secs()
+                .max(1),
+        )
+    }
+}
+
+/// The session user of `caller`, or 400 for a token.
+fn session_user(caller: Caller) -> Result<(i64, String), ApiError> {
+    match caller {
+        Caller::User { id, session, .. } => Ok((id, session)),
+        _ => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "no session: this caller uses a token".into(),
+        )),
+    }
+}
+
+/// `GET /api/v1/sessions`: the caller's live sessions (where and since
+/// when), the one asking marked `current`.
+pub async fn sessions(
+    State(api): State<Arc<Api>>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (id, current) = session_user(caller)?;
+    let sessions = rows::sessions_of(&api.pool, id, &current).await?;
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `DELETE /api/v1/sessions/{id}`: ends one of the caller's sessions (a
+/// phone left logged in); 404 for any other id.
+pub async fn end_session(
+    State(api): State<Arc<Api>>,
+    Authenticated(caller): Authenticated,
+    axum::extract::Path(session): axum::extract::Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    let (id, _) = session_user(caller)?;
+    if rows::end_session(&api.pool, id, session).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, "no such session".into()))
+    }
 }

@@ -126,6 +126,7 @@ fn actor_columns(actor: &Actor) -> (&'static str, String) {
         Actor::User(login) => ("user", login.clone()),
         Actor::Token(name) => ("token", name.clone()),
         Actor::Bootstrap => ("bootstrap", "http.tokens".into()),
+        Actor::Share(id) => ("share", id.to_string()),
         Actor::Cli => ("cli", "command line".into()),
     }
 }

@@ -98,6 +98,8 @@ pub enum Actor {
     Token(String),
     /// A query token from `http.tokens` (read-only, whole tenant).
     Bootstrap,
+    /// A share link, by its id.
+    Share(i64),
     /// `dash-aggregator` commands, run by whoever holds the database.
     Cli,
 }
@@ -108,6 +110,7 @@ impl std::fmt::Display for Actor {
             Actor::User(login) => write!(f, "user {login}"),
             Actor::Token(name) => write!(f, "token {name}"),
             Actor::Bootstrap => write!(f, "bootstrap token"),
+            Actor::Share(id) => write!(f, "share link {id}"),
             Actor::Cli => write!(f, "command line"),
         }
     }

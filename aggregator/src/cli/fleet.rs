@@ -30,7 +30,8 @@ fn tenant(t: &str) -> anyhow::Result<TenantId> {
     TenantId::new(t.to_owned()).context("--tenant")
 }
 
-fn id(what: &str, v: &str) -> anyhow::Result<()> {
+/// Refuses an id that is not 1 to 64 letters, digits, '.', '_' or '-'.
+pub fn check_id(what: &str, v: &str) -> anyhow::Result<()> {
     if v.is_empty()
         || v.len() > 64
         || !v
@@ -52,7 +53,7 @@ pub async fn place_add(
     kind: &str,
 ) -> anyhow::Result<String> {
     let t = tenant(t)?;
-    id("--id", place)?;
+    check_id("--id", place)?;
     let name = name.unwrap_or(place);
     if !fleet::add_place(pool, t.as_str(), place, parent, name, kind).await? {
         let places = fleet::places(pool, t.as_str()).await?;
@@ -94,7 +95,7 @@ pub async fn place_list(pool: &PgPool, t: &str) -> anyhow::Result<String> {
 /// `customer add`.
 pub async fn customer_add(pool: &PgPool, t: &str, c: &Customer) -> anyhow::Result<String> {
     let t = tenant(t)?;
-    id("--id", &c.customer)?;
+    check_id("--id", &c.customer)?;
     fleet::put_customer(pool, t.as_str(), c).await?;
     Ok(format!("customer {} set in {t}", c.customer))
 }

@@ -210,3 +210,84 @@ pub async fn token_list(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
     let _ = write!(out, "{} tokens", tokens.len());
     Ok(out)
 }
+
+/// `share add`: records a share link and returns its token, the only time
+/// it is shown.
+pub async fn share_add(
+    pool: &PgPool,
+    tenant: &str,
+    dashboard: &str,
+    label: &str,
+    within: &Within,
+    days: u32,
+) -> anyhow::Result<String> {
+    let tenant = TenantId::new(tenant.to_owned()).context("--tenant")?;
+    crate::cli::fleet::check_id("--dashboard", dashboard)?;
+    if days == 0 || days > crate::api::shares::MAX_DAYS {
+        bail!("--days {days}: 1 to {}", crate::api::shares::MAX_DAYS);
+    }
+    let token = new_token();
+    let share = rows::NewShare {
+        tenant: tenant.as_str(),
+        dashboard,
+        label,
+        within,
+        created_by: "command line",
+        expires_at: Utc::now() + chrono::Duration::days(days.into()),
+    };
+    match rows::add_share(pool, &share, &dash_runtime::secret::sha256_hex(&token)).await {
+        Ok(s) => Ok(format!(
+            "share {} of {tenant}: dashboard {dashboard}, {}, until {}: {token}\n(shown once; the link's token)",
+            s.id,
+            describe(within),
+            s.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
+        )),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            bail!("no such place or customer in {tenant} (`place list`)")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `share revoke`.
+pub async fn share_revoke(pool: &PgPool, tenant: &str, id: i64) -> anyhow::Result<String> {
+    if !rows::revoke_share(pool, tenant, id, None).await? {
+        bail!("no share {id} in {tenant} (`share list`)");
+    }
+    Ok(format!(
+        "share {id} of {tenant} revoked: refused from now on"
+    ))
+}
+
+/// `share list`.
+pub async fn share_list(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
+    let shares = rows::shares(pool, tenant, None).await?;
+    let when = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "{:<6} {:<20} {:<24} {:<21} {:<21} {:<21} LABEL\n",
+        "ID", "DASHBOARD", "SCOPE", "EXPIRES", "REVOKED", "LAST USED"
+    );
+    for s in &shares {
+        let scope = match (&s.place, &s.customer) {
+            (Some(p), _) => format!("place {p}"),
+            (None, Some(c)) => format!("customer {c}"),
+            _ => "tenant".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<20} {:<24} {:<21} {:<21} {:<21} {}",
+            s.id,
+            s.dashboard,
+            scope,
+            when(Some(s.expires_at)),
+            when(s.revoked_at),
+            when(s.last_used_at),
+            s.label
+        );
+    }
+    let _ = write!(out, "{} share links", shares.len());
+    Ok(out)
+}

@@ -84,34 +84,39 @@ pub async fn disable_user(pool: &PgPool, login: &str) -> sqlx::Result<bool> {
     Ok(id.is_some())
 }
 
-pub async fn credentials(pool: &PgPool, login: &str) -> sqlx::Result<Option<Credentials>> {
+/// Claims one login attempt for `login`, counted as failed until
+/// [`login_ok`] says otherwise; the attempt that reaches `limit` locks the
+/// user for `lock_secs`. `None`: no such user, or locked now. The returned
+/// `locked_until` is set when this attempt locked it.
+pub async fn claim_login(
+    pool: &PgPool,
+    login: &str,
+    limit: i32,
+    lock_secs: f64,
+) -> sqlx::Result<Option<Credentials>> {
     sqlx::query_as(
-        "SELECT id, password_hash, disabled_at, locked_until FROM users WHERE login = $1",
+        "UPDATE users SET failed_logins = failed_logins + 1,
+             locked_until = CASE WHEN failed_logins + 1 >= $2
+                 THEN now() + make_interval(secs => $3) ELSE NULL END
+         WHERE login = $1 AND (locked_until IS NULL OR locked_until <= now())
+         RETURNING id, password_hash, disabled_at, locked_until",
     )
     .bind(login)
+    .bind(limit)
+    .bind(lock_secs)
     .fetch_optional(pool)
     .await
 }
 
-/// Counts a failed login; after `limit` in a row the user is locked for
-/// `lock_secs`. Returns when the lock ends, if it is locked now.
-pub async fn login_failed(
-    pool: &PgPool,
-    id: i64,
-    limit: i32,
-    lock_secs: f64,
-) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "UPDATE users SET failed_logins = failed_logins + 1,
-             locked_until = CASE WHEN failed_logins + 1 >= $2
-                 THEN now() + make_interval(secs => $3) ELSE locked_until END
-         WHERE id = $1 RETURNING locked_until",
+/// Until when `login` is locked, if it exists and ever was.
+pub async fn locked_until(pool: &PgPool, login: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+        "SELECT locked_until FROM users WHERE login = $1",
     )
-    .bind(id)
-    .bind(limit)
-    .bind(lock_secs)
-    .fetch_one(pool)
-    .await
+    .bind(login)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
 }
 
 /// A login that worked: the count starts again.
@@ -380,4 +385,207 @@ pub async fn token_by_digest(
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(|(t, n, r, p, c)| Some((t, n, grant_of(&r, p, c)?))))
+}
+
+/// Adds `login` with a password and one binding in `tenant`, in one
+/// transaction; false when the login is taken.
+pub async fn add_user_bound(
+    pool: &PgPool,
+    login: &str,
+    name: &str,
+    email: Option<&str>,
+    password_hash: &str,
+    tenant: &str,
+    grant: &Grant,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO users (login, name, email, password_hash) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (login) DO NOTHING RETURNING id",
+    )
+    .bind(login)
+    .bind(name)
+    .bind(email)
+    .bind(password_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    let (place, customer) = within_columns(&grant.within);
+    sqlx::query(
+        "INSERT INTO bindings (user_id, tenant, role, place, customer) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(grant.role.as_str())
+    .bind(place)
+    .bind(customer)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A session as its user sees it (never the cookie or its digest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub client: Option<String>,
+    pub user_agent: Option<String>,
+    /// Whether it is the one asking.
+    pub current: bool,
+}
+
+/// A user's live sessions, newest first; `current` marks the one whose
+/// cookie digest is `current`.
+pub async fn sessions_of(pool: &PgPool, user: i64, current: &str) -> sqlx::Result<Vec<SessionRow>> {
+    sqlx::query_as(
+        "SELECT id, created_at, last_seen, expires_at, client, user_agent, id_sha256 = $2 AS current
+         FROM sessions WHERE user_id = $1 AND expires_at > now() ORDER BY created_at DESC, id DESC",
+    )
+    .bind(user)
+    .bind(current)
+    .fetch_all(pool)
+    .await
+}
+
+/// Ends session `id` of `user`; false when the user has no such session.
+pub async fn end_session(pool: &PgPool, user: i64, id: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2")
+        .bind(user)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends every session of `login`, if it holds a binding in `tenant` and is
+/// not an operator: `None` otherwise, else how many ended.
+pub async fn end_sessions_in(
+    pool: &PgPool,
+    tenant: &str,
+    login: &str,
+) -> sqlx::Result<Option<u64>> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "SELECT u.id FROM users u WHERE u.login = $1 AND NOT u.operator
+             AND EXISTS (SELECT 1 FROM bindings b WHERE b.user_id = u.id AND b.tenant = $2)",
+    )
+    .bind(login)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(Some(done.rows_affected()))
+}
+
+/// A share link as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Share {
+    pub id: i64,
+    pub tenant: String,
+    pub dashboard: String,
+    pub label: String,
+    pub place: Option<String>,
+    pub customer: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+const SHARE_COLUMNS: &str = "id, tenant, dashboard, label, place, customer, created_by, created_at, expires_at, revoked_at, last_used_at";
+
+/// What a share link shows: one dashboard of `tenant`, within `within`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewShare<'a> {
+    pub tenant: &'a str,
+    pub dashboard: &'a str,
+    pub label: &'a str,
+    pub within: &'a Within,
+    pub created_by: &'a str,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Records a share link whose secret has digest `sha256`.
+pub async fn add_share(pool: &PgPool, s: &NewShare<'_>, sha256: &str) -> sqlx::Result<Share> {
+    let (place, customer) = within_columns(s.within);
+    sqlx::query_as(&format!(
+        "INSERT INTO share_tokens (tenant, dashboard, label, sha256, place, customer, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {SHARE_COLUMNS}"
+    ))
+    .bind(s.tenant)
+    .bind(s.dashboard)
+    .bind(s.label)
+    .bind(sha256)
+    .bind(place)
+    .bind(customer)
+    .bind(s.created_by)
+    .bind(s.expires_at)
+    .fetch_one(pool)
+    .await
+}
+
+/// A tenant's share links, newest first; only those `created_by` made when
+/// it is given.
+pub async fn shares(
+    pool: &PgPool,
+    tenant: &str,
+    created_by: Option<&str>,
+) -> sqlx::Result<Vec<Share>> {
+    sqlx::query_as(&format!(
+        "SELECT {SHARE_COLUMNS} FROM share_tokens
+         WHERE tenant = $1 AND ($2::text IS NULL OR created_by = $2) ORDER BY id DESC"
+    ))
+    .bind(tenant)
+    .bind(created_by)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes share `id` of `tenant` (only if `created_by` made it, when
+/// given); false when there is no such share.
+pub async fn revoke_share(
+    pool: &PgPool,
+    tenant: &str,
+    id: i64,
+    created_by: Option<&str>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE share_tokens SET revoked_at = coalesce(revoked_at, now())
+         WHERE tenant = $1 AND id = $2 AND ($3::text IS NULL OR created_by = $3)",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(created_by)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A live share link by its digest, noting its use (at most once a minute).
+pub async fn share_by_digest(pool: &PgPool, sha256: &str) -> sqlx::Result<Option<Share>> {
+    sqlx::query_as(&format!(
+        "WITH t AS (
+             SELECT {SHARE_COLUMNS} FROM share_tokens
+             WHERE sha256 = $1 AND revoked_at IS NULL AND expires_at > now()
+         ), used AS (
+             UPDATE share_tokens s SET last_used_at = now() FROM t
+             WHERE s.id = t.id AND (s.last_used_at IS NULL OR s.last_used_at < now() - interval '1 minute')
+         )
+         SELECT * FROM t"
+    ))
+    .bind(sha256)
+    .fetch_optional(pool)
+    .await
 }
