@@ -55,10 +55,10 @@ async fn main() {
     let rules = config.rules();
     let timed = async |what: &str| {
         let start = Instant::now();
-        let changes = fleet::sweep(&pg.pool, &rules).await.unwrap();
+        let swept = fleet::sweep(&pg.pool, &rules).await.unwrap();
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        println!("  sweep, {what}: {} changes in {ms:.0} ms", changes.len());
-        (changes.len(), ms)
+        println!("  sweep, {what}: {} changes in {ms:.0} ms", swept.changed);
+        (swept.changed, ms)
     };
     println!("liveness sweep, {DEVICES} devices behind {GATEWAYS} gateways:");
     let (all, all_ms) = timed("every device changes").await;

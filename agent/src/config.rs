@@ -453,6 +453,7 @@ pub fn examples_toml() -> String {
     #[derive(Serialize)]
     struct DevicesExample {
         credentials: Vec<DeviceCredential>,
+        mappings: Vec<Mapping>,
     }
     #[derive(Serialize)]
     struct HttpExample {
@@ -479,6 +480,13 @@ pub fn examples_toml() -> String {
                 // printf %s change-me | sha256sum
                 password_sha256: "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f"
                     .into(),
+            }],
+            mappings: vec![Mapping {
+                online_path: "state.online".into(),
+                firmware_path: "fw".into(),
+                model_path: "hw".into(),
+                errors_path: "faults".into(),
+                ..Mapping::status("devices/{device}/status")
             }],
         },
     })

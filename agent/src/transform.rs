@@ -24,6 +24,7 @@ use dash_shared::{Event, SeriesKey};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::glob;
+use crate::devices::mapping::DeviceReport;
 use crate::sample::{Record, Sample};
 
 /// Which input a sample came from.
@@ -249,6 +250,19 @@ impl TransformRule {
         Ok(())
     }
 
+    /// `device_map`, then `device_template`, then `lowercase_device`.
+    fn rename_device(&self, device: &mut String) {
+        if let Some(to) = self.device_map.get(device.as_str()) {
+            *device = to.clone();
+        }
+        if !self.device_template.is_empty() {
+            *device = self.device_template.replace("{device}", device);
+        }
+        if self.lowercase_device {
+            *device = device.to_lowercase();
+        }
+    }
+
     fn matches(&self, input: Input, key: &SeriesKey) -> bool {
         (self.input == "*" || self.input == input.name())
             && glob(&self.device, &key.device)
@@ -290,15 +304,7 @@ impl Transforms {
                     Some(Filter::Keep) => kept = true,
                     None => {}
                 }
-                if let Some(to) = rule.device_map.get(&s.key.device) {
-                    s.key.device = to.clone();
-                }
-                if !rule.device_template.is_empty() {
-                    s.key.device = rule.device_template.replace("{device}", &s.key.device);
-                }
-                if rule.lowercase_device {
-                    s.key.device = s.key.device.to_lowercase();
-                }
+                rule.rename_device(&mut s.key.device);
                 if !rule.rename_metric.is_empty() {
                     s.key.metric = rule.rename_metric.clone();
                 }
@@ -349,6 +355,68 @@ impl Transforms {
             }
         }
         out
+    }
+}
+
+/// The event kind of a device's status ([`Transforms::status`]).
+pub const STATUS_KIND: &str = dash_shared::events::DEVICE_STATUS;
+
+impl Transforms {
+    /// A device's status as one `device.status` event: the device renamed
+    /// as its readings are (so the status and the series name the same
+    /// device), and each error code with the text the first lookup rule
+    /// that knows it gives (`null` when none does). Rules are matched by
+    /// the device and the report's `error_metric`; filters do not apply.
+    ///
+    /// The body: `{"online": bool?, "firmware": str?, "model": str?,
+    /// "errors": [{"code": str, "message": str|null}]?}`, each field only
+    /// when the device said it.
+    pub fn status(&self, input: Input, report: DeviceReport) -> Option<Record> {
+        let said_errors = report.errors.is_some();
+        let mut key = SeriesKey::new(report.device, report.error_metric);
+        let codes = report.errors.unwrap_or_default();
+        let mut messages: Vec<Option<String>> = vec![None; codes.len()];
+        // One pass in order, as for readings: each rule sees the device as
+        // the rules before it left it.
+        for rule in &self.rules {
+            if !rule.matches(input, &key) {
+                continue;
+            }
+            rule.rename_device(&mut key.device);
+            for (code, message) in codes.iter().zip(messages.iter_mut()) {
+                if message.is_none() {
+                    *message = rule.lookup.get(code).cloned();
+                }
+            }
+        }
+        if let Err(e) = key.validate() {
+            tracing::warn!(device = %key.device, error = %e, "renamed device of a status is invalid; dropped");
+            return None;
+        }
+        let mut body = serde_json::Map::new();
+        if let Some(online) = report.online {
+            body.insert("online".into(), online.into());
+        }
+        if let Some(firmware) = report.firmware {
+            body.insert("firmware".into(), firmware.into());
+        }
+        if let Some(model) = report.model {
+            body.insert("model".into(), model.into());
+        }
+        if said_errors {
+            let errors: Vec<serde_json::Value> = codes
+                .into_iter()
+                .zip(messages)
+                .map(|(code, message)| serde_json::json!({ "code": code, "message": message }))
+                .collect();
+            body.insert("errors".into(), errors.into());
+        }
+        Some(Record::Event(Event {
+            source: key.device,
+            time: report.time,
+            kind: STATUS_KIND.into(),
+            body: serde_json::Value::Object(body).to_string(),
+        }))
     }
 }
 
@@ -493,6 +561,60 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["power.l1"]
         );
+    }
+
+    #[test]
+    fn a_status_names_its_device_as_readings_do_and_reads_its_codes() {
+        let t = rules(
+            r#"
+            [[transform]]
+            device = "PLC-*"
+            lowercase_device = true
+
+            [[transform]]
+            device = "plc-*"
+            metric = "error_code"
+            lookup = { "17" = "motor overheat" }
+            lookup_event = "fault"
+
+            [[transform]]
+            metric = "error_code"
+            lookup = { "17" = "not this one", "E-2" = "door open" }
+            lookup_event = "fault"
+            "#,
+        );
+        let report = |errors: Option<Vec<&str>>| DeviceReport {
+            device: "PLC-7".into(),
+            time: 1_764_000_000_000_000,
+            online: Some(false),
+            firmware: Some("1.2".into()),
+            model: None,
+            errors: errors.map(|e| e.into_iter().map(String::from).collect()),
+            error_metric: "error_code".into(),
+        };
+        let Some(Record::Event(e)) = t.status(Input::Mqtt, report(Some(vec!["17", "E-2", "99"])))
+        else {
+            panic!("one event");
+        };
+        assert_eq!((e.kind.as_str(), e.source.as_str()), (STATUS_KIND, "plc-7"));
+        let body: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "online": false,
+                "firmware": "1.2",
+                "errors": [
+                    { "code": "17", "message": "motor overheat" },
+                    { "code": "E-2", "message": "door open" },
+                    { "code": "99", "message": null },
+                ],
+            })
+        );
+        // Said nothing of errors: none in the body, so none are cleared.
+        let Some(Record::Event(e)) = t.status(Input::Mqtt, report(None)) else {
+            panic!("one event");
+        };
+        assert!(!e.body.contains("errors"), "{}", e.body);
     }
 
     #[test]

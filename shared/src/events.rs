@@ -12,6 +12,13 @@ use serde_json::Value;
 use crate::series::SeriesKey;
 use crate::wire::{Event, SeriesBlock};
 
+/// The kind of a device's own status, sent by the agent and projected by
+/// the aggregator onto the device's attributes: a JSON body with
+/// `online` (bool), `firmware`, `model` (strings) and `errors`
+/// (`[{"code": str, "message": str|null}]`), each only when the device
+/// said it.
+pub const DEVICE_STATUS: &str = "device.status";
+
 /// One rule: events of `kind` give a sample of `metric` from `field`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -398,8 +398,236 @@ async fn places_customers_and_a_csv_import_scope_the_device_api_to_a_subtree() {
     let changes = dash_aggregator::storage::fleet::sweep(&pg.pool, &quick().rules())
         .await
         .unwrap();
-    assert!(changes.iter().any(|c| c.device == "th-3"), "{changes:?}");
+    assert!(
+        changes.first.iter().any(|c| c.device == "th-3"),
+        "{changes:?}"
+    );
     let (_, others) = get_json(port, "/api/v1/tenants/other/devices", Some("other-token")).await;
     assert_eq!(names(&others), Vec::<String>::new());
     app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_status_and_its_last_will_set_its_attributes_and_state() {
+    let pg = TestPostgres::start().await;
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.fleet = quick();
+        c.http.tokens = vec![QueryToken {
+            tenant: "acme".into(),
+            sha256: dash_runtime::secret::sha256_hex("acme-token"),
+        }];
+    })
+    .await;
+    let gw = TestAgent::spawn("acme", "gw-1", app.broker, |c| {
+        c.uplink.status_interval_secs = 1;
+        c.devices.mappings.insert(
+            0,
+            toml::from_str(
+                "topic = 'devices/{device}/status'\nkind = 'status'\nfirmware_path = 'fw'",
+            )
+            .unwrap(),
+        );
+        c.transform = toml::from_str::<toml::Table>(
+            r#"
+            [[transform]]
+            device = "PRESS-*"
+            lowercase_device = true
+
+            [[transform]]
+            metric = "error_code"
+            lookup = { "17" = "motor overheat", "E-2" = "door open" }
+            lookup_event = "fault"
+            "#,
+        )
+        .unwrap()["transform"]
+            .clone()
+            .try_into()
+            .unwrap();
+    })
+    .await;
+
+    // The device says who it is and what is wrong, and leaves a last will.
+    let mut opts = rumqttc::MqttOptions::new("PRESS-1", "127.0.0.1", gw.devices.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_last_will(rumqttc::LastWill::new(
+        "devices/PRESS-1/status",
+        "offline",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    ));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    let device = tokio::spawn(async move {
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    client
+        .publish(
+            "devices/PRESS-1/status",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"online": true, "fw": "4.2.0", "model": "PX-9", "errors": [17, "E-2", 99]}"#,
+        )
+        .await
+        .unwrap();
+    let path = "/api/v1/tenants/acme/devices/press-1";
+    let shown = eventually(
+        Duration::from_secs(60),
+        "the status in the registry",
+        || async {
+            let (status, body) = get_json(app.http.port(), path, Some("acme-token")).await;
+            (status == 200 && body["device"]["firmware"] == "4.2.0").then_some(body)
+        },
+    )
+    .await;
+    let d = &shown["device"];
+    assert_eq!(d["model"], "PX-9");
+    assert_eq!(d["reported_online"], true);
+    assert_eq!(
+        d["errors"],
+        serde_json::json!([
+            { "code": "17", "message": "motor overheat" },
+            { "code": "E-2", "message": "door open" },
+            { "code": "99", "message": null },
+        ])
+    );
+    becomes(&pg, "press-1", "online").await;
+    // The status event is stored once, as any event is.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE tenant = 'acme' AND source = 'press-1' AND kind = 'device.status'",
+    )
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 1);
+
+    // Gone without a DISCONNECT: the agent publishes its will, and the
+    // device is offline at once (it said so), not after its interval.
+    device.abort();
+    drop(client);
+    becomes(&pg, "press-1", "offline").await;
+    let (status, body) = get_json(app.http.port(), path, Some("acme-token")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["device"]["reported_online"], false);
+    assert_eq!(
+        body["device"]["firmware"], "4.2.0",
+        "a will says only offline"
+    );
+    assert_eq!(body["transitions"][0]["to_state"], "offline");
+    assert_eq!(body["transitions"][0]["detail"]["reported_online"], false);
+
+    // Back, with its errors cleared: online again.
+    let (client, mut events) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new("PRESS-1b", "127.0.0.1", gw.devices.port()),
+        10,
+    );
+    let device = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+        .publish(
+            "devices/PRESS-1/status",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"online": true, "errors": []}"#,
+        )
+        .await
+        .unwrap();
+    becomes(&pg, "press-1", "online").await;
+    let (_, body) = get_json(app.http.port(), path, Some("acme-token")).await;
+    assert_eq!(body["device"]["errors"], serde_json::json!([]));
+    device.abort();
+    gw.stop().await.unwrap();
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_older_than_the_stored_one_changes_nothing_it_said() {
+    use dash_aggregator::fleet::tracker::{Report, Seen};
+    let pg = TestPostgres::start().await;
+    let now = Utc::now().timestamp_micros();
+    let seen = |at: Micros, online: bool, firmware: &str, errors: Option<&str>| {
+        vec![(
+            (
+                dash_shared::TenantId::new("acme").unwrap(),
+                "p-1".to_owned(),
+            ),
+            Seen {
+                agent: dash_shared::AgentId::new("gw").unwrap(),
+                first: at,
+                last: at,
+                arrival: now,
+                cadence_ms: None,
+                report: Some(Report {
+                    time: at,
+                    online: Some(online),
+                    firmware: Some(firmware.into()),
+                    model: None,
+                    errors: errors.map(String::from),
+                }),
+            },
+        )]
+    };
+    type Micros = i64;
+    let record = dash_aggregator::storage::fleet::record_seen;
+    record(
+        &pg.pool,
+        &seen(
+            now,
+            true,
+            "2.0",
+            Some(r#"[{"code": "1", "message": null}]"#),
+        ),
+    )
+    .await
+    .unwrap();
+    // A backlog drained later: older, so it sets nothing it says.
+    record(&pg.pool, &seen(now - 60_000_000, false, "1.0", Some("[]")))
+        .await
+        .unwrap();
+    let row: (
+        Option<bool>,
+        Option<String>,
+        serde_json::Value,
+        DateTime<Utc>,
+    ) = sqlx::query_as(
+        "SELECT reported_online, firmware, errors, last_reading FROM devices WHERE device = 'p-1'",
+    )
+    .fetch_one(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (row.0, row.1.as_deref(), row.2),
+        (
+            Some(true),
+            Some("2.0"),
+            serde_json::json!([{"code": "1", "message": null}])
+        )
+    );
+    assert_eq!(row.3.timestamp_micros(), now);
+    // A newer one without errors keeps them; with [] clears them.
+    record(&pg.pool, &seen(now + 1, true, "2.1", None))
+        .await
+        .unwrap();
+    let kept: (Option<String>, serde_json::Value) =
+        sqlx::query_as("SELECT firmware, errors FROM devices WHERE device = 'p-1'")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept,
+        (
+            Some("2.1".into()),
+            serde_json::json!([{"code": "1", "message": null}])
+        )
+    );
+    record(&pg.pool, &seen(now + 2, true, "2.1", Some("[]")))
+        .await
+        .unwrap();
+    let errors: serde_json::Value =
+        sqlx::query_scalar("SELECT errors FROM devices WHERE device = 'p-1'")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(errors, serde_json::json!([]));
 }

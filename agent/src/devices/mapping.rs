@@ -8,6 +8,13 @@
 //! An optional `timestamp_path` reads epoch seconds, milliseconds or
 //! microseconds (told apart by magnitude); otherwise the agent's clock stamps
 //! the sample when it arrives.
+//!
+//! A mapping with `kind = "status"` reads a device's own status instead
+//! (often also its MQTT last will): whether it is online, its firmware and
+//! model, and its error codes, from JSON fields (`online_path`,
+//! `firmware_path`, `model_path`, `errors_path`, by default `online`,
+//! `firmware`, `model` and `errors`) or a bare `online` / `offline` / `1` /
+//! `0` payload. It becomes one `device.status` event (see [`DeviceReport`]).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +31,21 @@ pub enum PayloadFormat {
     #[default]
     Number,
     Json,
+}
+
+/// What a mapping reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingKind {
+    /// Readings: numbers become samples.
+    #[default]
+    Readings,
+    /// A device's status: online, firmware, model, error codes.
+    Status,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +70,44 @@ pub struct Mapping {
     /// Tags added to every series of this mapping.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// `readings` (the default) or `status`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: MappingKind,
+    /// Status: dot path to online (true/false, 1/0, "online"/"offline").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub online_path: String,
+    /// Status: dot path to the firmware version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub firmware_path: String,
+    /// Status: dot path to the model.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_path: String,
+    /// Status: dot path to the error codes (one, or an array).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub errors_path: String,
 }
+
+/// A device's status as it reported it, before its error codes are read
+/// ([`crate::transform::Transforms::status`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceReport {
+    pub device: String,
+    pub time: Micros,
+    pub online: Option<bool>,
+    pub firmware: Option<String>,
+    pub model: Option<String>,
+    /// The codes as text (`17`, `E-OVERHEAT`); `None` when the status does
+    /// not say, empty when it says there are none.
+    pub errors: Option<Vec<String>>,
+    /// The metric `[[transform]]` lookup rules match the codes by (the
+    /// mapping's `metric`, by default `error_code`).
+    pub error_metric: String,
+}
+
+/// Longest firmware, model or error code kept, in characters.
+const STATUS_TEXT: usize = 64;
+/// Most error codes kept from one status.
+const STATUS_ERRORS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Level {
@@ -72,8 +131,12 @@ pub enum PayloadError {
     MissingField(String),
     #[error("JSON field {0:?} is not a number")]
     NotNumeric(String),
-    #[error("JSON object has no numeric fields")]
+    #[error(
+        "JSON object has no numeric fields (or, for a status, none of online, firmware, model, errors)"
+    )]
     NoFields,
+    #[error("JSON field {0:?} is not online/offline, true/false or 1/0")]
+    NotOnline(String),
     #[error("value is NaN or infinite")]
     NonFinite,
     #[error("timestamp {0} is outside 2000..2100 (a clock from 1970?)")]
@@ -95,6 +158,21 @@ impl Mapping {
             device: String::new(),
             metric: String::new(),
             tags: BTreeMap::new(),
+            kind: MappingKind::Readings,
+            online_path: String::new(),
+            firmware_path: String::new(),
+            model_path: String::new(),
+            errors_path: String::new(),
+        }
+    }
+
+    /// A status mapping for `topic`, reading the default fields.
+    pub fn status(topic: &str) -> Mapping {
+        Mapping {
+            topic: topic.into(),
+            format: PayloadFormat::Json,
+            kind: MappingKind::Status,
+            ..Mapping::example()
         }
     }
 
@@ -131,6 +209,28 @@ impl Mapping {
         }
         if !has(&Level::Device) && self.device.is_empty() {
             anyhow::bail!("capture {{device}} in topic or set device");
+        }
+        let status_paths = [
+            &self.online_path,
+            &self.firmware_path,
+            &self.model_path,
+            &self.errors_path,
+        ];
+        if self.kind == MappingKind::Status {
+            if has(&Level::Metric) {
+                anyhow::bail!("a status mapping captures no {{metric}}");
+            }
+            if !self.value_path.is_empty() {
+                anyhow::bail!(
+                    "a status mapping reads online_path, firmware_path, model_path and errors_path, not value_path"
+                );
+            }
+            return Ok(());
+        }
+        if status_paths.iter().any(|p| !p.is_empty()) {
+            anyhow::bail!(
+                "online_path, firmware_path, model_path and errors_path need kind = \"status\""
+            );
         }
         let json_fields = self.format == PayloadFormat::Json && self.value_path.is_empty();
         if !has(&Level::Metric) && self.metric.is_empty() && !json_fields {
@@ -180,6 +280,94 @@ impl Mapping {
     /// Whether the topic is one this mapping reads.
     pub fn matches(&self, topic: &str) -> bool {
         self.capture(topic).is_some()
+    }
+
+    /// A status from one payload, or `None` when the topic does not match.
+    /// Besides JSON, a bare `online`, `offline`, `true`, `false`, `1` or
+    /// `0` (a last will is often just that) says whether it is online.
+    pub fn decode_status(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        now: Micros,
+    ) -> Option<Result<DeviceReport, PayloadError>> {
+        let (device, _) = self.capture(topic)?;
+        let device = device.unwrap_or(&self.device);
+        Some(self.report(device, payload, now))
+    }
+
+    fn report(
+        &self,
+        device: &str,
+        payload: &[u8],
+        now: Micros,
+    ) -> Result<DeviceReport, PayloadError> {
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| PayloadError::NotUtf8)?
+            .trim();
+        SeriesKey::new(device, "status").validate()?;
+        let path = |p: &str, default: &'static str| -> String {
+            if p.is_empty() {
+                default.to_owned()
+            } else {
+                p.to_owned()
+            }
+        };
+        let mut report = DeviceReport {
+            device: device.to_owned(),
+            time: now,
+            online: None,
+            firmware: None,
+            model: None,
+            errors: None,
+            error_metric: path(&self.metric, "error_code"),
+        };
+        if let Some(online) = online_word(&Value::String(text.to_owned())) {
+            report.online = Some(online);
+            return Ok(report);
+        }
+        let json: Value =
+            serde_json::from_str(text).map_err(|e| PayloadError::Json(e.to_string()))?;
+        if !json.is_object() {
+            return Err(PayloadError::NoFields);
+        }
+        // A status without its time (a last will set at connect) is stamped on arrival.
+        let stamped = !self.timestamp_path.is_empty()
+            && dash_shared::events::lookup(&json, &self.timestamp_path).is_some();
+        if stamped {
+            let ts = epoch_to_micros(number_at(&json, &self.timestamp_path)?);
+            if ts > now.saturating_add(MAX_AHEAD) {
+                return Err(PayloadError::Future(ts));
+            }
+            report.time = checked_ts(ts)?;
+        }
+        let at = |p: &str, default: &'static str| {
+            dash_shared::events::lookup(&json, &path(p, default)).filter(|v| !v.is_null())
+        };
+        if let Some(v) = at(&self.online_path, "online") {
+            report.online = Some(
+                online_word(v)
+                    .ok_or_else(|| PayloadError::NotOnline(path(&self.online_path, "online")))?,
+            );
+        }
+        report.firmware = at(&self.firmware_path, "firmware").and_then(status_text);
+        report.model = at(&self.model_path, "model").and_then(status_text);
+        report.errors = at(&self.errors_path, "errors").map(|v| match v {
+            Value::Array(codes) => codes
+                .iter()
+                .filter_map(status_text)
+                .take(STATUS_ERRORS)
+                .collect(),
+            one => status_text(one).into_iter().collect(),
+        });
+        if report.online.is_none()
+            && report.firmware.is_none()
+            && report.model.is_none()
+            && report.errors.is_none()
+        {
+            return Err(PayloadError::NoFields);
+        }
+        Ok(report)
     }
 
     /// Samples from one payload, or `None` when the topic does not match.
@@ -263,6 +451,45 @@ impl Mapping {
     }
 }
 
+/// Whether a status value says online: true/false, 1/0, or a word.
+fn online_word(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
+            _ => None,
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "online" | "true" | "1" | "up" | "connected" => Some(true),
+            "offline" | "false" | "0" | "down" | "disconnected" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A status field as text: a string (clipped, control characters
+/// dropped), or a number written as people write it (`17`, not `17.0`).
+fn status_text(v: &Value) -> Option<String> {
+    let text = match v {
+        Value::String(s) => s
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(STATUS_TEXT)
+            .collect::<String>(),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) if f.is_finite() => f.to_string(),
+            _ => return None,
+        },
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    let text = text.trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
 /// How far ahead of the agent's clock a device's own timestamp may be.
 const MAX_AHEAD: Micros = 10 * 60 * 1_000_000;
 
@@ -301,6 +528,99 @@ mod tests {
         let m: Mapping = toml::from_str(toml_text).unwrap();
         m.validate().unwrap();
         m
+    }
+
+    #[test]
+    fn a_status_reads_online_firmware_model_and_error_codes() {
+        let m = mapping(
+            "topic = 'devices/{device}/status'\nkind = 'status'\nfirmware_path = 'sys.fw'\ntimestamp_path = 'ts'",
+        );
+        assert_eq!(m.filter(), "devices/+/status");
+        let r = m
+            .decode_status(
+                "devices/press-1/status",
+                br#"{"online": true, "sys": {"fw": "2.4.1"}, "model": "PX-9", "errors": [17, "E-42", 3.5], "ts": 1764000000}"#,
+                NOW + 1_000_000,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            DeviceReport {
+                device: "press-1".into(),
+                time: 1_764_000_000_000_000,
+                online: Some(true),
+                firmware: Some("2.4.1".into()),
+                model: Some("PX-9".into()),
+                errors: Some(vec!["17".into(), "E-42".into(), "3.5".into()]),
+                error_metric: "error_code".into(),
+            }
+        );
+        // A last will is often a bare word; an empty list clears the errors.
+        for (payload, online) in [
+            (&b"offline"[..], Some(false)),
+            (b" 0 ", Some(false)),
+            (b"Online", Some(true)),
+            (br#"{"online": "down", "errors": []}"#, Some(false)),
+            (br#"{"online": 1}"#, Some(true)),
+        ] {
+            let r = m
+                .decode_status("devices/d/status", payload, NOW)
+                .unwrap()
+                .unwrap();
+            assert_eq!((r.online, r.time), (online, NOW), "{payload:?}");
+        }
+        let r = m
+            .decode_status("devices/d/status", br#"{"errors": []}"#, NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.errors, Some(vec![]));
+        // Refused, with the reason: nothing it knows, a garbled state, a
+        // hostile device id, a clock from 1970.
+        for (topic, payload, why) in [
+            ("devices/d/status", &br#"{"temp": 1}"#[..], "none of online"),
+            ("devices/d/status", br#"{"online": "maybe"}"#, "online"),
+            ("devices/d/status", br#"[1, 2]"#, "none of online"),
+            ("devices/d/status", b"\xff\xfe", "UTF-8"),
+            (
+                "devices/d/status",
+                br#"{"online": true, "ts": 1000}"#,
+                "outside",
+            ),
+        ] {
+            let e = m.decode_status(topic, payload, NOW).unwrap().unwrap_err();
+            assert!(e.to_string().contains(why), "{payload:?}: {e}");
+        }
+        // Long and control-laden text is clipped and cleaned.
+        let long = format!(r#"{{"sys": {{"fw": "{}\u0007x"}}}}"#, "9".repeat(100));
+        let r = m
+            .decode_status("devices/d/status", long.as_bytes(), NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.firmware.unwrap().len(), STATUS_TEXT);
+        assert!(m.decode_status("devices/d/other", b"1", NOW).is_none());
+    }
+
+    #[test]
+    fn a_status_mapping_is_checked_for_what_it_cannot_use() {
+        for (text, why) in [
+            (
+                "topic = 's/{device}/{metric}'\nkind = 'status'",
+                "no {metric}",
+            ),
+            (
+                "topic = 's/{device}'\nkind = 'status'\nvalue_path = 'v'",
+                "not value_path",
+            ),
+            (
+                "topic = 's/{device}/t'\nonline_path = 'up'",
+                "kind = \"status\"",
+            ),
+        ] {
+            let m: Mapping = toml::from_str(text).unwrap();
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

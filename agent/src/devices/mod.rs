@@ -125,16 +125,53 @@ impl Router {
         self
     }
 
-    /// Records for one message: [`Router::route`], then the transforms.
+    /// Records for one message: [`Router::route`], then the transforms;
+    /// or, when the first mapping of the topic reads statuses, one
+    /// `device.status` event ([`crate::transform::Transforms::status`]).
     pub fn records(
         &self,
         topic: &str,
         payload: &[u8],
     ) -> Result<Vec<crate::sample::Record>, RouteError> {
+        let first = self.mappings.iter().find(|m| m.matches(topic));
+        if let Some(m) = first.filter(|m| m.kind == mapping::MappingKind::Status) {
+            let now = self.clock.now();
+            let report = m
+                .decode_status(topic, payload, now - now.rem_euclid(1_000))
+                .ok_or(RouteError::NoMapping)
+                .and_then(|r| r.map_err(RouteError::from));
+            let report = self.count(topic, report, |_| 1)?;
+            return Ok(self
+                .transforms
+                .status(crate::transform::Input::Mqtt, report)
+                .into_iter()
+                .collect());
+        }
         let samples = self.route(topic, payload)?;
         Ok(self
             .transforms
             .apply(crate::transform::Input::Mqtt, samples))
+    }
+
+    /// Counts a message's outcome (`accepted` by how many records it gave)
+    /// and logs a refusal.
+    fn count<T>(
+        &self,
+        topic: &str,
+        result: Result<T, RouteError>,
+        accepted: impl Fn(&T) -> u64,
+    ) -> Result<T, RouteError> {
+        match &result {
+            Ok(v) => {
+                self.accepted.fetch_add(accepted(v), Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                let topic: String = topic.chars().take(200).collect();
+                tracing::warn!(%topic, error = %e, "device message refused");
+            }
+        }
+        result
     }
 
     /// Whether some mapping reads this topic.
@@ -164,21 +201,11 @@ impl Router {
         let result = self
             .mappings
             .iter()
+            .filter(|m| m.kind == mapping::MappingKind::Readings)
             .find_map(|m| m.decode(topic, payload, now))
             .ok_or(RouteError::NoMapping)
             .and_then(|r| r.map_err(RouteError::from));
-        match &result {
-            Ok(samples) => {
-                self.accepted
-                    .fetch_add(samples.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                let topic: String = topic.chars().take(200).collect();
-                tracing::warn!(%topic, error = %e, "device message refused");
-            }
-        }
-        result
+        self.count(topic, result, |samples| samples.len() as u64)
     }
 
     /// Samples accepted so far.

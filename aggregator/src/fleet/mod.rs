@@ -135,13 +135,14 @@ pub async fn run(
                 // What ingest saw first, so a device that just reported is judged on it.
                 flush_once(&pool, &tracker).await;
                 match rows::sweep(&pool, &rules).await {
-                    Ok(changes) => {
-                        metrics.fleet_transitions(changes.len() as u64);
-                        for c in changes.iter().take(20) {
+                    Ok(swept) => {
+                        metrics.fleet_transitions(swept.changed);
+                        for c in &swept.first {
                             tracing::info!(tenant = %c.tenant, device = %c.device, from = %c.from_state, to = %c.to_state, "device state changed");
                         }
-                        if changes.len() > 20 {
-                            tracing::info!(more = changes.len() - 20, "more device state changes");
+                        let more = swept.changed.saturating_sub(swept.first.len() as u64);
+                        if more > 0 {
+                            tracing::info!(more, "more device state changes");
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "liveness sweep failed; retried at the next"),

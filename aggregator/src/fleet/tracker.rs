@@ -24,6 +24,65 @@ pub struct Seen {
     /// The smallest mean gap between readings of one of its series in one
     /// batch, in ms: how often it reports. `None` from single readings.
     pub cadence_ms: Option<i64>,
+    /// The newest status it sent itself (a `device.status` event).
+    pub report: Option<Report>,
+}
+
+/// What a device said of itself in a `device.status` event
+/// ([`dash_shared::events::DEVICE_STATUS`]); `None`: it did not say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub time: Micros,
+    pub online: Option<bool>,
+    pub firmware: Option<String>,
+    pub model: Option<String>,
+    /// `[{"code", "message"}]` as JSON text.
+    pub errors: Option<String>,
+}
+
+impl Report {
+    /// The report in an event's body; `None` for a body that is not a JSON
+    /// object (the event is stored anyway; only the projection is skipped).
+    pub fn parse(time: Micros, body: &str) -> Option<Report> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let o = v.as_object()?;
+        let text = |k: &str| {
+            o.get(k)
+                .and_then(|v| v.as_str())
+                .map(|s| dash_runtime::text::clip(s, 64).to_owned())
+        };
+        let errors = o.get("errors").and_then(|e| {
+            let list: Vec<serde_json::Value> = e
+                .as_array()?
+                .iter()
+                .take(32)
+                .filter_map(|e| {
+                    let code = dash_runtime::text::clip(e.get("code")?.as_str()?, 64);
+                    let message = e
+                        .get("message")
+                        .and_then(|m| m.as_str())
+                        .map(|m| dash_runtime::text::clip(m, 200));
+                    Some(serde_json::json!({ "code": code, "message": message }))
+                })
+                .collect();
+            Some(serde_json::Value::Array(list).to_string())
+        });
+        Some(Report {
+            time,
+            online: o.get("online").and_then(|v| v.as_bool()),
+            firmware: text("firmware"),
+            model: text("model"),
+            errors,
+        })
+    }
+}
+
+/// The later of two reports (the first on a tie: the one noted first).
+fn newest(a: Option<Report>, b: Option<Report>) -> Option<Report> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.time > a.time { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Seen {
@@ -34,6 +93,7 @@ impl Seen {
             cadence_ms: other.cadence_ms,
         };
         self.absorb(span, &other.agent, other.arrival);
+        self.report = newest(self.report.take(), other.report);
     }
 
     /// Takes in a batch's span of this device, delivered by `agent` at
@@ -131,6 +191,7 @@ impl Tracker {
                 put(&mut spans, window.key.device.as_str(), s);
             }
         }
+        let mut reports: Vec<(&str, Report)> = Vec::new();
         for event in &batch.events {
             let s = Span {
                 first: event.time,
@@ -138,6 +199,11 @@ impl Tracker {
                 cadence_ms: None,
             };
             put(&mut spans, event.source.as_str(), s);
+            if event.kind == dash_shared::events::DEVICE_STATUS
+                && let Some(r) = Report::parse(event.time, &event.body)
+            {
+                reports.push((event.source.as_str(), r));
+            }
         }
         if spans.is_empty() {
             return;
@@ -157,9 +223,15 @@ impl Tracker {
                         last: s.last,
                         arrival,
                         cadence_ms: s.cadence_ms,
+                        report: None,
                     };
                     devices.insert(device.to_owned(), news);
                 }
+            }
+        }
+        for (device, r) in reports {
+            if let Some(seen) = devices.get_mut(device) {
+                seen.report = newest(seen.report.take(), Some(r));
             }
         }
     }
@@ -218,6 +290,65 @@ mod tests {
             timestamps: ts.to_vec(),
             values: vec![1.0; ts.len()],
         }
+    }
+
+    fn status(device: &str, time: Micros, body: &str) -> Event {
+        Event {
+            source: device.into(),
+            time,
+            kind: dash_shared::events::DEVICE_STATUS.into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn the_newest_status_of_a_device_is_kept_whatever_order_batches_come_in() {
+        let t = Tracker::default();
+        let (acme, gw) = (TenantId::new("acme").unwrap(), AgentId::new("gw").unwrap());
+        let now = r#"{"online": true, "firmware": "2.0", "errors": [{"code": "17", "message": "motor overheat"}]}"#;
+        t.note(&acme, &gw, &batch(vec![], vec![status("p-1", 2_000, now)]));
+        // A backlog drained late: an older status, and one that is not JSON.
+        let old = batch(
+            vec![],
+            vec![
+                status("p-1", 1_000, r#"{"online": false, "firmware": "1.0"}"#),
+                status("p-2", 1_000, "not json"),
+            ],
+        );
+        t.note(&acme, &gw, &old);
+        let mut seen = t.take();
+        seen.sort_by(|a, b| a.0.1.cmp(&b.0.1));
+        let r = seen[0].1.report.clone().unwrap();
+        assert_eq!(
+            (r.time, r.online, r.firmware.as_deref()),
+            (2_000, Some(true), Some("2.0"))
+        );
+        assert_eq!(
+            r.errors.as_deref(),
+            Some(r#"[{"code":"17","message":"motor overheat"}]"#)
+        );
+        assert_eq!(seen[0].1.first, 1_000, "both count as heard from");
+        // The unreadable one is still a sign of life, with no report.
+        assert_eq!(
+            (seen[1].0.1.as_str(), seen[1].1.report.is_none()),
+            ("p-2", true)
+        );
+        // And across a failed flush put back.
+        t.note(
+            &acme,
+            &gw,
+            &batch(vec![], vec![status("p-1", 3_000, r#"{"online": false}"#)]),
+        );
+        t.put_back(seen);
+        let r = t
+            .take()
+            .into_iter()
+            .find(|(k, _)| k.1 == "p-1")
+            .unwrap()
+            .1
+            .report
+            .unwrap();
+        assert_eq!((r.time, r.online, r.firmware), (3_000, Some(false), None));
     }
 
     #[test]

@@ -8,12 +8,14 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::auth::access::Scope;
-use crate::fleet::tracker::{Seen, SeenDevice};
+use crate::fleet::tracker::{Report, Seen, SeenDevice};
 
 /// Writes what ingest saw of each device: registers new devices, moves
 /// first and last reading and arrival, keeps the newest agent, and folds
 /// the cadence in (a quarter of the new figure each time, so one odd batch
-/// does not swing it).
+/// does not swing it). A status the device sent itself sets what it says
+/// (online, firmware, model, errors) unless a newer one is stored already:
+/// a backlog drained late does not undo the present.
 pub async fn record_seen(pool: &PgPool, seen: &[SeenDevice]) -> sqlx::Result<()> {
     if seen.is_empty() {
         return Ok(());
@@ -21,11 +23,20 @@ pub async fn record_seen(pool: &PgPool, seen: &[SeenDevice]) -> sqlx::Result<()>
     let col = |f: &dyn Fn(&SeenDevice) -> String| -> Vec<String> { seen.iter().map(f).collect() };
     let times =
         |f: &dyn Fn(&Seen) -> Micros| -> Vec<i64> { seen.iter().map(|(_, s)| f(s)).collect() };
+    let said = |f: &dyn Fn(&Report) -> Option<String>| -> Vec<Option<String>> {
+        seen.iter()
+            .map(|(_, s)| s.report.as_ref().and_then(f))
+            .collect()
+    };
     sqlx::query(
-        "INSERT INTO devices AS d (tenant, device, agent, first_reading, last_reading, last_arrival, learned_cadence_ms)
-         SELECT t, dev, a, to_timestamp(f / 1e6), to_timestamp(l / 1e6), to_timestamp(r / 1e6), c
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
-             AS u(t, dev, a, f, l, r, c)
+        "INSERT INTO devices AS d (tenant, device, agent, first_reading, last_reading, last_arrival,
+                                   learned_cadence_ms, reported_at, reported_online, firmware, model, errors)
+         SELECT t, dev, a, to_timestamp(f / 1e6), to_timestamp(l / 1e6), to_timestamp(r / 1e6), c,
+                to_timestamp(rt / 1e6), ro, fw, m, e::jsonb
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+                     $8::int8[], $9::bool[], $10::text[], $11::text[], $12::text[])
+             AS u(t, dev, a, f, l, r, c, rt, ro, fw, m, e)
+         ORDER BY t, dev
          ON CONFLICT (tenant, device) DO UPDATE SET
              agent = CASE WHEN d.last_reading IS NULL OR EXCLUDED.last_reading >= d.last_reading
                  THEN EXCLUDED.agent ELSE d.agent END,
@@ -35,7 +46,17 @@ pub async fn record_seen(pool: &PgPool, seen: &[SeenDevice]) -> sqlx::Result<()>
              learned_cadence_ms = CASE
                  WHEN EXCLUDED.learned_cadence_ms IS NULL THEN d.learned_cadence_ms
                  WHEN d.learned_cadence_ms IS NULL THEN EXCLUDED.learned_cadence_ms
-                 ELSE (d.learned_cadence_ms * 3 + EXCLUDED.learned_cadence_ms) / 4 END",
+                 ELSE (d.learned_cadence_ms * 3 + EXCLUDED.learned_cadence_ms) / 4 END,
+             reported_at = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
+                 THEN EXCLUDED.reported_at ELSE d.reported_at END,
+             reported_online = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
+                 THEN coalesce(EXCLUDED.reported_online, d.reported_online) ELSE d.reported_online END,
+             firmware = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
+                 THEN coalesce(EXCLUDED.firmware, d.firmware) ELSE d.firmware END,
+             model = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
+                 THEN coalesce(EXCLUDED.model, d.model) ELSE d.model END,
+             errors = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
+                 THEN coalesce(EXCLUDED.errors, d.errors) ELSE d.errors END",
     )
     .bind(col(&|((t, _), _)| t.to_string()))
     .bind(col(&|((_, d), _)| d.clone()))
@@ -44,6 +65,19 @@ pub async fn record_seen(pool: &PgPool, seen: &[SeenDevice]) -> sqlx::Result<()>
     .bind(times(&|s| s.last))
     .bind(times(&|s| s.arrival))
     .bind(seen.iter().map(|(_, s)| s.cadence_ms).collect::<Vec<Option<i64>>>())
+    .bind(
+        seen.iter()
+            .map(|(_, s)| s.report.as_ref().map(|r| r.time))
+            .collect::<Vec<Option<i64>>>(),
+    )
+    .bind(
+        seen.iter()
+            .map(|(_, s)| s.report.as_ref().and_then(|r| r.online))
+            .collect::<Vec<Option<bool>>>(),
+    )
+    .bind(said(&|r| r.firmware.clone()))
+    .bind(said(&|r| r.model.clone()))
+    .bind(said(&|r| r.errors.clone()))
     .execute(pool)
     .await?;
     Ok(())
@@ -74,8 +108,19 @@ pub struct Transition {
     pub to_state: String,
 }
 
+/// What a sweep changed: how many devices, and the first few for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub changed: u64,
+    /// At most [`SWEEP_SAMPLE`] of the changes.
+    pub first: Vec<Transition>,
+}
+
+/// Changes a sweep hands back by name.
+pub const SWEEP_SAMPLE: i64 = 20;
+
 /// Computes every device's state now and stores the changes with their
-/// transitions, in one statement. Returns the changes.
+/// transitions, in one statement.
 ///
 /// A device is silent when its last reading is older than its allowed
 /// interval; its deadline is that reading plus the interval. Its gateway
@@ -83,6 +128,8 @@ pub struct Transition {
 /// of its last status and the last batch it delivered for any device.
 ///
 /// - never_reported: no reading yet.
+/// - offline: it said so itself (a `device.status` with `online: false`,
+///   often its last will) and has sent no reading since.
 /// - online: not silent.
 /// - unknown: silent, and its gateway says it is offline or has not been
 ///   heard for `gateway_silence_secs`: nothing shows the device is the one
@@ -95,9 +142,13 @@ pub struct Transition {
 ///   among them.
 /// - offline: silent, and its gateway, heard after the deadline, holds
 ///   nothing that could be the device's.
-pub async fn sweep(pool: &PgPool, rules: &SweepRules) -> sqlx::Result<Vec<Transition>> {
+///
+/// A device whose row changed after the statement read it (a flush of
+/// another replica, a person's edit) is left for the next sweep rather
+/// than judged on what it was.
+pub async fn sweep(pool: &PgPool, rules: &SweepRules) -> sqlx::Result<Swept> {
     let (models, intervals): (Vec<String>, Vec<i64>) = rules.models.iter().cloned().unzip();
-    sqlx::query_as(
+    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
         "WITH kinds AS (
              SELECT m, i FROM UNNEST($1::text[], $2::int8[]) AS k(m, i)
          ), delivered AS (
@@ -112,7 +163,8 @@ pub async fn sweep(pool: &PgPool, rules: &SweepRules) -> sqlx::Result<Vec<Transi
              FROM agent_status s
              LEFT JOIN delivered d ON d.tenant = s.tenant AND d.agent = s.agent
          ), judged AS (
-             SELECT d.tenant, d.device, d.state AS before, d.last_reading,
+             SELECT d.ctid AS row, d.tenant, d.device, d.state AS before, d.last_reading,
+                    d.reported_online, d.reported_at,
                     d.last_reading + make_interval(secs => coalesce(d.expected_interval_secs, k.i,
                         CASE WHEN d.learned_cadence_ms IS NOT NULL
                             THEN greatest(d.learned_cadence_ms * $4 / 1000, $5) END,
@@ -122,29 +174,33 @@ pub async fn sweep(pool: &PgPool, rules: &SweepRules) -> sqlx::Result<Vec<Transi
              LEFT JOIN kinds k ON k.m = d.model
              LEFT JOIN gw ON gw.tenant = d.tenant AND gw.agent = d.agent
          ), next AS (
-             SELECT tenant, device, before, CASE
+             SELECT row, tenant, device, before, last_reading, deadline, online, heard, held,
+                 reported_online, CASE
                  WHEN last_reading IS NULL THEN 'never_reported'
+                 WHEN NOT reported_online AND reported_at >= last_reading THEN 'offline'
                  WHEN deadline > now() THEN 'online'
                  WHEN heard IS NULL THEN 'offline'
                  WHEN NOT online OR heard < now() - make_interval(secs => $6) THEN 'unknown'
                  WHEN heard < deadline THEN before
                  WHEN held > 0 AND oldest > 0 AND to_timestamp(oldest / 1e6) <= deadline
                       THEN 'delayed'
-                 ELSE 'offline' END AS after,
-                 jsonb_build_object('last_reading', last_reading, 'deadline', deadline,
-                     'gateway_online', online, 'gateway_heard', heard,
-                     'gateway_held', held) AS detail
+                 ELSE 'offline' END AS after
              FROM judged
          ), changed AS (
              UPDATE devices d SET state = n.after, state_since = now()
              FROM next n
-             WHERE d.tenant = n.tenant AND d.device = n.device AND d.state <> n.after
-             RETURNING d.tenant, d.device, n.before, n.after, n.detail
+             -- By the row version read: one changed since (a flush, an
+             -- edit) is skipped, not judged on what it was.
+             WHERE d.ctid = n.row AND n.before <> n.after
+             RETURNING d.tenant, d.device, n.before, n.after, n.last_reading, n.deadline,
+                       n.online, n.heard, n.held, n.reported_online
          ), logged AS (
-             INSERT INTO device_transitions (tenant, device, at, from_state, to_state, detail)
-             SELECT tenant, device, now(), before, after, detail FROM changed
+             INSERT INTO device_transitions (tenant, device, at, from_state, to_state,
+                 last_reading, deadline, gateway_online, gateway_heard, gateway_held, reported)
+             SELECT tenant, device, now(), before, after,
+                    last_reading, deadline, online, heard, held, reported_online FROM changed
          )
-         SELECT tenant, device, before AS from_state, after AS to_state FROM changed",
+         SELECT tenant, device, before, after, count(*) OVER () FROM changed LIMIT $7",
     )
     .bind(&models)
     .bind(&intervals)
@@ -152,8 +208,21 @@ pub async fn sweep(pool: &PgPool, rules: &SweepRules) -> sqlx::Result<Vec<Transi
     .bind(rules.learned_intervals)
     .bind(rules.min_learned_secs)
     .bind(rules.gateway_silence_secs as f64)
+    .bind(SWEEP_SAMPLE)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(Swept {
+        changed: rows.first().map_or(0, |r| r.4 as u64),
+        first: rows
+            .into_iter()
+            .map(|(tenant, device, from_state, to_state, _)| Transition {
+                tenant,
+                device,
+                from_state,
+                to_state,
+            })
+            .collect(),
+    })
 }
 
 /// Devices per state, all tenants.
@@ -373,6 +442,11 @@ pub struct Device {
     pub last_arrival: Option<DateTime<Utc>>,
     pub state: String,
     pub state_since: DateTime<Utc>,
+    /// What it last said of itself: online or not, and when.
+    pub reported_online: Option<bool>,
+    pub reported_at: Option<DateTime<Utc>>,
+    /// `[{"code", "message"}]` it last reported; null if it never said.
+    pub errors: Option<serde_json::Value>,
 }
 
 /// Which devices to list; every given filter must match.
@@ -397,7 +471,8 @@ pub async fn devices(
     sqlx::query_as(
         "SELECT d.device, d.agent, d.place, d.customer, d.latitude, d.longitude, d.model, d.firmware,
                 d.labels, d.expected_interval_secs, d.learned_cadence_ms, d.first_reading,
-                d.last_reading, d.last_arrival, d.state, d.state_since
+                d.last_reading, d.last_arrival, d.state, d.state_since,
+                d.reported_online, d.reported_at, d.errors
          FROM devices d LEFT JOIN places p ON p.tenant = d.tenant AND p.place = d.place
          WHERE d.tenant = $1 AND ($2::text IS NULL OR d.state = $2)
            AND ($3::text IS NULL OR starts_with(p.path,
@@ -437,7 +512,11 @@ pub async fn transitions(
     limit: i64,
 ) -> sqlx::Result<Vec<StateChange>> {
     sqlx::query_as(
-        "SELECT at, from_state, to_state, detail FROM device_transitions
+        "SELECT at, from_state, to_state, coalesce(detail, jsonb_build_object(
+                    'last_reading', last_reading, 'deadline', deadline,
+                    'gateway_online', gateway_online, 'gateway_heard', gateway_heard,
+                    'gateway_held', gateway_held, 'reported_online', reported)) AS detail
+         FROM device_transitions
          WHERE tenant = $1 AND device = $2 ORDER BY at DESC LIMIT $3",
     )
     .bind(tenant)
