@@ -9,10 +9,13 @@
 //! [`crate::storage::SeriesRegistry`]), and the next reading brings the
 //! times back.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use dash_shared::{AgentId, Batch, Micros, TenantId, now_micros};
+
+/// Device names are hashed on the writer's path, once or twice per series
+/// block: a fast hasher (foldhash, seeded per process) rather than SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One device's news since the last flush.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +154,8 @@ impl Tracker {
         let arrival = now_micros();
         // A batch holds many series of few devices, or one series each of
         // many (1,000 sensors behind one gateway): a map either way.
-        let mut spans: HashMap<&str, Span> = HashMap::new();
+        let mut spans: HashMap<&str, Span> =
+            HashMap::with_capacity_and_hasher(batch.series.len().min(4_096), Default::default());
         fn put<'a>(spans: &mut HashMap<&'a str, Span>, device: &'a str, span: Span) {
             match spans.get_mut(device) {
                 Some(s) => s.merge(span),
@@ -172,14 +176,23 @@ impl Tracker {
                 cadence_ms,
             }
         };
-        for block in &batch.series {
-            if !block.timestamps.is_empty() {
-                put(
-                    &mut spans,
-                    block.key.device.as_str(),
-                    span(&block.timestamps),
-                );
+        // Blocks of one device usually come together: they are merged
+        // into one span before it is looked up.
+        let mut previous: Option<(&str, Span)> = None;
+        for block in batch.series.iter().filter(|b| !b.timestamps.is_empty()) {
+            let s = span(&block.timestamps);
+            match &mut previous {
+                Some((device, p)) if *device == block.key.device.as_str() => p.merge(s),
+                _ => {
+                    if let Some((device, p)) = previous.take() {
+                        put(&mut spans, device, p);
+                    }
+                    previous = Some((block.key.device.as_str(), s));
+                }
             }
+        }
+        if let Some((device, p)) = previous {
+            put(&mut spans, device, p);
         }
         for window in &batch.windows {
             let starts: Vec<Micros> = window.windows.iter().map(|w| w.start).collect();
