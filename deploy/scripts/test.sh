@@ -35,6 +35,7 @@ step "build" cargo build --workspace --bins --locked
 # The profile users run: tests/tests/release.rs starts this build.
 step "release agent" cargo build --release --locked -p dash-agent --bin dash-agent
 step "suite on PostgreSQL 15" cargo nextest run --workspace --locked --no-fail-fast
+step "isolation suite against a planted scope leak" deploy/scripts/planted-leak.sh
 step "Debian 13 root" deploy/scripts/debian13-root.sh
 # The whole suite again on PostgreSQL 17 + TimescaleDB (hypertables) from the
 # Debian 13 root: every test that starts a database gets that one. Left out:

@@ -460,6 +460,13 @@ pub struct DeviceFilter {
     pub device: Option<String>,
 }
 
+/// The filter that keeps a device listing within the scope's reach.
+#[cfg(not(feature = "plant-scope-leak"))]
+const DEVICE_SCOPE: &str = "dash_in_scope(d.tenant, d.place, d.customer, $8, $9)";
+/// The planted leak (see the crate's features): every device of the tenant.
+#[cfg(feature = "plant-scope-leak")]
+const DEVICE_SCOPE: &str = "($8::text[] IS NULL OR $9::text[] IS NULL OR true)";
+
 /// The scope's devices matching `f`, by name.
 pub async fn devices(
     pool: &PgPool,
@@ -468,7 +475,7 @@ pub async fn devices(
     limit: i64,
 ) -> sqlx::Result<Vec<Device>> {
     let reach = scope.reach();
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT d.device, d.agent, d.place, d.customer, d.latitude, d.longitude, d.model, d.firmware,
                 d.labels, d.expected_interval_secs, d.learned_cadence_ms, d.first_reading,
                 d.last_reading, d.last_arrival, d.state, d.state_since,
@@ -480,9 +487,9 @@ pub async fn devices(
            AND ($4::text IS NULL OR d.customer = $4)
            AND ($5::text IS NULL OR d.agent = $5)
            AND ($6::text IS NULL OR d.device = $6)
-           AND dash_in_scope(d.tenant, d.place, d.customer, $8, $9)
-         ORDER BY d.device LIMIT $7",
-    )
+           AND {DEVICE_SCOPE}
+         ORDER BY d.device LIMIT $7"
+    ))
     .bind(scope.tenant().as_str())
     .bind(&f.state)
     .bind(&f.within)
