@@ -151,6 +151,7 @@ async fn main() {
         }],
         RetentionConfig::default(),
         Default::default(),
+        dash_aggregator::audit::Audit::spawn(pg.pool.clone(), None),
     ));
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(
@@ -190,6 +191,7 @@ async fn main() {
         },
         "bench",
         None,
+        Default::default(),
     )
     .await
     .unwrap();

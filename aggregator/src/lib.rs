@@ -128,6 +128,7 @@ pub async fn run_reporting(
     bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir).await?;
+    let audit_key = config.audit.key()?;
     let metrics = Arc::new(Metrics::default());
     let (url, private_pg) = database(&config, true).await?;
     let private_pg = private_pg.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
@@ -139,6 +140,7 @@ pub async fn run_reporting(
         config.http.tokens.clone(),
         config.retention.clone(),
         config.http.clone(),
+        audit::Audit::spawn(pool.clone(), audit_key),
     ));
     let http = http::serve(
         config.http.listen,

@@ -188,7 +188,13 @@ enum UserCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the whole chain; exits non-zero at the first row that breaks it.
-    Verify,
+    /// Prints the head (SEQ:HASH) to keep outside the database.
+    Verify {
+        /// A head printed earlier: that row must still be there with that
+        /// hash, so a chain rebuilt after an edit is caught.
+        #[arg(long)]
+        expect: Option<String>,
+    },
     /// Print a tenant's rows in [--from, --to) as CSV (default: the last 24 hours).
     Export {
         #[arg(long)]
@@ -516,16 +522,41 @@ fn main() -> anyhow::Result<()> {
         | Command::Token { .. }
         | Command::Share { .. }) => access_command(cli.log.log_format, command),
         Command::Audit { config, command } => {
+            let key = dash_aggregator::Config::load(config.as_deref())?
+                .audit
+                .key()?;
             fleet_command(cli.log.log_format, config, async |pool| match command {
-                AuditCommand::Verify => {
-                    let v = dash_aggregator::storage::audit::verify(pool).await?;
+                AuditCommand::Verify { expect } => {
+                    let expect = expect
+                        .as_deref()
+                        .map(|e| {
+                            e.split_once(':')
+                                .and_then(|(s, h)| Some((s.parse::<i64>().ok()?, h)))
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!(
+                                        "--expect {e:?}: SEQ:HASH, as `audit verify` printed it"
+                                    )
+                                })
+                        })
+                        .transpose()?;
+                    let v =
+                        dash_aggregator::storage::audit::verify(pool, key.as_ref(), expect).await?;
                     match v.broken {
                         None => Ok(format!(
-                            "audit log intact: {} rows{}",
+                            "audit log intact: {} rows{}{}{}",
                             v.rows,
                             v.first
                                 .zip(v.last)
                                 .map(|(a, b)| format!(", {a} to {b}"))
+                                .unwrap_or_default(),
+                            match (v.keyed, &key) {
+                                (0, _) => String::new(),
+                                (n, Some(k)) => format!(", {n} chained with key {}", k.id),
+                                (n, None) => format!(", {n} keyed"),
+                            },
+                            v.last
+                                .zip(v.head.as_ref())
+                                .map(|(seq, h)| format!("\nhead {seq}:{h} (keep it elsewhere; check later with --expect {seq}:{h})"))
                                 .unwrap_or_default()
                         )),
                         Some((seq, why)) => anyhow::bail!("audit log broken at row {seq}: {why}"),

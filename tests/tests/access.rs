@@ -653,7 +653,7 @@ async fn the_audit_log_refuses_changes_and_its_chain_shows_an_edited_or_removed_
         .execute(&pg.pool)
         .await
         .unwrap();
-    let broken = dash_aggregator::storage::audit::verify(&pg.pool)
+    let broken = dash_aggregator::storage::audit::verify(&pg.pool, None, None)
         .await
         .unwrap();
     assert_eq!(broken.broken.as_ref().map(|b| b.0), Some(4), "{broken:?}");
@@ -663,7 +663,7 @@ async fn the_audit_log_refuses_changes_and_its_chain_shows_an_edited_or_removed_
         .await
         .unwrap();
     assert_eq!(
-        dash_aggregator::storage::audit::verify(&pg.pool)
+        dash_aggregator::storage::audit::verify(&pg.pool, None, None)
             .await
             .unwrap()
             .broken,
@@ -673,7 +673,7 @@ async fn the_audit_log_refuses_changes_and_its_chain_shows_an_edited_or_removed_
         .execute(&pg.pool)
         .await
         .unwrap();
-    let broken = dash_aggregator::storage::audit::verify(&pg.pool)
+    let broken = dash_aggregator::storage::audit::verify(&pg.pool, None, None)
         .await
         .unwrap();
     assert_eq!(broken.broken.as_ref().map(|b| b.0), Some(8), "{broken:?}");
@@ -702,17 +702,35 @@ async fn retention_cuts_the_oldest_rows_and_the_chain_goes_on_from_there() {
     for _ in 0..3 {
         call(port, &t, "GET", "/api/v1/tenants/acme/places", None).await;
     }
+    // A replica whose clock is behind writes a row stamped before the cut:
+    // the chain's order decides what goes, not the stamps.
+    let late = dash_aggregator::storage::audit::Entry {
+        at: cut_at - chrono::Duration::hours(1),
+        actor_kind: "bootstrap".into(),
+        actor: "http.tokens".into(),
+        tenant: Some("acme".into()),
+        action: "read".into(),
+        object: "/api/v1/tenants/acme/places".into(),
+        scope: "tenant".into(),
+        client: None,
+        user_agent: None,
+        outcome: "ok".into(),
+        status: 200,
+    };
+    dash_aggregator::storage::audit::append(&pg.pool, &[late], None)
+        .await
+        .unwrap();
     let gone = dash_aggregator::storage::audit::cut(&pg.pool, cut_at)
         .await
         .unwrap();
-    assert_eq!(gone, 5);
+    assert_eq!(gone, 5, "only the rows before the first one kept");
     call(port, &t, "GET", "/api/v1/tenants/acme/places", None).await;
-    let v = dash_aggregator::storage::audit::verify(&pg.pool)
+    let v = dash_aggregator::storage::audit::verify(&pg.pool, None, None)
         .await
         .unwrap();
     assert_eq!(
         (v.rows, v.first, v.last, v.broken),
-        (4, Some(6), Some(9), None)
+        (5, Some(6), Some(10), None)
     );
     // The tenant is logged as the route decoded it, not as it was spelled.
     let a = call(port, &t, "GET", "/api/v1/tenants/ac%6De/places", None).await;
@@ -1346,5 +1364,273 @@ async fn the_openapi_document_describes_every_route() {
         .map(|p| p.as_object().unwrap().len())
         .sum();
     assert_eq!(operations, routes().len(), "nothing more than the routes");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_audit_log_cannot_record_is_not_answered_and_a_change_says_so() {
+    let pg = TestPostgres::start().await;
+    let app = with_token(&pg).await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    people_and_places(dir.path(), &pg);
+    let ana = Who::of(&login(port, "ana", PASSWORD).await.unwrap());
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'audit storage is down (test)'; END $$;
+         CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_log
+             FOR EACH ROW EXECUTE FUNCTION test_refuse_audit();",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    let read = call(port, &ana, "GET", "/api/v1/tenants/acme/places", None).await;
+    assert_eq!(read.status, 503, "{}", read.text);
+    assert!(
+        !read.text.contains("pl-west"),
+        "nothing of the answer: {}",
+        read.text
+    );
+    assert!(!read.text.contains("test)"), "no SQL error: {}", read.text);
+    let change = call(
+        port,
+        &ana,
+        "POST",
+        "/api/v1/tenants/acme/places",
+        Some(r#"{"place": "st-9", "parent": "pl-west"}"#),
+    )
+    .await;
+    assert_eq!(change.status, 201, "the change happened: {}", change.text);
+    assert_eq!(change.header("x-dash-audit"), Some("not-recorded"));
+    sqlx::raw_sql("DROP TRIGGER test_refuse_audit ON audit_log")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let read = call(port, &ana, "GET", "/api/v1/tenants/acme/places", None).await;
+    assert_eq!(read.status, 200);
+    assert!(read.text.contains("st-9"));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_chain_cannot_be_rebuilt_without_its_key_and_a_noted_head_catches_a_rewrite() {
+    use dash_aggregator::storage::audit::{self, ChainKey};
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("audit.key");
+    std::fs::write(&key_file, "k3y-for-the-test-with-more-than-32-bytes\n").unwrap();
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.audit.key_file = key_file.clone();
+        c.http.tokens = vec![QueryToken {
+            tenant: "acme".into(),
+            sha256: dash_runtime::secret::sha256_hex("acme-token"),
+        }];
+    })
+    .await;
+    let port = app.http.port();
+    let t = Who::Bearer("acme-token".into());
+    for _ in 0..6 {
+        call(port, &t, "GET", "/api/v1/tenants/acme/places", None).await;
+    }
+    let key = ChainKey::new(b"k3y-for-the-test-with-more-than-32-bytes".to_vec()).unwrap();
+    let v = audit::verify(&pg.pool, Some(&key), None).await.unwrap();
+    assert_eq!((v.rows, v.keyed, &v.broken), (6, 6, &None));
+    let head = v.head.clone().unwrap();
+    // The command line, with the config naming the key, says so and
+    // prints the head to keep.
+    let config = dir.path().join("dash.toml");
+    std::fs::write(
+        &config,
+        format!("[audit]\nkey_file = {:?}\n", key_file.display().to_string()),
+    )
+    .unwrap();
+    let verify = |args: &[&str]| {
+        std::process::Command::new(dash_tests::process::binary("dash-aggregator"))
+            .args(args)
+            .env("DASH_DATABASE_URL", &pg.url)
+            .env("DASH_DATA_DIR", dir.path().join("aggregator"))
+            .output()
+            .unwrap()
+    };
+    let out = verify(&["audit", "verify", "--config", config.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("6 chained with key {}", key.id)),
+        "{said}"
+    );
+    assert!(said.contains(&format!("head 6:{head}")), "{said}");
+    // Without the key, or with another, nothing can be vouched for.
+    let out = verify(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("verify with the config that names audit.key_file")
+    );
+    let other = ChainKey::new(vec![7; 40]).unwrap();
+    let v = audit::verify(&pg.pool, Some(&other), None).await.unwrap();
+    assert!(v.broken.unwrap().1.contains("not this one"));
+
+    // The database's owner edits row 3 and rebuilds the chain from there
+    // as plain SHA-256 (the key is not theirs): caught.
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let rows: Vec<audit::Row> = sqlx::query_as(
+        "SELECT seq, at, actor_kind, actor, tenant, action, object, scope, client, user_agent,
+                outcome, status, prev_hash, hash, key_id FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(&pg.pool)
+    .await
+    .unwrap();
+    let mut prev = rows[1].hash.clone();
+    for mut row in rows.into_iter().skip(2) {
+        if row.seq == 3 {
+            row.entry.actor = "someone else".into();
+        }
+        let hash = audit::chain_hash(row.seq, &row.entry, &prev);
+        sqlx::query("UPDATE audit_log SET actor = $2, prev_hash = $3, hash = $4, key_id = NULL WHERE seq = $1")
+            .bind(row.seq)
+            .bind(&row.entry.actor)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&pg.pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    let v = audit::verify(&pg.pool, Some(&key), None).await.unwrap();
+    let (seq, why) = v.broken.unwrap();
+    assert_eq!(seq, 3, "{why}");
+    assert!(why.contains("unkeyed row after keyed ones"), "{why}");
+    // Even rebuilt from the very first row, the noted head catches it.
+    sqlx::query("UPDATE audit_log SET key_id = NULL")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let mut prev = audit::GENESIS.to_owned();
+    let rows: Vec<audit::Row> = sqlx::query_as(
+        "SELECT seq, at, actor_kind, actor, tenant, action, object, scope, client, user_agent,
+                outcome, status, prev_hash, hash, key_id FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(&pg.pool)
+    .await
+    .unwrap();
+    for row in rows {
+        let hash = audit::chain_hash(row.seq, &row.entry, &prev);
+        sqlx::query("UPDATE audit_log SET prev_hash = $2, hash = $3 WHERE seq = $1")
+            .bind(row.seq)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&pg.pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    assert_eq!(
+        audit::verify(&pg.pool, None, None).await.unwrap().broken,
+        None,
+        "it looks whole"
+    );
+    let v = audit::verify(&pg.pool, None, Some((6, &head)))
+        .await
+        .unwrap();
+    assert!(v.broken.unwrap().1.contains("rewritten"));
+    let out = verify(&["audit", "verify", "--expect", &format!("6:{head}")]);
+    assert!(!out.status.success());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_ends_with_the_user_or_token_that_made_it() {
+    let pg = TestPostgres::start().await;
+    let app = with_token(&pg).await;
+    let port = app.http.port();
+    let dir = tempfile::tempdir().unwrap();
+    people_and_places(dir.path(), &pg);
+    let ana = Who::of(&login(port, "ana", PASSWORD).await.unwrap());
+    let tokens = "/api/v1/tenants/acme/tokens";
+    let devices = "/api/v1/tenants/acme/devices";
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let a = call(
+        port,
+        &ana,
+        "POST",
+        tokens,
+        Some(&format!(
+            r#"{{"name": "provisioner", "role": "admin", "expires_at": "{tomorrow}"}}"#
+        )),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let provisioner = Who::Bearer(a.json["token"].as_str().unwrap().to_owned());
+    // A token made by a token that expires tomorrow expires tomorrow too,
+    // however long it asked for.
+    for body in [
+        r#"{"name": "feed", "role": "viewer"}"#,
+        r#"{"name": "feed-2", "role": "viewer", "expires_at": "2099-01-01T00:00:00Z"}"#,
+    ] {
+        let made = call(port, &provisioner, "POST", tokens, Some(body)).await;
+        assert_eq!(made.status, 201, "{}", made.text);
+        let expires =
+            chrono::DateTime::parse_from_rfc3339(made.json["expires_at"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(
+            expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            tomorrow,
+            "{body}"
+        );
+    }
+    let feed = call(
+        port,
+        &provisioner,
+        "POST",
+        tokens,
+        Some(r#"{"name": "feed-3", "role": "viewer"}"#),
+    )
+    .await;
+    let feed = Who::Bearer(feed.json["token"].as_str().unwrap().to_owned());
+    let grandchild = call(
+        port,
+        &provisioner,
+        "POST",
+        tokens,
+        Some(r#"{"name": "sub", "role": "admin"}"#),
+    )
+    .await;
+    let sub = Who::Bearer(grandchild.json["token"].as_str().unwrap().to_owned());
+    let made = call(
+        port,
+        &sub,
+        "POST",
+        tokens,
+        Some(r#"{"name": "leaf", "role": "viewer"}"#),
+    )
+    .await;
+    let leaf = Who::Bearer(made.json["token"].as_str().unwrap().to_owned());
+    for who in [&feed, &sub, &leaf] {
+        assert_eq!(call(port, who, "GET", devices, None).await.status, 200);
+    }
+    // Revoking the maker stops what it made, and what that made.
+    let a = call(port, &ana, "DELETE", &format!("{tokens}/provisioner"), None).await;
+    assert_eq!(a.status, 204);
+    for who in [&provisioner, &feed, &sub, &leaf] {
+        assert_eq!(call(port, who, "GET", devices, None).await.status, 401);
+    }
+    // A token made by a user stops when the user is disabled.
+    let a = call(
+        port,
+        &ana,
+        "POST",
+        tokens,
+        Some(r#"{"name": "anas", "role": "viewer"}"#),
+    )
+    .await;
+    let anas = Who::Bearer(a.json["token"].as_str().unwrap().to_owned());
+    assert_eq!(call(port, &anas, "GET", devices, None).await.status, 200);
+    cli(dir.path(), &pg, &["user", "disable", "--login", "ana"], "");
+    assert_eq!(call(port, &anas, "GET", devices, None).await.status, 401);
     app.stop().await.unwrap();
 }

@@ -101,6 +101,7 @@ async fn fixture(retention: RetentionConfig) -> Fixture {
         ],
         retention,
         Default::default(),
+        dash_aggregator::audit::Audit::spawn(pg.pool.clone(), None),
     ));
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = dash_aggregator::api::http::serve(

@@ -55,15 +55,16 @@ pub struct Api {
 }
 
 impl Api {
-    /// The handlers' state; starts the audit writer on the current runtime.
+    /// The handlers' state, writing audit rows to `audit`.
     pub fn new(
         pool: PgPool,
         tokens: Vec<QueryToken>,
         retention: RetentionConfig,
         http: HttpConfig,
+        audit: crate::audit::Audit,
     ) -> Api {
         Api {
-            audit: crate::audit::Audit::spawn(pool.clone()),
+            audit,
             guesses: session::Guesses::new(&http),
             pool,
             tokens,

@@ -14,7 +14,9 @@
 //! - `DELETE /api/v1/tenants/{tenant}/bindings/{id}` (a tenant-wide admin).
 //! - `GET /api/v1/tenants/{tenant}/tokens`, `POST` with
 //!   `{"name", "role", "place"?, "customer"?, "expires_at"?}` (the answer
-//!   holds the token, the only time it is shown), and
+//!   holds the token, the only time it is shown). A token ends with its
+//!   maker: it stops when the user who made it is disabled, or the token
+//!   that made it is revoked or expires, and never expires after it.
 //!   `DELETE /api/v1/tenants/{tenant}/tokens/{name}` to revoke one.
 //! - `GET /api/v1/tenants/{tenant}/audit`: the tenant's audit rows, as JSON
 //!   or CSV (a tenant-wide admin).
@@ -29,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Scoped, require};
 use super::{Api, ApiError, bad};
-use crate::auth::access::{Grant, Role, Scope, Within};
+use crate::auth::access::{Actor, Grant, Role, Scope, Within};
 use crate::storage::access as rows;
 use crate::storage::fleet;
 
@@ -265,26 +267,35 @@ pub async fn add_token(
     }
     let token = crate::cli::users::new_token();
     let sha = dash_runtime::secret::sha256_hex(&token);
+    let t = scope.tenant().as_str();
+    let maker = match scope.actor() {
+        Actor::User(login) => rows::maker_of(&api.pool, t, Some(login), None).await?,
+        Actor::Token(name) => rows::maker_of(&api.pool, t, None, Some(name)).await?,
+        _ => rows::Maker::default(),
+    };
     let added = rows::add_token(
         &api.pool,
-        scope.tenant().as_str(),
+        t,
         &body.name,
         &sha,
         &grant,
         &scope.actor().to_string(),
         body.expires_at,
+        maker,
     )
     .await
     .map_err(foreign_key)?;
-    if !added {
+    let Some(expires_at) = added else {
         return Err(ApiError(
             StatusCode::CONFLICT,
             "a token of that name exists; pick another or revoke it".into(),
         ));
-    }
+    };
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": body.name, "token": token, "grant": grant })),
+        Json(
+            json!({ "name": body.name, "token": token, "grant": grant, "expires_at": expires_at }),
+        ),
     ))
 }
 

@@ -31,11 +31,45 @@ use crate::storage::audit::{self as rows, Entry};
 pub struct AuditConfig {
     /// Days the log is kept (7 years: a care programme's records). 0: forever.
     pub days: u32,
+    /// A file holding the key the chain is made with (HMAC-SHA256; 32 bytes
+    /// or more), kept off the database's machine or at least out of its
+    /// reach. Unset: plain SHA-256, which catches edits by people without
+    /// database access only.
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { days: 2557 }
+        AuditConfig {
+            days: 2557,
+            key_file: Default::default(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The chain key from `key_file`, if one is configured. The file's
+    /// bytes are the key (surrounding whitespace dropped).
+    pub fn key(&self) -> anyhow::Result<Option<rows::ChainKey>> {
+        let path = &self.key_file;
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!(
+                "audit.key_file {}: {e}; make one with `head -c 48 /dev/urandom | base64 > FILE`",
+                path.display()
+            )
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let key = rows::ChainKey::new(text.trim().as_bytes().to_vec()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "audit.key_file {}: the key needs at least {} bytes",
+                path.display(),
+                rows::ChainKey::MIN_LEN
+            )
+        })?;
+        Ok(Some(key))
     }
 }
 
@@ -57,11 +91,11 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Starts the writer on the current runtime; it ends when every handle
-    /// is dropped, after storing what it holds.
-    pub fn spawn(pool: PgPool) -> Audit {
+    /// Starts the writer on the current runtime, chaining with `key`; it
+    /// ends when every handle is dropped, after storing what it holds.
+    pub fn spawn(pool: PgPool, key: Option<rows::ChainKey>) -> Audit {
         let (tx, rx) = mpsc::channel::<Job>(4096);
-        tokio::spawn(write_loop(pool, rx));
+        tokio::spawn(write_loop(pool, rx, key));
         Audit { tx }
     }
 
@@ -78,15 +112,15 @@ impl Audit {
     }
 }
 
-async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
+async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>, key: Option<rows::ChainKey>) {
     let mut jobs = Vec::new();
     while rx.recv_many(&mut jobs, 512).await > 0 {
         let entries: Vec<Entry> = jobs.iter().map(|(e, _)| e.clone()).collect();
-        let mut result = rows::append(&pool, &entries).await;
+        let mut result = rows::append(&pool, &entries, key.as_ref()).await;
         if result.is_err() {
             // Once more: a pool connection may have gone with a restart.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            result = rows::append(&pool, &entries).await;
+            result = rows::append(&pool, &entries, key.as_ref()).await;
         }
         let result = result.map_err(|e| {
             tracing::error!(error = %e, rows = entries.len(), "the audit log could not be written; the requests are answered 503");
@@ -157,12 +191,26 @@ fn outcome_of(status: StatusCode) -> &'static str {
 }
 
 /// The middleware around the API routes: one row per request.
+///
+/// The handler and the row run on a task of their own, so a client that
+/// goes away mid-request neither cuts a change short nor leaves it
+/// unrecorded. A read whose row cannot be stored is not answered (503); a
+/// change whose row cannot be stored has happened, so its answer is sent
+/// with `X-Dash-Audit: not-recorded` and the failure is logged.
 pub async fn layer(
     State(audit): State<Audit>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
+    let work = tokio::spawn(audited(audit, client, request, next));
+    work.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an API request's task failed");
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    })
+}
+
+async fn audited(audit: Audit, client: SocketAddr, mut request: Request, next: Next) -> Response {
     let slot = Slot::default();
     request.extensions_mut().insert(slot.clone());
     let method = request.method().clone();
@@ -184,7 +232,11 @@ pub async fn layer(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|a| dash_runtime::text::clip(a, 200).to_owned());
-    let response = next.run(request).await;
+    // A handler that panics is answered 500, and audited as such.
+    let response = tokio::spawn(next.run(request)).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, %path, "an API handler panicked");
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    });
     let noted = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (actor_kind, actor, scope, tenant) = match noted {
         Some(n) => {
@@ -206,10 +258,11 @@ pub async fn layer(
         outcome: outcome_of(response.status()).into(),
         status: i32::from(response.status().as_u16()),
     };
+    let read = matches!(method, Method::GET | Method::HEAD);
     match audit.record(entry).await {
         Ok(()) => response,
-        Err(e) => {
-            tracing::error!(error = %e, "a request could not be audited; answered 503");
+        Err(e) if read => {
+            tracing::error!(error = %e, %path, "a read could not be audited; answered 503");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(serde_json::json!({
@@ -217,6 +270,15 @@ pub async fn layer(
                 })),
             )
                 .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, %method, %path, status = response.status().as_u16(), "a change was made but could not be audited");
+            let mut response = response;
+            response.headers_mut().insert(
+                "x-dash-audit",
+                axum::http::HeaderValue::from_static("not-recorded"),
+            );
+            response
         }
     }
 }

@@ -159,9 +159,21 @@ pub async fn token_add(
     let tenant = TenantId::new(tenant.to_owned()).context("--tenant")?;
     let token = new_token();
     let sha = dash_runtime::secret::sha256_hex(&token);
-    match rows::add_token(pool, tenant.as_str(), name, &sha, g, created_by, expires).await {
-        Ok(true) => Ok(token),
-        Ok(false) => bail!("a token {name:?} exists in {tenant}; pick another name or revoke it"),
+    let maker = rows::Maker::default();
+    match rows::add_token(
+        pool,
+        tenant.as_str(),
+        name,
+        &sha,
+        g,
+        created_by,
+        expires,
+        maker,
+    )
+    .await
+    {
+        Ok(Some(_)) => Ok(token),
+        Ok(None) => bail!("a token {name:?} exists in {tenant}; pick another name or revoke it"),
         Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
             bail!("no such place or customer in {tenant} (`place list`)")
         }

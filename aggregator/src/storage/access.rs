@@ -312,7 +312,47 @@ pub struct Token {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-/// Records a token; false when its name is taken in the tenant.
+/// Who makes a token through the API: the user, or the token, asking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maker {
+    pub user: Option<i64>,
+    pub token: Option<i64>,
+}
+
+/// The [`Maker`] of a request by `login` (a user) or by token `name` of
+/// `tenant`.
+pub async fn maker_of(
+    pool: &PgPool,
+    tenant: &str,
+    user: Option<&str>,
+    token: Option<&str>,
+) -> sqlx::Result<Maker> {
+    let user = match user {
+        Some(login) => {
+            sqlx::query_scalar("SELECT id FROM users WHERE login = $1")
+                .bind(login)
+                .fetch_optional(pool)
+                .await?
+        }
+        None => None,
+    };
+    let token = match token {
+        Some(name) => {
+            sqlx::query_scalar("SELECT id FROM api_tokens WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }
+        None => None,
+    };
+    Ok(Maker { user, token })
+}
+
+/// Records a token; false when its name is taken in the tenant. A token
+/// made by another never expires after it: `expires_at` is cut to the
+/// maker's. Returns when it expires, too.
+#[allow(clippy::too_many_arguments)]
 pub async fn add_token(
     pool: &PgPool,
     tenant: &str,
@@ -321,11 +361,18 @@ pub async fn add_token(
     grant: &Grant,
     created_by: &str,
     expires_at: Option<DateTime<Utc>>,
-) -> sqlx::Result<bool> {
+    maker: Maker,
+) -> sqlx::Result<Option<Option<DateTime<Utc>>>> {
     let (place, customer) = within_columns(&grant.within);
-    let done = sqlx::query(
-        "INSERT INTO api_tokens (tenant, name, sha256, role, place, customer, created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    sqlx::query_scalar(
+        "INSERT INTO api_tokens (tenant, name, sha256, role, place, customer, created_by, expires_at,
+                                 made_by_user, made_by_token)
+         SELECT $1, $2, $3, $4, $5, $6, $7,
+                CASE WHEN m.expires_at IS NULL THEN $8::timestamptz
+                     ELSE least(coalesce($8::timestamptz, m.expires_at), m.expires_at) END,
+                $9, $10
+         FROM (SELECT (SELECT expires_at FROM api_tokens WHERE id = $10) AS expires_at) m
+         ON CONFLICT DO NOTHING RETURNING expires_at",
     )
     .bind(tenant)
     .bind(name)
@@ -335,9 +382,10 @@ pub async fn add_token(
     .bind(customer)
     .bind(created_by)
     .bind(expires_at)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .bind(maker.user)
+    .bind(maker.token)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Revokes token `name` of `tenant`; false when there is none.
@@ -372,14 +420,29 @@ pub async fn token_by_digest(
     /// `(tenant, name, role, place, customer)`.
     type Row = (String, String, String, Option<String>, Option<String>);
     let row: Option<Row> = sqlx::query_as(
-        "WITH t AS (
-             SELECT id, tenant, name, role, place, customer FROM api_tokens
+        "WITH RECURSIVE t AS (
+             SELECT id, tenant, name, role, place, customer, made_by_user, made_by_token FROM api_tokens
              WHERE sha256 = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+         ), makers AS (
+             -- The tokens it was made by, and theirs: each must still be live.
+             SELECT a.id, a.made_by_user, a.made_by_token, a.revoked_at, a.expires_at, 1 AS depth
+             FROM api_tokens a JOIN t ON a.id = t.made_by_token
+             UNION ALL
+             SELECT a.id, a.made_by_user, a.made_by_token, a.revoked_at, a.expires_at, m.depth + 1
+             FROM api_tokens a JOIN makers m ON a.id = m.made_by_token WHERE m.depth < 32
+         ), dead AS (
+             SELECT 1 FROM makers WHERE revoked_at IS NOT NULL OR expires_at <= now()
+             UNION ALL
+             SELECT 1 FROM users u
+             WHERE u.disabled_at IS NOT NULL
+               AND u.id IN (SELECT made_by_user FROM t UNION SELECT made_by_user FROM makers)
+         ), live AS (
+             SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM dead)
          ), used AS (
-             UPDATE api_tokens a SET last_used_at = now() FROM t
+             UPDATE api_tokens a SET last_used_at = now() FROM live t
              WHERE a.id = t.id AND (a.last_used_at IS NULL OR a.last_used_at < now() - interval '1 minute')
          )
-         SELECT tenant, name, role, place, customer FROM t",
+         SELECT tenant, name, role, place, customer FROM live",
     )
     .bind(sha256)
     .fetch_optional(pool)

@@ -35,11 +35,67 @@ pub struct Row {
     pub entry: Entry,
     pub prev_hash: String,
     pub hash: String,
+    /// The key it was chained with ([`ChainKey::id`]); `None`: plain SHA-256.
+    pub key_id: Option<String>,
 }
 
-/// The hash of `entry` as row `seq` after `prev_hash`: SHA-256 over the
-/// previous hash and a JSON array of every field, in a fixed order.
+/// A key the chain is made with (`audit.key_file`), kept outside the
+/// database.
+#[derive(Clone)]
+pub struct ChainKey {
+    secret: Vec<u8>,
+    /// Names the key in each row, never revealing it: the first 16 hex
+    /// digits of SHA-256 over a label and the key.
+    pub id: String,
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChainKey({})", self.id)
+    }
+}
+
+impl ChainKey {
+    /// The shortest key taken, in bytes.
+    pub const MIN_LEN: usize = 32;
+
+    /// A key from its bytes; `None` when shorter than [`Self::MIN_LEN`].
+    pub fn new(secret: Vec<u8>) -> Option<ChainKey> {
+        use sha2::Digest;
+        if secret.len() < Self::MIN_LEN {
+            return None;
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(b"dash-audit-key:");
+        h.update(&secret);
+        let id = dash_runtime::secret::hex(&h.finalize()[..8]);
+        Some(ChainKey { secret, id })
+    }
+}
+
+/// The hash of `entry` as row `seq` after `prev_hash`, over the previous
+/// hash and a JSON array of every field in a fixed order: HMAC-SHA256 with
+/// `key`, or SHA-256 without.
+pub fn keyed_hash(seq: i64, entry: &Entry, prev_hash: &str, key: Option<&ChainKey>) -> String {
+    use hmac::Mac;
+    let text = chain_text(seq, entry, prev_hash);
+    match key {
+        None => dash_runtime::secret::sha256_hex(&text),
+        Some(k) => {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&k.secret)
+                .expect("HMAC takes a key of any length");
+            mac.update(text.as_bytes());
+            dash_runtime::secret::hex(&mac.finalize().into_bytes())
+        }
+    }
+}
+
+/// [`keyed_hash`] without a key.
 pub fn chain_hash(seq: i64, entry: &Entry, prev_hash: &str) -> String {
+    keyed_hash(seq, entry, prev_hash, None)
+}
+
+fn chain_text(seq: i64, entry: &Entry, prev_hash: &str) -> String {
     let fields = serde_json::json!([
         seq,
         entry.at.timestamp_micros(),
@@ -54,11 +110,11 @@ pub fn chain_hash(seq: i64, entry: &Entry, prev_hash: &str) -> String {
         entry.outcome,
         entry.status,
     ]);
-    dash_runtime::secret::sha256_hex(&format!("{prev_hash}\n{fields}"))
+    format!("{prev_hash}\n{fields}")
 }
 
-/// Appends `entries` in order, in one transaction.
-pub async fn append(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<()> {
+/// Appends `entries` in order, in one transaction, chained with `key`.
+pub async fn append(pool: &PgPool, entries: &[Entry], key: Option<&ChainKey>) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('dash_audit_log'))")
         .execute(&mut *tx)
@@ -79,11 +135,11 @@ pub async fn append(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<()> {
     };
     for e in entries {
         seq += 1;
-        let hash = chain_hash(seq, e, &prev);
+        let hash = keyed_hash(seq, e, &prev, key);
         sqlx::query(
             "INSERT INTO audit_log (seq, at, actor_kind, actor, tenant, action, object, scope, client,
-                                    user_agent, outcome, status, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                    user_agent, outcome, status, prev_hash, hash, key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(seq)
         .bind(e.at)
@@ -99,6 +155,7 @@ pub async fn append(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<()> {
         .bind(e.status)
         .bind(&prev)
         .bind(&hash)
+        .bind(key.map(|k| k.id.as_str()))
         .execute(&mut *tx)
         .await?;
         prev = hash;
@@ -107,7 +164,7 @@ pub async fn append(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<()> {
 }
 
 const COLUMNS: &str = "seq, at, actor_kind, actor, tenant, action, object, scope, client, user_agent, \
-                       outcome, status, prev_hash, hash";
+                       outcome, status, prev_hash, hash, key_id";
 
 /// A tenant's rows in `[from, to)`, oldest first, at most `limit`.
 pub async fn list(
@@ -137,14 +194,31 @@ pub struct Verified {
     pub last: Option<i64>,
     /// The first row that breaks the chain, and how; `None`: intact.
     pub broken: Option<(i64, String)>,
+    /// Rows chained with the key.
+    pub keyed: u64,
+    /// The last row's hash: kept outside the database, it shows later that
+    /// the chain still runs through it ([`verify`]'s `expect`).
+    pub head: Option<String>,
 }
 
-/// Walks every row in order: each seq follows the last, each `prev_hash`
-/// is the previous row's hash, each hash is recomputed.
-pub async fn verify(pool: &PgPool) -> sqlx::Result<Verified> {
+/// Walks every row in order, in one snapshot: each seq follows the last,
+/// each `prev_hash` is the previous row's hash, each hash is recomputed
+/// (with `key` for keyed rows: a keyed row needs it, and an unkeyed row
+/// after a keyed one breaks the chain, as a rewrite without the key
+/// would). With `expect` (a row's seq and hash noted earlier), that row
+/// must still be there with that hash, unless retention cut it.
+pub async fn verify(
+    pool: &PgPool,
+    key: Option<&ChainKey>,
+    expect: Option<(i64, &str)>,
+) -> sqlx::Result<Verified> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let anchor: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, prev_hash FROM audit_anchor WHERE id = 1")
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?;
     let (mut next, mut prev) = anchor.unwrap_or((1, GENESIS.to_owned()));
     let mut out = Verified {
@@ -152,14 +226,26 @@ pub async fn verify(pool: &PgPool) -> sqlx::Result<Verified> {
         first: None,
         last: None,
         broken: None,
+        keyed: 0,
+        head: None,
     };
+    if let Some((seq, _)) = expect.filter(|(seq, _)| *seq < next) {
+        out.broken = Some((
+            seq,
+            format!(
+                "the expected row {seq} is before the chain's start ({next}): retention cut it, or rows were removed and the anchor moved"
+            ),
+        ));
+        return Ok(out);
+    }
+    let mut expect_seen = expect.is_none();
     let mut after = next - 1;
     loop {
         let page: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 10000"
         ))
         .bind(after)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
         if page.is_empty() {
             break;
@@ -175,11 +261,27 @@ pub async fn verify(pool: &PgPool) -> sqlx::Result<Verified> {
                 ))
             } else if row.prev_hash != prev {
                 Some("its prev_hash is not the previous row's hash".to_owned())
-            } else if chain_hash(row.seq, &row.entry, &row.prev_hash) != row.hash {
+            } else if let Some(why) = key_problem(&row, key, out.keyed > 0) {
+                Some(why)
+            } else if keyed_hash(
+                row.seq,
+                &row.entry,
+                &row.prev_hash,
+                row.key_id.as_ref().and(key),
+            ) != row.hash
+            {
                 Some("its fields do not match its hash: it was changed".to_owned())
+            } else if expect.is_some_and(|(seq, hash)| seq == row.seq && hash != row.hash) {
+                Some("its hash is not the one noted for it: the chain was rewritten".to_owned())
             } else {
                 None
             };
+            if expect.is_some_and(|(seq, _)| seq == row.seq) {
+                expect_seen = true;
+            }
+            if row.key_id.is_some() {
+                out.keyed += 1;
+            }
             if let Some(why) = why {
                 out.broken = Some((row.seq, why));
                 return Ok(out);
@@ -189,7 +291,29 @@ pub async fn verify(pool: &PgPool) -> sqlx::Result<Verified> {
             prev = row.hash;
         }
     }
+    if !expect_seen && let Some((seq, _)) = expect {
+        out.broken = Some((seq, format!("the expected row {seq} is not in the log")));
+    }
+    out.head = (out.rows > 0).then_some(prev);
     Ok(out)
+}
+
+/// Why a row's key makes it uncheckable or suspect, if it does.
+fn key_problem(row: &Row, key: Option<&ChainKey>, after_keyed: bool) -> Option<String> {
+    match (&row.key_id, key) {
+        (None, _) if after_keyed => Some(
+            "an unkeyed row after keyed ones: written, or rewritten, without the key".to_owned(),
+        ),
+        (None, _) => None,
+        (Some(id), Some(k)) if *id == k.id => None,
+        (Some(id), Some(k)) => Some(format!(
+            "it is chained with key {id}, not this one ({}): check audit.key_file",
+            k.id
+        )),
+        (Some(id), None) => Some(format!(
+            "it is chained with key {id}: verify with the config that names audit.key_file"
+        )),
+    }
 }
 
 /// Removes the rows older than `before` (a prefix of the chain) and moves
@@ -199,12 +323,26 @@ pub async fn cut(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('dash_audit_log'))")
         .execute(&mut *tx)
         .await?;
-    let Some(upto): Option<i64> =
-        sqlx::query_scalar("SELECT max(seq) FROM audit_log WHERE at < $1")
+    // The prefix of rows before the first one at or after `before`: rows
+    // are cut in chain order, so a row stamped out of order (clocks of two
+    // replicas) neither takes later rows with it nor is left as a gap.
+    let first_kept: Option<i64> =
+        sqlx::query_scalar("SELECT min(seq) FROM audit_log WHERE at >= $1")
             .bind(before)
             .fetch_one(&mut *tx)
-            .await?
-    else {
+            .await?;
+    let upto: Option<i64> = match first_kept {
+        Some(k) => Some(k - 1),
+        None => {
+            sqlx::query_scalar("SELECT max(seq) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await?
+        }
+    };
+    let lowest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM audit_log")
+        .fetch_one(&mut *tx)
+        .await?;
+    let Some(upto) = upto.filter(|u| lowest.is_some_and(|l| *u >= l)) else {
         return Ok(0);
     };
     let kept: Option<(i64, String)> =
