@@ -492,7 +492,12 @@ pub async fn poll(
         let mut samples = Vec::new();
         let mut results: Vec<(usize, Result<f64, ReadError>)> = Vec::new();
         for r in &reads {
-            let outcome = read_with_retries(&device, &mut ctx, r, &stop).await;
+            // A device gone silent must not hold shutdown for reads × timeout_ms:
+            // what this cycle read so far is kept, the rest is not tried.
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => break,
+                outcome = read_with_retries(&device, &mut ctx, r, &stop) => outcome,
+            };
             let now = clock.now();
             match outcome {
                 Ok(values) => {

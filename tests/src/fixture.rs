@@ -23,6 +23,27 @@ pub fn payload(seq: u64, series: Vec<SeriesBlock>) -> Vec<u8> {
     encode(&Batch::samples(stream(1), seq, 1, series))
 }
 
+/// [`payload`] with `events` too.
+pub fn payload_with_events(
+    seq: u64,
+    series: Vec<SeriesBlock>,
+    events: Vec<dash_shared::Event>,
+) -> Vec<u8> {
+    let mut b = Batch::samples(stream(1), seq, 1, series);
+    b.events = events;
+    encode(&b)
+}
+
+/// A `sale` event of `source` at `time` (µs).
+pub fn sale(source: &str, time: i64) -> dash_shared::Event {
+    dash_shared::Event {
+        source: source.into(),
+        time,
+        kind: "sale".into(),
+        body: format!(r#"{{"till": "{source}", "amount": 12.5}}"#),
+    }
+}
+
 /// One delivery from `tenant`'s `agent` per payload, in order.
 pub fn deliveries<'a>(
     tenant: &'a TenantId,

@@ -10,7 +10,6 @@ use dash_aggregator::config::QueryToken;
 use dash_aggregator::ingest::Delivery;
 use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
 use dash_tests::app::TestApp;
-use dash_tests::fixture::payload;
 use dash_tests::pg::TestPostgres;
 use dash_tests::{Answer, http};
 
@@ -173,17 +172,20 @@ async fn every_route_answers_only_within_the_callers_scope() {
     let d = dir.path();
 
     // Readings for three devices, then where they are and whose.
-    let ing = pg.ingestor();
+    // Ingest as the aggregator does, noting each device's agent.
+    let tracker = std::sync::Arc::new(dash_aggregator::fleet::tracker::Tracker::default());
+    let ing = pg.ingestor().with_fleet(tracker.clone());
     let (acme, gw) = (TenantId::new("acme").unwrap(), AgentId::new("gw").unwrap());
     let now = chrono::Utc::now().timestamp_micros();
     for (seq, device) in ["w-dev", "e-dev", "c1-dev"].iter().enumerate() {
-        let p = payload(
+        let p = dash_tests::fixture::payload_with_events(
             seq as u64 + 1,
             vec![SeriesBlock {
                 key: SeriesKey::new(*device, "temp"),
                 timestamps: vec![now - 60_000_000],
                 values: vec![1.0],
             }],
+            vec![dash_tests::fixture::sale(device, now - 30_000_000)],
         );
         let d = [Delivery {
             tenant: &acme,
@@ -192,6 +194,9 @@ async fn every_route_answers_only_within_the_callers_scope() {
         }];
         ing.handle_group(&d).await.unwrap();
     }
+    dash_aggregator::storage::fleet::record_seen(&pg.pool, &tracker.take())
+        .await
+        .unwrap();
     for args in [
         &["place", "add", "--tenant", "acme", "--id", "pl-corp"][..],
         &[
@@ -521,6 +526,28 @@ async fn every_route_answers_only_within_the_callers_scope() {
     assert_eq!(devices, ["w-dev"]);
     let a = call(port, &ana, "GET", "/api/v1/tenants/acme/series", None).await;
     assert_eq!(a.json["series"].as_array().unwrap().len(), 3);
+    // And its events and agents: its own device's, and the gateway that
+    // serves it.
+    let a = call(port, &wes, "GET", "/api/v1/tenants/acme/events", None).await;
+    let sources: Vec<&str> = a.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["w-dev"], "{}", a.text);
+    let a = call(port, &ana, "GET", "/api/v1/tenants/acme/events", None).await;
+    assert_eq!(a.json["events"].as_array().unwrap().len(), 3, "{}", a.text);
+    let a = call(port, &cus, "GET", "/api/v1/tenants/acme/agents", None).await;
+    assert_eq!(
+        (
+            &a.json["agents"][0]["agent"],
+            &a.json["agents"][0]["devices"]
+        ),
+        (&serde_json::json!("gw"), &serde_json::json!(1)),
+        "{}",
+        a.text
+    );
 
     // An editor of the west changes a west device, but cannot move it east
     // or touch an east one.

@@ -1,6 +1,6 @@
 //! A property test of the access model: random place trees, customers,
-//! devices and bindings; the devices and series each user reads through
-//! the API equal a reference computed here from the same data.
+//! devices and bindings; the devices, series and events each user reads
+//! through the API equal a reference computed here from the same data.
 //!
 //! `DASH_TEST_SEED=N` replays a run.
 
@@ -11,7 +11,6 @@ use dash_aggregator::ingest::Delivery;
 use dash_aggregator::storage::access as rows;
 use dash_shared::{AgentId, SeriesBlock, SeriesKey, TenantId};
 use dash_tests::app::TestApp;
-use dash_tests::fixture::payload;
 use dash_tests::pg::TestPostgres;
 use dash_tests::{Rng, http};
 
@@ -141,7 +140,12 @@ async fn build(pg: &TestPostgres, tenant: &str, w: &World, case: u64) {
             values: vec![d as f64],
         })
         .collect();
-    let p = payload(case + 1, series);
+    // And one sale per device.
+    let now = chrono::Utc::now().timestamp_micros();
+    let events = (0..w.devices.len())
+        .map(|d| dash_tests::fixture::sale(&format!("d{d}"), now))
+        .collect();
+    let p = dash_tests::fixture::payload_with_events(case + 1, series, events);
     let (t, gw) = (TenantId::new(tenant).unwrap(), AgentId::new("gw").unwrap());
     pg.ingestor()
         .handle_group(&[Delivery {
@@ -225,6 +229,7 @@ async fn what_each_user_reads_equals_the_reference_for_random_trees_and_bindings
             let want = reference(&w, grants);
             let devices = names(&get("devices").await, "devices", "device");
             let series = names(&get("series").await, "series", "device");
+            let events = names(&get("events").await, "events", "source");
             assert_eq!(
                 devices, want,
                 "case {case}, user {u} with {grants:?}: devices"
@@ -232,6 +237,10 @@ async fn what_each_user_reads_equals_the_reference_for_random_trees_and_bindings
             assert_eq!(
                 series, want,
                 "case {case}, user {u} with {grants:?}: series"
+            );
+            assert_eq!(
+                events, want,
+                "case {case}, user {u} with {grants:?}: events"
             );
         }
     }

@@ -173,11 +173,8 @@ scale = 0.001
     // The simulator counts seconds since it started: a few, unscaled; well under 1 scaled by 0.001.
     assert!(uptime.2 < 1.0, "scaled by 0.001: {}", uptime.2);
     assert!(statuses(&s.pg, "plc-1").await.is_empty(), "no point failed");
-    assert!(
-        s.agent.terminate(Duration::from_secs(10)),
-        "{}",
-        s.agent.log()
-    );
+    let (clean, log) = terminate_answering(s.agent).await;
+    assert!(clean, "{log}");
     assert!(s.aggregator.terminate(Duration::from_secs(15)));
 }
 
@@ -236,9 +233,59 @@ async fn exceptions_and_timeouts_report_a_status_while_other_points_keep_flowing
     .await;
     // A status is reported on change, not on every poll.
     assert_eq!(statuses(&s.pg, "plc-1").await.len(), 1);
+    let (clean, log) = terminate_answering(s.agent).await;
+    assert!(clean, "{log}");
+    assert!(s.aggregator.terminate(Duration::from_secs(15)));
+}
+
+/// Stops `agent` off this test's one runtime thread, so the simulator on
+/// it keeps answering while the agent shuts down: whether it stopped
+/// cleanly within 10 s, and its log.
+async fn terminate_answering(mut agent: Proc) -> (bool, String) {
+    tokio::task::spawn_blocking(move || (agent.terminate(Duration::from_secs(10)), agent.log()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_device_that_goes_silent_mid_poll_does_not_hold_the_agents_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    // Connections are accepted by the kernel and never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let points: Vec<ModbusPoint> = (0..40)
+        .map(|i| ModbusPoint {
+            metric: format!("r{i}"),
+            address: i * 10,
+            ..counter()
+        })
+        .collect();
+    let plc = device(
+        "plc-silent",
+        silent.local_addr().unwrap().to_string(),
+        String::new(),
+        points,
+    );
+    let mut s = start(dir.path(), vec![plc]).await;
+    eventually(Duration::from_secs(60), "the poll started", || async {
+        s.agent
+            .log()
+            .contains("polling Modbus device")
+            .then_some(())
+    })
+    .await;
+    // 40 reads of 300 ms each, retried: a cycle takes over 20 s. Shutdown
+    // (5 s of grace in these tests) must not wait for it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
     assert!(
-        s.agent.terminate(Duration::from_secs(10)),
+        s.agent.terminate(Duration::from_secs(6)),
         "{}",
+        s.agent.log()
+    );
+    assert!(
+        !s.agent.log().contains("inputs did not close"),
+        "stopped in {:?}: {}",
+        started.elapsed(),
         s.agent.log()
     );
     assert!(s.aggregator.terminate(Duration::from_secs(15)));
@@ -278,11 +325,8 @@ async fn a_server_that_disappears_and_comes_back_is_read_again() {
         },
     )
     .await;
-    assert!(
-        s.agent.terminate(Duration::from_secs(10)),
-        "{}",
-        s.agent.log()
-    );
+    let (clean, log) = terminate_answering(s.agent).await;
+    assert!(clean, "{log}");
     assert!(s.aggregator.terminate(Duration::from_secs(15)));
 }
 
@@ -320,11 +364,8 @@ async fn every_type_reads_as_its_value_over_rtu_on_a_serial_line() {
     let mut s = start(dir.path(), vec![meter]).await;
     check_fixtures(&s, "meter-1", &fixtures).await;
     stop.cancel();
-    assert!(
-        s.agent.terminate(Duration::from_secs(10)),
-        "{}",
-        s.agent.log()
-    );
+    let (clean, log) = terminate_answering(s.agent).await;
+    assert!(clean, "{log}");
     assert!(s.aggregator.terminate(Duration::from_secs(15)));
     let _ = socat.kill();
     let _ = socat.wait();

@@ -256,3 +256,49 @@ pub async fn put_customer(
     fleet::put_customer(&api.pool, scope.tenant().as_str(), &c).await?;
     Ok(Json(json!({ "customer": c })))
 }
+
+/// `GET /api/v1/tenants/{tenant}/events?kind=&source=&from=&to=&limit=`:
+/// events (sales, faults, device statuses) oldest first, those of sources
+/// in the caller's scope only; by default the last 24 hours.
+pub async fn events(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+    Query(mut params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let now = chrono::Utc::now();
+    let mut time = |key: &str, default: chrono::DateTime<chrono::Utc>| -> Result<_, ApiError> {
+        match take(&mut params, key) {
+            None => Ok(default),
+            Some(v) => Ok(
+                chrono::DateTime::from_timestamp_micros(super::parse_time(key, &v)?)
+                    .unwrap_or(default),
+            ),
+        }
+    };
+    let from = time("from", now - chrono::Duration::days(1))?;
+    let to = time("to", now + chrono::Duration::seconds(1))?;
+    if from >= to {
+        return Err(bad("from must be before to"));
+    }
+    let filter = crate::storage::read::EventFilter {
+        kind: take(&mut params, "kind"),
+        source: take(&mut params, "source"),
+        from,
+        to,
+    };
+    let limit = take_limit(&mut params, 1_000, 100_000)?;
+    refuse_unknown(&params)?;
+    let events = crate::storage::read::events(&api.pool, &scope, &filter, limit).await?;
+    Ok(Json(json!({ "events": events })))
+}
+
+/// `GET /api/v1/tenants/{tenant}/agents`: gateways and POS boxes with their
+/// last status (buffer depth, backlog, drops, clock, version), those that
+/// serve the caller's scope only.
+pub async fn agents(
+    State(api): State<Arc<Api>>,
+    Scoped(scope): Scoped,
+) -> Result<Json<Value>, ApiError> {
+    let agents = crate::storage::read::agents(&api.pool, &scope).await?;
+    Ok(Json(json!({ "agents": agents })))
+}

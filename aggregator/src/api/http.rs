@@ -218,6 +218,20 @@ pub fn routes() -> Vec<Route> {
         ),
         r(
             Method::GET,
+            "/api/v1/tenants/{tenant}/events",
+            Tenant(Role::Viewer),
+            get(api::fleet::events),
+            "Events (sales, faults, device statuses) of sources in the caller's scope",
+        ),
+        r(
+            Method::GET,
+            "/api/v1/tenants/{tenant}/agents",
+            Tenant(Role::Viewer),
+            get(api::fleet::agents),
+            "Agents serving the caller's scope, with their last status",
+        ),
+        r(
+            Method::GET,
             "/api/v1/tenants/{tenant}/places",
             Tenant(Role::Viewer),
             get(api::fleet::places),

@@ -175,3 +175,94 @@ pub async fn partials(
     }
     Ok(())
 }
+
+/// Which events to list: all given must match.
+#[derive(Debug, Clone)]
+pub struct EventFilter {
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// One event as the API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub ts: DateTime<Utc>,
+    pub source: String,
+    pub agent: String,
+    pub kind: String,
+    pub body: Value,
+}
+
+/// At most `limit` events of the scope's tenant in `[from, to)`, oldest
+/// first: only those whose source (a device, a till) the scope reaches.
+pub async fn events(
+    pool: &PgPool,
+    scope: &Scope,
+    f: &EventFilter,
+    limit: i64,
+) -> sqlx::Result<Vec<EventRow>> {
+    let reach = scope.reach();
+    sqlx::query_as(
+        "SELECT e.ts, e.source, e.agent, e.kind, e.body FROM events e
+         LEFT JOIN devices d ON d.tenant = e.tenant AND d.device = e.source
+         WHERE e.tenant = $1 AND e.ts >= $2 AND e.ts < $3
+           AND ($4::text IS NULL OR e.kind = $4) AND ($5::text IS NULL OR e.source = $5)
+           AND dash_in_scope(e.tenant, d.place, d.customer, $7, $8)
+         ORDER BY e.ts, e.source LIMIT $6",
+    )
+    .bind(scope.tenant().as_str())
+    .bind(f.from)
+    .bind(f.to)
+    .bind(&f.kind)
+    .bind(&f.source)
+    .bind(limit)
+    .bind(&reach.places)
+    .bind(&reach.customers)
+    .fetch_all(pool)
+    .await
+}
+
+/// An agent (a gateway, a POS box) as the API lists it: its last status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct AgentRow {
+    pub agent: String,
+    pub online: Option<bool>,
+    pub version: Option<String>,
+    pub received_at: Option<DateTime<Utc>>,
+    /// Buffer depth, backlog, drops, clock and faults as the agent sent them.
+    pub status: Option<Value>,
+    /// Devices whose last reading it delivered, within the scope.
+    pub devices: i64,
+}
+
+/// The scope's agents: every agent of the tenant for a whole-tenant scope,
+/// otherwise those that delivered the last reading of a device it reaches.
+pub async fn agents(pool: &PgPool, scope: &Scope) -> sqlx::Result<Vec<AgentRow>> {
+    let reach = scope.reach();
+    sqlx::query_as(
+        "WITH known AS (
+             SELECT agent FROM agent_status WHERE tenant = $1
+             UNION SELECT agent FROM agents WHERE tenant = $1
+             UNION SELECT agent FROM devices WHERE tenant = $1 AND agent IS NOT NULL
+         ), reached AS (
+             SELECT d.agent, count(*) AS devices FROM devices d
+             WHERE d.tenant = $1 AND d.agent IS NOT NULL
+               AND dash_in_scope(d.tenant, d.place, d.customer, $2, $3)
+             GROUP BY d.agent
+         )
+         SELECT k.agent, s.online, s.version, s.received_at, s.status,
+                coalesce(r.devices, 0) AS devices
+         FROM known k
+         LEFT JOIN agent_status s ON s.tenant = $1 AND s.agent = k.agent
+         LEFT JOIN reached r ON r.agent = k.agent
+         WHERE $2::text[] IS NULL OR r.agent IS NOT NULL
+         ORDER BY k.agent",
+    )
+    .bind(scope.tenant().as_str())
+    .bind(&reach.places)
+    .bind(&reach.customers)
+    .fetch_all(pool)
+    .await
+}
