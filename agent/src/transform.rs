@@ -365,8 +365,9 @@ impl Transforms {
     /// A device's status as one `device.status` event: the device renamed
     /// as its readings are (so the status and the series name the same
     /// device), and each error code with the text the first lookup rule
-    /// that knows it gives (`null` when none does). Rules are matched by
-    /// the device and the report's `error_metric`; filters do not apply.
+    /// that knows it gives (`null` when none does). The rules that apply
+    /// are those of every metric and those of the report's `error_metric`:
+    /// renames, drop and keep filters, lookups. `None`: filtered out.
     ///
     /// The body: `{"online": bool?, "firmware": str?, "model": str?,
     /// "errors": [{"code": str, "message": str|null}]?}`, each field only
@@ -377,10 +378,23 @@ impl Transforms {
         let codes = report.errors.unwrap_or_default();
         let mut messages: Vec<Option<String>> = vec![None; codes.len()];
         // One pass in order, as for readings: each rule sees the device as
-        // the rules before it left it.
+        // the rules before it left it. The rules that apply are those of
+        // every metric (`metric = "*"`) and those of the error metric: a
+        // device's renames, drop and keep filters, and the lookup tables.
+        let keeps = self.rules.iter().any(|r| {
+            r.filter == Some(Filter::Keep)
+                && (r.input == "*" || r.input == input.name())
+                && glob(&r.metric, &key.metric)
+        });
+        let mut kept = !keeps;
         for rule in &self.rules {
             if !rule.matches(input, &key) {
                 continue;
+            }
+            match rule.filter {
+                Some(Filter::Drop) => return None,
+                Some(Filter::Keep) => kept = true,
+                None => {}
             }
             rule.rename_device(&mut key.device);
             for (code, message) in codes.iter().zip(messages.iter_mut()) {
@@ -388,6 +402,9 @@ impl Transforms {
                     *message = rule.lookup.get(code).cloned();
                 }
             }
+        }
+        if !kept {
+            return None;
         }
         if let Err(e) = key.validate() {
             tracing::warn!(device = %key.device, error = %e, "renamed device of a status is invalid; dropped");
@@ -561,6 +578,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["power.l1"]
         );
+    }
+
+    #[test]
+    fn a_device_wide_drop_or_keep_filter_applies_to_its_status() {
+        let report = |device: &str| DeviceReport {
+            device: device.into(),
+            time: 1_764_000_000_000_000,
+            online: Some(true),
+            firmware: None,
+            model: None,
+            errors: None,
+            error_metric: "error_code".into(),
+        };
+        let t = rules("[[transform]]\ndevice = \"junk-*\"\nfilter = \"drop\"");
+        assert!(t.status(Input::Mqtt, report("junk-1")).is_none());
+        assert!(t.status(Input::Mqtt, report("press-1")).is_some());
+        // A drop of one other metric leaves the status alone.
+        let t = rules("[[transform]]\nmetric = \"debug*\"\nfilter = \"drop\"");
+        assert!(t.status(Input::Mqtt, report("press-1")).is_some());
+        let t = rules("[[transform]]\ndevice = \"press-*\"\nfilter = \"keep\"");
+        assert!(t.status(Input::Mqtt, report("press-1")).is_some());
+        assert!(t.status(Input::Mqtt, report("other-1")).is_none());
     }
 
     #[test]

@@ -1274,6 +1274,25 @@ async fn places_customers_users_and_sessions_through_the_api() {
     )
     .await;
     assert_eq!(a.status, 404, "not theirs");
+    // Not someone another tenant also answers for.
+    let d = dir.path();
+    cli(
+        d,
+        &pg,
+        &[
+            "grant", "--login", "edd", "--tenant", "other", "--role", "viewer",
+        ],
+        "",
+    );
+    let a = call(
+        port,
+        &ana,
+        "DELETE",
+        "/api/v1/tenants/acme/users/edd/sessions",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404, "{}", a.text);
     let a = call(
         port,
         &ana,
@@ -1325,11 +1344,13 @@ async fn guesses_in_parallel_get_no_more_tries_and_unknown_logins_lock_alike() {
     let checked = statuses.iter().filter(|s| **s == 401).count();
     let held = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((checked, held), (3, 9), "{statuses:?}");
-    let failed: i32 = sqlx::query_scalar("SELECT failed_logins FROM users WHERE login = 'wes'")
-        .fetch_one(&pg.pool)
-        .await
-        .unwrap();
-    assert_eq!(failed, 4, "passwords checked");
+    let (failed, locked): (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT failed_logins, locked_until FROM users WHERE login = 'wes'")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, 0, "the count starts again at the lock");
+    assert!(locked.is_some_and(|l| l > chrono::Utc::now()));
 
     // An unknown login is held after as many tries, with the same answer.
     let mut unknown = Vec::new();
@@ -1560,6 +1581,11 @@ async fn a_keyed_chain_cannot_be_rebuilt_without_its_key_and_a_noted_head_catche
         None,
         "it looks whole"
     );
+    // ... but not to the key's holder: every row should be keyed.
+    let v = audit::verify(&pg.pool, Some(&key), None).await.unwrap();
+    let (seq, why) = v.broken.unwrap();
+    assert_eq!(seq, 1, "{why}");
+    assert!(why.contains("audit.keyed_from"), "{why}");
     let v = audit::verify(&pg.pool, None, Some((6, &head)))
         .await
         .unwrap();
@@ -1640,12 +1666,38 @@ async fn a_token_ends_with_the_user_or_token_that_made_it() {
     for who in [&feed, &sub, &leaf] {
         assert_eq!(call(port, who, "GET", devices, None).await.status, 200);
     }
+    // A share link made by it ends with it too, and never outlives it.
+    let shared = call(
+        port,
+        &provisioner,
+        "POST",
+        "/api/v1/tenants/acme/shares",
+        Some(r#"{"dashboard": "fleet", "days": 300}"#),
+    )
+    .await;
+    assert_eq!(shared.status, 201, "{}", shared.text);
+    let until =
+        chrono::DateTime::parse_from_rfc3339(shared.json["share"]["expires_at"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        tomorrow
+    );
+    let link = Who::Bearer(shared.json["token"].as_str().unwrap().to_owned());
+    assert_eq!(
+        call(port, &link, "GET", "/api/v1/share", None).await.status,
+        200
+    );
     // Revoking the maker stops what it made, and what that made.
     let a = call(port, &ana, "DELETE", &format!("{tokens}/provisioner"), None).await;
     assert_eq!(a.status, 204);
     for who in [&provisioner, &feed, &sub, &leaf] {
         assert_eq!(call(port, who, "GET", devices, None).await.status, 401);
     }
+    assert_eq!(
+        call(port, &link, "GET", "/api/v1/share", None).await.status,
+        401
+    );
     // A token made by a user stops when the user is disabled.
     let a = call(
         port,

@@ -212,6 +212,14 @@ pub async fn add_place(
     )
     .await?
     {
+        if let Some(parent) = &body.parent
+            && !fleet::places_in(&api.pool, &scope)
+                .await?
+                .iter()
+                .any(|p| p.place == *parent)
+        {
+            return Err(bad(format!("no parent place {parent:?} here")));
+        }
         return Err(ApiError(
             StatusCode::CONFLICT,
             "a place with that id exists in this tenant; pick another".into(),

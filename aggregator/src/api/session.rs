@@ -76,7 +76,7 @@ pub async fn login(
     let wrong = || ApiError(StatusCode::UNAUTHORIZED, "wrong login or password".into());
     let s = &api.sessions;
     let now = chrono::Utc::now();
-    let client_key = format!("client:{}", client.ip());
+    let client_key = Guesses::client_key(client.ip());
     if let Some(secs) = api.guesses.blocked(&client_key) {
         tracing::warn!(%client, "logins from this address held after repeated failures");
         return Ok(locked_for(secs));
@@ -221,17 +221,32 @@ pub async fn session(
 }
 
 /// Failed logins kept in memory: per client address, and per login that
-/// does not exist (an existing login's count is its row's). Each key holds
-/// after `limit` failures within `window`, until the window ends.
+/// does not exist (an existing login's count is its row's, and follows the
+/// same rule): the count restarts after `window` without a failure, and
+/// the failure that reaches the limit holds the key for `window`.
 #[derive(Debug)]
 pub struct Guesses {
-    seen: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    seen: std::sync::Mutex<Seen>,
     login_limit: u32,
     client_limit: u32,
     window: std::time::Duration,
 }
 
-/// Keys kept before expired ones are dropped.
+#[derive(Debug, Default)]
+struct Seen {
+    keys: std::collections::HashMap<String, Guess>,
+    pruned: Option<std::time::Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Guess {
+    count: u32,
+    last: std::time::Instant,
+    held_until: Option<std::time::Instant>,
+}
+
+/// Keys kept at most; past it, expired keys are dropped (at most once every
+/// 10 s), and new keys are not tracked until there is room.
 const GUESS_KEYS: usize = 100_000;
 
 impl Guesses {
@@ -247,6 +262,18 @@ impl Guesses {
         }
     }
 
+    /// The key of a client address: an IPv6 client by its /64 (one host
+    /// has a whole /64 to pick from).
+    pub fn client_key(ip: std::net::IpAddr) -> String {
+        match ip {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("client:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            ip => format!("client:{}", ip.to_canonical()),
+        }
+    }
+
     fn limit(&self, key: &str) -> u32 {
         if key.starts_with("client:") {
             self.client_limit
@@ -258,32 +285,56 @@ impl Guesses {
     /// Seconds until `key` may try again, if it is held now.
     pub fn blocked(&self, key: &str) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let (n, since) = seen.get(key)?;
-        let left = self.window.checked_sub(since.elapsed())?;
-        (*n >= self.limit(key)).then_some(left.as_secs().max(1))
+        let until = seen.keys.get(key)?.held_until?;
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        Some(left.as_secs().max(1))
     }
 
-    /// Counts a failure of `key`; the seconds it is held for, if this one
-    /// reached the limit.
+    /// Counts a failure of `key`; the seconds it is held for, if it is
+    /// held now (this one reached the limit, or an earlier one did).
     pub fn failed(&self, key: &str) -> Option<u64> {
+        if self.limit(key) == u32::MAX {
+            return None;
+        }
+        let now = std::time::Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= GUESS_KEYS {
+        if seen.keys.len() >= GUESS_KEYS
+            && seen
+                .pruned
+                .is_none_or(|p| now.duration_since(p) >= std::time::Duration::from_secs(10))
+        {
             let window = self.window;
-            seen.retain(|_, (_, since)| since.elapsed() < window);
+            seen.keys.retain(|_, g| {
+                g.held_until.is_some_and(|h| h > now) || now.duration_since(g.last) < window
+            });
+            seen.pruned = Some(now);
         }
-        let entry = seen
-            .entry(dash_runtime::text::clip(key, 200).to_owned())
-            .or_insert((0, std::time::Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, std::time::Instant::now());
+        let key = dash_runtime::text::clip(key, 200);
+        if !seen.keys.contains_key(key) && seen.keys.len() >= GUESS_KEYS {
+            tracing::warn!(
+                "the login limiter is full; new logins and addresses are not counted until old ones expire"
+            );
+            return None;
         }
-        entry.0 += 1;
-        (entry.0 >= self.limit(key)).then_some(
-            self.window
-                .saturating_sub(entry.1.elapsed())
-                .as_secs()
-                .max(1),
-        )
+        let g = seen.keys.entry(key.to_owned()).or_insert(Guess {
+            count: 0,
+            last: now,
+            held_until: None,
+        });
+        if let Some(until) = g.held_until.filter(|h| *h > now) {
+            return Some(until.duration_since(now).as_secs().max(1));
+        }
+        if now.duration_since(g.last) >= self.window {
+            g.count = 0;
+        }
+        g.count += 1;
+        g.last = now;
+        if g.count >= self.limit(key) {
+            g.count = 0;
+            g.held_until = Some(now + self.window);
+            return Some(self.window.as_secs().max(1));
+        }
+        None
     }
 }
 

@@ -4,7 +4,9 @@
 //! - `POST /api/v1/tenants/{tenant}/shares` with
 //!   `{"dashboard", "label"?, "place"?, "customer"?, "days"?}` (editor):
 //!   the answer holds the link's token, the only time it is shown. It
-//!   expires after `days` (default 30, at most 365).
+//!   expires after `days` (default 30, at most 365), and ends with its
+//!   maker as an API token does: when the user who made it is disabled, or
+//!   the token that made it is revoked or expires (never later).
 //! - `GET /api/v1/tenants/{tenant}/shares`: a tenant-wide admin sees every
 //!   link, anyone else the links they made.
 //! - `DELETE /api/v1/tenants/{tenant}/shares/{id}`: revokes a link at
@@ -24,7 +26,7 @@ use serde_json::{Value, json};
 use super::auth::{Scoped, Shared};
 use super::people::{foreign_key, may_open};
 use super::{Api, ApiError, bad};
-use crate::auth::access::{Grant, Role, Scope};
+use crate::auth::access::{Actor, Grant, Role, Scope};
 use crate::storage::access::{self as rows, NewShare};
 
 /// Days a link lasts unless told.
@@ -73,6 +75,12 @@ pub async fn add(
     let label = dash_runtime::text::clip(&body.label, 200);
     let token = crate::cli::users::new_token();
     let created_by = scope.actor().to_string();
+    let t = scope.tenant().as_str();
+    let maker = match scope.actor() {
+        Actor::User(login) => rows::maker_of(&api.pool, t, Some(login), None).await?,
+        Actor::Token(name) => rows::maker_of(&api.pool, t, None, Some(name)).await?,
+        _ => rows::Maker::default(),
+    };
     let share = rows::add_share(
         &api.pool,
         &NewShare {
@@ -84,6 +92,7 @@ pub async fn add(
             expires_at: chrono::Utc::now() + chrono::Duration::days(days.into()),
         },
         &dash_runtime::secret::sha256_hex(&token),
+        maker,
     )
     .await
     .map_err(foreign_key)?;

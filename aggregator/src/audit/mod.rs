@@ -36,6 +36,10 @@ pub struct AuditConfig {
     /// reach. Unset: plain SHA-256, which catches edits by people without
     /// database access only.
     pub key_file: std::path::PathBuf,
+    /// The first row chained with the key: from it on, `audit verify`
+    /// refuses an unkeyed row (one rebuilt without the key). Set it to the
+    /// first keyed row when a key is added to a log that has rows.
+    pub keyed_from: i64,
 }
 
 impl Default for AuditConfig {
@@ -43,6 +47,7 @@ impl Default for AuditConfig {
         AuditConfig {
             days: 2557,
             key_file: Default::default(),
+            keyed_from: 1,
         }
     }
 }
@@ -61,15 +66,24 @@ impl AuditConfig {
                 path.display()
             )
         })?;
-        let text = String::from_utf8_lossy(&bytes);
-        let key = rows::ChainKey::new(text.trim().as_bytes().to_vec()).ok_or_else(|| {
+        // The bytes as they are (a binary key too), without the whitespace
+        // around a key written as text.
+        let start = bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(bytes.len());
+        let end = bytes
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(start, |e| e + 1);
+        let key = rows::ChainKey::new(bytes[start..end].to_vec()).ok_or_else(|| {
             anyhow::anyhow!(
                 "audit.key_file {}: the key needs at least {} bytes",
                 path.display(),
                 rows::ChainKey::MIN_LEN
             )
         })?;
-        Ok(Some(key))
+        Ok(Some(key.from(self.keyed_from)))
     }
 }
 

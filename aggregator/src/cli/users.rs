@@ -247,7 +247,8 @@ pub async fn share_add(
         created_by: "command line",
         expires_at: Utc::now() + chrono::Duration::days(days.into()),
     };
-    match rows::add_share(pool, &share, &dash_runtime::secret::sha256_hex(&token)).await {
+    let digest = dash_runtime::secret::sha256_hex(&token);
+    match rows::add_share(pool, &share, &digest, rows::Maker::default()).await {
         Ok(s) => Ok(format!(
             "share {} of {tenant}: dashboard {dashboard}, {}, until {}: {token}\n(shown once; the link's token)",
             s.id,

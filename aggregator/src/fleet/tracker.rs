@@ -80,10 +80,22 @@ impl Report {
     }
 }
 
-/// The later of two reports (the first on a tie: the one noted first).
+/// Two reports as one, as if the later came after the earlier: its time,
+/// and each field it said over the earlier's, except `online`, which is
+/// the later's alone (a device that talks after its last will is not
+/// offline). On a tie the one noted later counts as later.
 fn newest(a: Option<Report>, b: Option<Report>) -> Option<Report> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if b.time > a.time { b } else { a }),
+        (Some(a), Some(b)) => {
+            let (old, new) = if b.time >= a.time { (a, b) } else { (b, a) };
+            Some(Report {
+                time: new.time,
+                online: new.online,
+                firmware: new.firmware.or(old.firmware),
+                model: new.model.or(old.model),
+                errors: new.errors.or(old.errors),
+            })
+        }
         (a, b) => a.or(b),
     }
 }
@@ -361,7 +373,20 @@ mod tests {
             .1
             .report
             .unwrap();
-        assert_eq!((r.time, r.online, r.firmware), (3_000, Some(false), None));
+        // Field by field: the firmware said at 2,000 stays, online is the
+        // newest's.
+        assert_eq!(
+            (r.time, r.online, r.firmware.as_deref()),
+            (3_000, Some(false), Some("2.0"))
+        );
+        let later = status("p-1", 4_000, r#"{"model": "PX-9"}"#);
+        t.note(&acme, &gw, &batch(vec![], vec![later]));
+        let r = t.take().pop().unwrap().1.report.unwrap();
+        assert_eq!(
+            (r.online, r.model.as_deref()),
+            (None, Some("PX-9")),
+            "talking: not offline"
+        );
     }
 
     #[test]

@@ -94,19 +94,28 @@ pub async fn claim_login(
     limit: i32,
     lock_secs: f64,
 ) -> sqlx::Result<Option<Credentials>> {
-    sqlx::query_as(
-        "UPDATE users SET failed_logins = failed_logins + 1,
-             locked_until = CASE WHEN failed_logins + 1 >= $2
-                 THEN now() + make_interval(secs => $3) ELSE NULL END
+    // The count restarts when the last failure is older than a lockout,
+    // and again when it locks: known logins count as unknown ones do. Each
+    // expression reads the row being updated, so parallel claims count
+    // one after another.
+    sqlx::query_as(&format!(
+        "UPDATE users SET
+             failed_logins = CASE WHEN {COUNT} >= $2 THEN 0 ELSE {COUNT} END,
+             locked_until = CASE WHEN {COUNT} >= $2 THEN now() + make_interval(secs => $3) END,
+             last_failed_at = now()
          WHERE login = $1 AND (locked_until IS NULL OR locked_until <= now())
-         RETURNING id, password_hash, disabled_at, locked_until",
-    )
+         RETURNING id, password_hash, disabled_at, locked_until"
+    ))
     .bind(login)
     .bind(limit)
     .bind(lock_secs)
     .fetch_optional(pool)
     .await
 }
+
+/// The failures in a row a claim makes, counting from 1 again after a
+/// lockout's length without one.
+const COUNT: &str = "(CASE WHEN last_failed_at IS NULL OR last_failed_at < now() - make_interval(secs => $3) THEN 1 ELSE failed_logins + 1 END)";
 
 /// Until when `login` is locked, if it exists and ever was.
 pub async fn locked_until(pool: &PgPool, login: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
@@ -121,7 +130,9 @@ pub async fn locked_until(pool: &PgPool, login: &str) -> sqlx::Result<Option<Dat
 
 /// A login that worked: the count starts again.
 pub async fn login_ok(pool: &PgPool, id: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+    sqlx::query(
+        "UPDATE users SET failed_logins = 0, locked_until = NULL, last_failed_at = NULL WHERE id = $1",
+    )
         .bind(id)
         .execute(pool)
         .await?;
@@ -420,29 +431,15 @@ pub async fn token_by_digest(
     /// `(tenant, name, role, place, customer)`.
     type Row = (String, String, String, Option<String>, Option<String>);
     let row: Option<Row> = sqlx::query_as(
-        "WITH RECURSIVE t AS (
-             SELECT id, tenant, name, role, place, customer, made_by_user, made_by_token FROM api_tokens
+        "WITH t AS (
+             SELECT id, tenant, name, role, place, customer FROM api_tokens
              WHERE sha256 = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-         ), makers AS (
-             -- The tokens it was made by, and theirs: each must still be live.
-             SELECT a.id, a.made_by_user, a.made_by_token, a.revoked_at, a.expires_at, 1 AS depth
-             FROM api_tokens a JOIN t ON a.id = t.made_by_token
-             UNION ALL
-             SELECT a.id, a.made_by_user, a.made_by_token, a.revoked_at, a.expires_at, m.depth + 1
-             FROM api_tokens a JOIN makers m ON a.id = m.made_by_token WHERE m.depth < 32
-         ), dead AS (
-             SELECT 1 FROM makers WHERE revoked_at IS NOT NULL OR expires_at <= now()
-             UNION ALL
-             SELECT 1 FROM users u
-             WHERE u.disabled_at IS NOT NULL
-               AND u.id IN (SELECT made_by_user FROM t UNION SELECT made_by_user FROM makers)
-         ), live AS (
-             SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM dead)
+               AND dash_maker_live(made_by_user, made_by_token)
          ), used AS (
-             UPDATE api_tokens a SET last_used_at = now() FROM live t
+             UPDATE api_tokens a SET last_used_at = now() FROM t
              WHERE a.id = t.id AND (a.last_used_at IS NULL OR a.last_used_at < now() - interval '1 minute')
          )
-         SELECT tenant, name, role, place, customer FROM live",
+         SELECT tenant, name, role, place, customer FROM t",
     )
     .bind(sha256)
     .fetch_optional(pool)
@@ -526,8 +523,10 @@ pub async fn end_session(pool: &PgPool, user: i64, id: i64) -> sqlx::Result<bool
     Ok(done.rows_affected() == 1)
 }
 
-/// Ends every session of `login`, if it holds a binding in `tenant` and is
-/// not an operator: `None` otherwise, else how many ended.
+/// Ends every session of `login`, if it holds bindings in `tenant` and in
+/// no other, and is not an operator (an admin here does not log out
+/// someone another tenant also answers for): `None` otherwise, else how
+/// many ended.
 pub async fn end_sessions_in(
     pool: &PgPool,
     tenant: &str,
@@ -535,7 +534,8 @@ pub async fn end_sessions_in(
 ) -> sqlx::Result<Option<u64>> {
     let id: Option<i64> = sqlx::query_scalar(
         "SELECT u.id FROM users u WHERE u.login = $1 AND NOT u.operator
-             AND EXISTS (SELECT 1 FROM bindings b WHERE b.user_id = u.id AND b.tenant = $2)",
+             AND EXISTS (SELECT 1 FROM bindings b WHERE b.user_id = u.id AND b.tenant = $2)
+             AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.user_id = u.id AND b.tenant <> $2)",
     )
     .bind(login)
     .bind(tenant)
@@ -580,12 +580,21 @@ pub struct NewShare<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Records a share link whose secret has digest `sha256`.
-pub async fn add_share(pool: &PgPool, s: &NewShare<'_>, sha256: &str) -> sqlx::Result<Share> {
+/// Records a share link whose secret has digest `sha256`, made by
+/// `maker`: it never expires after the token that made it.
+pub async fn add_share(
+    pool: &PgPool,
+    s: &NewShare<'_>,
+    sha256: &str,
+    maker: Maker,
+) -> sqlx::Result<Share> {
     let (place, customer) = within_columns(s.within);
     sqlx::query_as(&format!(
-        "INSERT INTO share_tokens (tenant, dashboard, label, sha256, place, customer, created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {SHARE_COLUMNS}"
+        "INSERT INTO share_tokens (tenant, dashboard, label, sha256, place, customer, created_by, expires_at,
+                                   made_by_user, made_by_token)
+         SELECT $1, $2, $3, $4, $5, $6, $7, least($8::timestamptz, coalesce(m.expires_at, $8)), $9, $10
+         FROM (SELECT (SELECT expires_at FROM api_tokens WHERE id = $10) AS expires_at) m
+         RETURNING {SHARE_COLUMNS}"
     ))
     .bind(s.tenant)
     .bind(s.dashboard)
@@ -595,6 +604,8 @@ pub async fn add_share(pool: &PgPool, s: &NewShare<'_>, sha256: &str) -> sqlx::R
     .bind(customer)
     .bind(s.created_by)
     .bind(s.expires_at)
+    .bind(maker.user)
+    .bind(maker.token)
     .fetch_one(pool)
     .await
 }
@@ -642,6 +653,7 @@ pub async fn share_by_digest(pool: &PgPool, sha256: &str) -> sqlx::Result<Option
         "WITH t AS (
              SELECT {SHARE_COLUMNS} FROM share_tokens
              WHERE sha256 = $1 AND revoked_at IS NULL AND expires_at > now()
+               AND dash_maker_live(made_by_user, made_by_token)
          ), used AS (
              UPDATE share_tokens s SET last_used_at = now() FROM t
              WHERE s.id = t.id AND (s.last_used_at IS NULL OR s.last_used_at < now() - interval '1 minute')

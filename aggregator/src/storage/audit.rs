@@ -44,6 +44,9 @@ pub struct Row {
 #[derive(Clone)]
 pub struct ChainKey {
     secret: Vec<u8>,
+    /// The first row chained with it (`audit.keyed_from`): from there on,
+    /// an unkeyed row breaks the chain.
+    pub from_seq: i64,
     /// Names the key in each row, never revealing it: the first 16 hex
     /// digits of SHA-256 over a label and the key.
     pub id: String,
@@ -69,7 +72,19 @@ impl ChainKey {
         h.update(b"dash-audit-key:");
         h.update(&secret);
         let id = dash_runtime::secret::hex(&h.finalize()[..8]);
-        Some(ChainKey { secret, id })
+        Some(ChainKey {
+            secret,
+            id,
+            from_seq: 1,
+        })
+    }
+
+    /// The key, with rows chained with it from `seq` on.
+    pub fn from(self, seq: i64) -> ChainKey {
+        ChainKey {
+            from_seq: seq,
+            ..self
+        }
     }
 }
 
@@ -206,7 +221,9 @@ pub struct Verified {
 /// (with `key` for keyed rows: a keyed row needs it, and an unkeyed row
 /// after a keyed one breaks the chain, as a rewrite without the key
 /// would). With `expect` (a row's seq and hash noted earlier), that row
-/// must still be there with that hash, unless retention cut it.
+/// must still be there with that hash; one retention cut is reported as
+/// cut (the anchor has moved past it), which is also what removing rows and
+/// moving the anchor looks like.
 pub async fn verify(
     pool: &PgPool,
     key: Option<&ChainKey>,
@@ -304,6 +321,10 @@ fn key_problem(row: &Row, key: Option<&ChainKey>, after_keyed: bool) -> Option<S
         (None, _) if after_keyed => Some(
             "an unkeyed row after keyed ones: written, or rewritten, without the key".to_owned(),
         ),
+        (None, Some(k)) if row.seq >= k.from_seq => Some(format!(
+            "an unkeyed row where every row from {} is keyed (audit.keyed_from): written, or rewritten, without the key",
+            k.from_seq
+        )),
         (None, _) => None,
         (Some(id), Some(k)) if *id == k.id => None,
         (Some(id), Some(k)) => Some(format!(

@@ -49,8 +49,9 @@ pub async fn record_seen(pool: &PgPool, seen: &[SeenDevice]) -> sqlx::Result<()>
                  ELSE (d.learned_cadence_ms * 3 + EXCLUDED.learned_cadence_ms) / 4 END,
              reported_at = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
                  THEN EXCLUDED.reported_at ELSE d.reported_at END,
+             -- A newer status that does not say offline is the device talking.
              reported_online = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
-                 THEN coalesce(EXCLUDED.reported_online, d.reported_online) ELSE d.reported_online END,
+                 THEN EXCLUDED.reported_online ELSE d.reported_online END,
              firmware = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
                  THEN coalesce(EXCLUDED.firmware, d.firmware) ELSE d.firmware END,
              model = CASE WHEN EXCLUDED.reported_at >= coalesce(d.reported_at, '-infinity')
@@ -466,6 +467,12 @@ const DEVICE_SCOPE: &str = "dash_in_scope(d.tenant, d.place, d.customer, $8, $9)
 /// The planted leak (see the crate's features): every device of the tenant.
 #[cfg(feature = "plant-scope-leak")]
 const DEVICE_SCOPE: &str = "($8::text[] IS NULL OR $9::text[] IS NULL OR true)";
+// `--all-features` must not build a leaking aggregator by accident.
+#[cfg(feature = "plant-scope-leak")]
+const _: () = assert!(
+    option_env!("DASH_ALLOW_PLANTED_LEAK").is_some(),
+    "plant-scope-leak drops the device listing's scope filter: build it only through deploy/scripts/planted-leak.sh"
+);
 
 /// The scope's devices matching `f`, by name.
 pub async fn devices(
