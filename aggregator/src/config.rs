@@ -32,6 +32,8 @@ pub struct Config {
     pub fleet: crate::fleet::FleetConfig,
     /// The audit log (see [`crate::audit`]).
     pub audit: crate::audit::AuditConfig,
+    /// Alert rules and their evaluation (see [`crate::alerts`]).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +176,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             fleet: Default::default(),
             audit: Default::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -239,6 +242,7 @@ const TOP_LEVEL: &[&str] = &[
     "retention",
     "fleet",
     "audit",
+    "alerts",
 ];
 
 impl Config {
@@ -316,6 +320,7 @@ impl Config {
             bail!("broker.client_id must not be empty");
         }
         let fleet = self.fleet.problems();
+        let fleet: Vec<String> = fleet.into_iter().chain(self.alerts.problems()).collect();
         if !fleet.is_empty() {
             bail!("{}", fleet.join("\n"));
         }

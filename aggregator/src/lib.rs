@@ -60,6 +60,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -129,6 +130,7 @@ pub async fn run_reporting(
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir).await?;
     let audit_key = config.audit.key()?;
+    let alert_rules = config.alerts.rules()?;
     let metrics = Arc::new(Metrics::default());
     let (url, private_pg) = database(&config, true).await?;
     let private_pg = private_pg.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
@@ -208,6 +210,15 @@ pub async fn run_reporting(
         metrics,
         stop.clone(),
     ));
+    if !alert_rules.is_empty() {
+        tracing::info!(rules = alert_rules.len(), "alert rules loaded");
+        let engine = Arc::new(alerts::Engine::new(
+            pool.clone(),
+            alert_rules,
+            config.alerts.clone(),
+        ));
+        tasks.spawn(engine.run(stop.clone()));
+    }
     if let Some(pg) = private_pg.clone() {
         tasks.spawn(database_supervisor(pg, stop.clone()));
     }

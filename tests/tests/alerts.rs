@@ -1,0 +1,224 @@
+//! Alerts: fleet-ratio rules evaluated on a timer, instance states kept in
+//! PostgreSQL, the outbox written with them, and one evaluator at a time.
+
+use std::time::Duration;
+
+use dash_aggregator::alerts::rules::Rule;
+use dash_aggregator::alerts::{AlertsConfig, Engine};
+use dash_aggregator::storage::alerts::{self as rows, OutboxRow};
+use dash_tests::app::TestApp;
+use dash_tests::eventually;
+use dash_tests::pg::TestPostgres;
+
+const RULE: &str = r#"
+[[rule]]
+name = "region-offline"
+tenant = "acme"
+kind = "fleet_ratio"
+state = "offline"
+group_by = "region"
+above = 0.10
+clear_below = 0.08
+interval_secs = 1
+severity = "critical"
+notify = ["pagerduty-ops"]
+labels = { team = "ops" }
+"#;
+
+fn rules(dir: &std::path::Path) -> Vec<Rule> {
+    std::fs::write(dir.join("fleet.toml"), RULE).unwrap();
+    dash_aggregator::alerts::rules::load_dir(dir).unwrap()
+}
+
+/// acme: corp → regions r1, r2, r3 → a store each; 40, 30 and 30 devices
+/// that have reported, online.
+async fn fleet(pg: &TestPostgres) {
+    sqlx::raw_sql(
+        "INSERT INTO places (tenant, place, parent, name, kind, path) VALUES
+             ('acme', 'corp', NULL, 'Corporate', 'corporate', '/corp/'),
+             ('acme', 'r1', 'corp', 'North', 'region', '/corp/r1/'),
+             ('acme', 'r2', 'corp', 'South', 'region', '/corp/r2/'),
+             ('acme', 'r3', 'corp', 'West', 'region', '/corp/r3/'),
+             ('acme', 's1', 'r1', 'Store 1', 'location', '/corp/r1/s1/'),
+             ('acme', 's2', 'r2', 'Store 2', 'location', '/corp/r2/s2/'),
+             ('acme', 's3', 'r3', 'Store 3', 'location', '/corp/r3/s3/');
+         INSERT INTO devices (tenant, device, place, state, last_reading, expected_interval_secs)
+         SELECT 'acme', 'd' || i, CASE WHEN i < 40 THEN 's1' WHEN i < 70 THEN 's2' ELSE 's3' END,
+                'online', now(), 3600
+         FROM generate_series(0, 99) i;",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+}
+
+async fn set_state(pg: &TestPostgres, state: &str, from: i32, to: i32) {
+    sqlx::query("UPDATE devices SET state = $1 WHERE tenant = 'acme' AND substr(device, 2)::int BETWEEN $2 AND $3")
+        .bind(state)
+        .bind(from)
+        .bind(to)
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+}
+
+fn events(outbox: &[OutboxRow]) -> Vec<(String, String)> {
+    outbox
+        .iter()
+        .map(|o| {
+            (
+                o.event.clone(),
+                o.body["labels"]["region"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_over_a_tenth_offline_pages_once_and_resolves_once_across_a_restart() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fleet(&pg).await;
+    let config = AlertsConfig::default();
+    let first = Engine::new(pg.pool.clone(), rules(dir.path()), config.clone());
+    let rule = first.rules()[0].clone();
+    let fence = first.lease().await.unwrap().expect("the lease is free");
+    let e = first.evaluate(&rule, fence).await.unwrap();
+    assert_eq!((e.instances, e.triggers, e.stored), (3, 0, true));
+
+    // 11 of the 40 in the north go silent (27.5 %); the south's 30 are
+    // behind a gateway that is down: unknown, not offline.
+    set_state(&pg, "offline", 0, 10).await;
+    set_state(&pg, "unknown", 40, 69).await;
+    let e = first.evaluate(&rule, fence).await.unwrap();
+    assert_eq!((e.triggers, e.resolves), (1, 0));
+    for _ in 0..3 {
+        let e = first.evaluate(&rule, fence).await.unwrap();
+        assert_eq!(
+            (e.triggers, e.resolves),
+            (0, 0),
+            "still firing: no second page"
+        );
+    }
+    let outbox = rows::outbox(&pg.pool, "acme").await.unwrap();
+    assert_eq!(events(&outbox), [("trigger".to_owned(), "r1".to_owned())]);
+    let trigger = &outbox[0];
+    assert_eq!(trigger.contact, "pagerduty-ops");
+    assert_eq!(trigger.body["severity"], "critical");
+    assert_eq!(trigger.body["labels"]["team"], "ops");
+    assert!(
+        trigger.body["summary"]
+            .as_str()
+            .unwrap()
+            .contains("11 of 40 devices offline in North"),
+        "{}",
+        trigger.body
+    );
+
+    // Another aggregator cannot evaluate while the first holds the lease;
+    // when the first stops, it takes over with a higher fence, and the
+    // first's late write is refused.
+    let second = Engine::new(pg.pool.clone(), rules(dir.path()), config);
+    assert_eq!(second.lease().await.unwrap(), None);
+    sqlx::query("UPDATE alert_lease SET expires_at = now()")
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let fence2 = second.lease().await.unwrap().expect("taken over");
+    assert!(fence2 > fence);
+    let late = first.evaluate(&rule, fence).await.unwrap();
+    assert!(!late.stored, "fenced off");
+    // Restarted while firing: no second trigger.
+    let e = second.evaluate(&rule, fence2).await.unwrap();
+    assert_eq!((e.triggers, e.resolves, e.stored), (0, 0, true));
+
+    // 3 of 40 (7.5 %) is at or below the clear threshold (8 %): resolved,
+    // once, with the trigger's dedup key.
+    set_state(&pg, "online", 3, 10).await;
+    let e = second.evaluate(&rule, fence2).await.unwrap();
+    assert_eq!((e.triggers, e.resolves), (0, 1));
+    let e = second.evaluate(&rule, fence2).await.unwrap();
+    assert_eq!((e.triggers, e.resolves), (0, 0));
+    let outbox = rows::outbox(&pg.pool, "acme").await.unwrap();
+    assert_eq!(
+        events(&outbox),
+        [
+            ("trigger".to_owned(), "r1".to_owned()),
+            ("resolve".to_owned(), "r1".to_owned())
+        ]
+    );
+    assert_eq!(outbox[0].body["dedup_key"], outbox[1].body["dedup_key"]);
+    let instances = rows::instances(&pg.pool, "acme", "region-offline")
+        .await
+        .unwrap();
+    assert!(
+        instances.iter().all(|i| i.state == "normal"),
+        "{instances:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregator_evaluates_its_rules_on_a_timer_from_the_sweeps_states() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.toml"), RULE).unwrap();
+    fleet(&pg).await;
+    let rules_dir = dir.path().to_owned();
+    let app = TestApp::spawn(&pg.url, |c| {
+        c.alerts.rules_dir = rules_dir;
+        c.fleet.sweep_secs = 1;
+    })
+    .await;
+    // 12 of the north's devices stop reporting an hour ago: the sweep calls
+    // them offline, and the rule, evaluated every second, pages.
+    sqlx::query(
+        "UPDATE devices SET last_reading = now() - interval '2 hours'
+         WHERE tenant = 'acme' AND substr(device, 2)::int < 12",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    let outbox = eventually(
+        Duration::from_secs(60),
+        "a trigger in the outbox",
+        || async {
+            let o = rows::outbox(&pg.pool, "acme").await.unwrap();
+            (!o.is_empty()).then_some(o)
+        },
+    )
+    .await;
+    assert_eq!(events(&outbox), [("trigger".to_owned(), "r1".to_owned())]);
+    let holder: String = sqlx::query_scalar("SELECT holder FROM alert_lease")
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
+    // Stopping gave the lease up.
+    let expired: bool =
+        sqlx::query_scalar("SELECT expires_at <= now() FROM alert_lease WHERE holder = $1")
+            .bind(&holder)
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+    assert!(expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rule_file_stops_the_aggregator_with_the_file_and_field() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), RULE.replace("0.10", "10")).unwrap();
+    let mut config = dash_aggregator::Config {
+        data_dir: dir.path().join("aggregator"),
+        database_url: pg.url.clone(),
+        ..Default::default()
+    };
+    config.alerts.rules_dir = dir.path().to_owned();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.broker.listen = "127.0.0.1:0".into();
+    let e = dash_aggregator::run_reporting(config, std::future::pending(), |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.toml") && e.contains("above"), "{e}");
+}
