@@ -427,6 +427,11 @@ pub fn examples_toml() -> String {
         ingest: IngestExample,
         http: HttpExample,
         fleet: FleetExample,
+        alerts: AlertsExample,
+    }
+    #[derive(Serialize)]
+    struct AlertsExample {
+        contact_points: Vec<crate::alerts::notify::ContactPoint>,
     }
     #[derive(Serialize)]
     struct FleetExample {
@@ -461,6 +466,9 @@ pub fn examples_toml() -> String {
                 model: "th-10".into(),
                 interval_secs: 900,
             }],
+        },
+        alerts: AlertsExample {
+            contact_points: vec![crate::alerts::notify::ContactPoint::example()],
         },
     })
     .expect("examples serialize")

@@ -131,6 +131,12 @@ pub async fn run_reporting(
     let _lock = lock_data_dir(&config.data_dir).await?;
     let audit_key = config.audit.key()?;
     let alert_rules = config.alerts.rules()?;
+    let contacts = config
+        .alerts
+        .contact_points
+        .iter()
+        .map(alerts::notify::Contact::load)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let metrics = Arc::new(Metrics::default());
     let (url, private_pg) = database(&config, true).await?;
     let private_pg = private_pg.map(|pg| Arc::new(std::sync::Mutex::new(pg)));
@@ -218,6 +224,9 @@ pub async fn run_reporting(
             config.alerts.clone(),
         ));
         tasks.spawn(engine.run(stop.clone()));
+    }
+    if !contacts.is_empty() {
+        tasks.spawn(alerts::notify::run(pool.clone(), contacts, stop.clone()));
     }
     if let Some(pg) = private_pg.clone() {
         tasks.spawn(database_supervisor(pg, stop.clone()));

@@ -10,6 +10,7 @@ pub mod app;
 pub mod damage;
 pub mod device;
 pub mod fixture;
+pub mod pagerduty;
 pub mod pg;
 pub mod process;
 pub mod proxy;

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use dash_aggregator::alerts::notify::{ContactKind, ContactPoint};
 use dash_aggregator::alerts::rules::Rule;
 use dash_aggregator::alerts::{AlertsConfig, Engine};
 use dash_aggregator::storage::alerts::{self as rows, OutboxRow};
 use dash_tests::app::TestApp;
 use dash_tests::eventually;
+use dash_tests::pagerduty::PagerDuty;
 use dash_tests::pg::TestPostgres;
 
 const RULE: &str = r#"
@@ -221,4 +223,130 @@ async fn a_bad_rule_file_stops_the_aggregator_with_the_file_and_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bad.toml") && e.contains("above"), "{e}");
+}
+
+const KEY: &str = "R0uT1nGkEy0123456789abcdefABCDEF";
+
+/// An aggregator evaluating RULE every second and sending to `pd`.
+async fn paging_app(pg: &TestPostgres, dir: &std::path::Path, pd: &PagerDuty) -> TestApp {
+    std::fs::write(dir.join("fleet.toml"), RULE).unwrap();
+    let key_file = dir.join("pd.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let (rules_dir, url) = (dir.to_owned(), pd.url());
+    TestApp::spawn(&pg.url, move |c| {
+        c.alerts.rules_dir = rules_dir;
+        c.alerts.contact_points = vec![ContactPoint {
+            name: "pagerduty-ops".into(),
+            kind: ContactKind::Pagerduty,
+            url,
+            routing_key_file: key_file,
+        }];
+        c.fleet.sweep_secs = 1;
+    })
+    .await
+}
+
+async fn silence_north(pg: &TestPostgres, silent: bool) {
+    let at = if silent {
+        "now() - interval '2 hours'"
+    } else {
+        "now()"
+    };
+    sqlx::query(&format!(
+        "UPDATE devices SET last_reading = {at} WHERE tenant = 'acme' AND substr(device, 2)::int < 12"
+    ))
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_gets_one_trigger_and_one_resolve_with_the_same_dedup_key() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fleet(&pg).await;
+    let pd = PagerDuty::start(KEY).await;
+    let app = paging_app(&pg, dir.path(), &pd).await;
+    silence_north(&pg, true).await;
+    eventually(
+        Duration::from_secs(60),
+        "a trigger at PagerDuty",
+        || async { (pd.accepted().len() == 1).then_some(()) },
+    )
+    .await;
+    silence_north(&pg, false).await;
+    eventually(
+        Duration::from_secs(60),
+        "a resolve at PagerDuty",
+        || async { (pd.accepted().len() == 2).then_some(()) },
+    )
+    .await;
+    // A few more evaluations and sends: nothing else.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = pd.accepted();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (
+            got[0]["event_action"].as_str(),
+            got[1]["event_action"].as_str()
+        ),
+        (Some("trigger"), Some("resolve"))
+    );
+    assert_eq!(got[0]["dedup_key"], got[1]["dedup_key"]);
+    assert_eq!(got[0]["payload"]["severity"], "critical");
+    assert_eq!(
+        got[0]["payload"]["custom_details"]["labels"]["region"],
+        "r1"
+    );
+    // The routing key is kept out of what is stored.
+    let stored = rows::outbox(&pg.pool, "acme").await.unwrap();
+    assert!(stored.iter().all(|o| !o.body.to_string().contains(KEY)));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_after_its_retry_after_and_a_400_is_a_dead_letter_not_retried() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fleet(&pg).await;
+    let pd = PagerDuty::start(KEY).await;
+    pd.answer(&[429, 429]);
+    let app = paging_app(&pg, dir.path(), &pd).await;
+    silence_north(&pg, true).await;
+    eventually(Duration::from_secs(60), "the trigger delivered", || async {
+        (pd.accepted().len() == 1).then_some(())
+    })
+    .await;
+    let got = pd.got();
+    let statuses: Vec<u16> = got.iter().map(|g| g.2).collect();
+    assert_eq!(statuses, [429, 429, 202]);
+    for pair in got.windows(2) {
+        let waited = pair[1].0 - pair[0].0;
+        assert!(
+            waited >= Duration::from_millis(950),
+            "Retry-After: 1 honoured: {waited:?}"
+        );
+    }
+    let rows = rows::deliveries(&pg.pool, "acme").await.unwrap();
+    assert_eq!((rows[0].0, rows[0].1.is_some()), (3, true), "{rows:?}");
+
+    // The resolve is refused for good: kept with the reason, not retried.
+    pd.answer(&[400]);
+    silence_north(&pg, false).await;
+    let rows = eventually(Duration::from_secs(60), "a dead letter", || async {
+        let r = rows::deliveries(&pg.pool, "acme").await.unwrap();
+        (r.len() == 2 && r[1].3.is_some()).then_some(r)
+    })
+    .await;
+    assert!(
+        rows[1]
+            .2
+            .as_deref()
+            .unwrap_or_default()
+            .contains("HTTP 400"),
+        "{rows:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pd.got().len(), 4, "the 400 was not retried");
+    app.stop().await.unwrap();
 }

@@ -10,10 +10,10 @@
 //! notified, once.
 //!
 //! Built so far: fleet-ratio rules ([`rules`]), instance states with
-//! `for`, `keep_firing_for` and hysteresis, the outbox and the lease.
-//! Sending the outbox (PagerDuty, Slack, email, ...) is the next step: its
-//! rows wait, unsent, until then.
+//! `for`, `keep_firing_for` and hysteresis, the outbox and the lease, and
+//! the outbox sent to PagerDuty ([`notify`]).
 
+pub mod notify;
 pub mod rules;
 pub mod state;
 
@@ -43,6 +43,8 @@ pub struct AlertsConfig {
     /// How long the evaluator's lease lasts unrenewed: another aggregator
     /// takes over this long after one stops.
     pub lease_secs: u64,
+    /// Where notifications go, by the names rules give in `notify`.
+    pub contact_points: Vec<notify::ContactPoint>,
 }
 
 impl Default for AlertsConfig {
@@ -51,6 +53,7 @@ impl Default for AlertsConfig {
             rules_dir: PathBuf::new(),
             interval_secs: 30,
             lease_secs: 15,
+            contact_points: Vec::new(),
         }
     }
 }
@@ -63,6 +66,20 @@ impl AlertsConfig {
         }
         if self.lease_secs < 2 {
             out.push("alerts.lease_secs must be at least 2".into());
+        }
+        for (i, c) in self.contact_points.iter().enumerate() {
+            if self.contact_points[..i].iter().any(|o| o.name == c.name) {
+                out.push(format!(
+                    "alerts.contact_points: {:?} is named twice",
+                    c.name
+                ));
+            }
+            if !c.url.starts_with("https://") && !c.url.starts_with("http://") {
+                out.push(format!(
+                    "alerts.contact_points {:?}: url must be http(s)://",
+                    c.name
+                ));
+            }
         }
         out
     }

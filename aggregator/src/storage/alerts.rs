@@ -198,3 +198,110 @@ pub async fn outbox(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<OutboxRow>>
     .fetch_all(pool)
     .await
 }
+
+/// An outbox row to send.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Due {
+    pub id: i64,
+    pub contact: String,
+    pub event: String,
+    pub body: serde_json::Value,
+    pub attempts: i32,
+}
+
+/// How a send ended, for [`settle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    Sent,
+    /// Try again after this many seconds.
+    Retry {
+        after_secs: f64,
+        error: String,
+    },
+    /// Refused for good: kept with the reason.
+    Dead {
+        reason: String,
+    },
+}
+
+/// Claims up to `limit` due rows for `contacts`, in order, each the oldest
+/// unsent one of its instance and contact point (a resolve never overtakes
+/// its trigger), locked until `tx` ends: another aggregator's worker skips
+/// them.
+pub async fn claim_due(
+    tx: &mut sqlx::PgConnection,
+    contacts: &[String],
+    limit: i64,
+) -> sqlx::Result<Vec<Due>> {
+    sqlx::query_as(
+        "SELECT o.id, o.contact, o.event, o.body, o.attempts FROM alert_outbox o
+         WHERE o.sent_at IS NULL AND o.dead_at IS NULL AND o.next_at <= now()
+           AND o.contact = ANY($1)
+           AND NOT EXISTS (SELECT 1 FROM alert_outbox e
+                           WHERE e.tenant = o.tenant AND e.rule = o.rule
+                             AND e.fingerprint = o.fingerprint AND e.contact = o.contact
+                             AND e.id < o.id AND e.sent_at IS NULL AND e.dead_at IS NULL)
+         ORDER BY o.id LIMIT $2
+         FOR UPDATE OF o SKIP LOCKED",
+    )
+    .bind(contacts)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Records how sending row `id` ended.
+pub async fn settle(tx: &mut sqlx::PgConnection, id: i64, how: &Settled) -> sqlx::Result<()> {
+    match how {
+        Settled::Sent => {
+            sqlx::query(
+                "UPDATE alert_outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Settled::Retry { after_secs, error } => {
+            sqlx::query(
+                "UPDATE alert_outbox SET attempts = attempts + 1, last_error = $2,
+                     next_at = now() + make_interval(secs => $3) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(after_secs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Settled::Dead { reason } => {
+            sqlx::query(
+                "UPDATE alert_outbox SET attempts = attempts + 1, dead_at = now(), last_error = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `(attempts, sent, dead reason)` of every row, oldest first (for tests
+/// and the API to come).
+pub async fn deliveries(
+    pool: &PgPool,
+    tenant: &str,
+) -> sqlx::Result<
+    Vec<(
+        i32,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    )>,
+> {
+    sqlx::query_as(
+        "SELECT attempts, sent_at, last_error, dead_at FROM alert_outbox WHERE tenant = $1 ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+}
