@@ -8,6 +8,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// `target/debug/NAME`, next to the test binary's `deps` directory.
+/// `dash-aggregator` as a command-line tool on `database_url`, its data
+/// directory under `dir`, logging warnings only: add the arguments.
+pub fn aggregator_command(dir: &Path, database_url: &str) -> Command {
+    let mut c = Command::new(binary("dash-aggregator"));
+    c.env("DASH_DATABASE_URL", database_url)
+        .env("DASH_DATA_DIR", dir.join("aggregator"))
+        .env("RUST_LOG", "warn");
+    c
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();

@@ -350,3 +350,37 @@ async fn a_429_is_retried_after_its_retry_after_and_a_400_is_a_dead_letter_not_r
     assert_eq!(pd.got().len(), 4, "the 400 was not retried");
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_waits_for_its_trigger_and_a_claimed_row_is_not_claimed_twice() {
+    let pg = TestPostgres::start().await;
+    sqlx::raw_sql(
+        "INSERT INTO alert_outbox (tenant, rule, fingerprint, event, contact, body, next_at) VALUES
+             ('acme', 'r', 'f1', 'trigger', 'pd', '{}', now() + interval '1 hour'),
+             ('acme', 'r', 'f1', 'resolve', 'pd', '{}', now()),
+             ('acme', 'r', 'f2', 'trigger', 'pd', '{}', now());",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    let contacts = vec!["pd".to_owned()];
+    // f1's trigger waits for a retry: its resolve is not due before it.
+    let mut first = pg.pool.begin().await.unwrap();
+    let claimed = rows::claim_due(&mut first, &contacts, 10).await.unwrap();
+    let claimed: Vec<(String, String)> = claimed
+        .iter()
+        .map(|d| (d.event.clone(), d.body.to_string()))
+        .collect();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].0, "trigger");
+    // While the first worker holds f2's row, a second claims nothing.
+    let mut second = pg.pool.begin().await.unwrap();
+    assert!(
+        rows::claim_due(&mut second, &contacts, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    second.rollback().await.unwrap();
+    first.rollback().await.unwrap();
+}

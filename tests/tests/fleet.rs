@@ -202,11 +202,8 @@ async fn places_customers_and_a_csv_import_scope_the_device_api_to_a_subtree() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(dash_tests::process::binary("dash-aggregator"))
+        let out = dash_tests::process::aggregator_command(dir.path(), &pg.url)
             .args(args)
-            .env("DASH_DATABASE_URL", &pg.url)
-            .env("DASH_DATA_DIR", dir.path().join("aggregator"))
-            .env("RUST_LOG", "warn")
             .output()
             .unwrap();
         (

@@ -274,17 +274,8 @@ pub async fn events(
     Query(mut params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let now = chrono::Utc::now();
-    let mut time = |key: &str, default: chrono::DateTime<chrono::Utc>| -> Result<_, ApiError> {
-        match take(&mut params, key) {
-            None => Ok(default),
-            Some(v) => Ok(
-                chrono::DateTime::from_timestamp_micros(super::parse_time(key, &v)?)
-                    .unwrap_or(default),
-            ),
-        }
-    };
-    let from = time("from", now - chrono::Duration::days(1))?;
-    let to = time("to", now + chrono::Duration::seconds(1))?;
+    let from = super::take_time(&mut params, "from", now - chrono::Duration::days(1))?;
+    let to = super::take_time(&mut params, "to", now + chrono::Duration::seconds(1))?;
     if from >= to {
         return Err(bad("from must be before to"));
     }

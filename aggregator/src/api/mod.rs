@@ -180,6 +180,18 @@ pub async fn series(
     Ok(Json(json!({ "series": series })))
 }
 
+/// The time parameter `key` (as [`parse_time`] reads it), or `default`.
+fn take_time(
+    params: &mut Vec<(String, String)>,
+    key: &str,
+    default: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    match take(params, key) {
+        None => Ok(default),
+        Some(v) => Ok(DateTime::from_timestamp_micros(parse_time(key, &v)?).unwrap_or(default)),
+    }
+}
+
 /// Parses a time: RFC 3339 or Unix seconds, within the years Dash stores.
 fn parse_time(name: &str, v: &str) -> Result<Micros, ApiError> {
     let us = if let Ok(t) = DateTime::parse_from_rfc3339(v) {

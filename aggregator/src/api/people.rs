@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Scoped, require};
 use super::{Api, ApiError, bad};
-use crate::auth::access::{Actor, Grant, Role, Scope, Within};
+use crate::auth::access::{Grant, Role, Scope, Within};
 use crate::storage::access as rows;
 use crate::storage::fleet;
 
@@ -268,11 +268,7 @@ pub async fn add_token(
     let token = crate::cli::users::new_token();
     let sha = dash_runtime::secret::sha256_hex(&token);
     let t = scope.tenant().as_str();
-    let maker = match scope.actor() {
-        Actor::User(login) => rows::maker_of(&api.pool, t, Some(login), None).await?,
-        Actor::Token(name) => rows::maker_of(&api.pool, t, None, Some(name)).await?,
-        _ => rows::Maker::default(),
-    };
+    let maker = rows::maker_of(&api.pool, t, scope.actor()).await?;
     let added = rows::add_token(
         &api.pool,
         t,
@@ -325,17 +321,8 @@ pub async fn audit(
     use axum::response::IntoResponse;
     tenant_admin(&scope)?;
     let now = chrono::Utc::now();
-    let mut time = |key: &str, default: chrono::DateTime<chrono::Utc>| -> Result<_, ApiError> {
-        match super::take(&mut params, key) {
-            None => Ok(default),
-            Some(v) => Ok(
-                chrono::DateTime::from_timestamp_micros(super::parse_time(key, &v)?)
-                    .unwrap_or(default),
-            ),
-        }
-    };
-    let from = time("from", now - chrono::Duration::days(1))?;
-    let to = time("to", now + chrono::Duration::seconds(1))?;
+    let from = super::take_time(&mut params, "from", now - chrono::Duration::days(1))?;
+    let to = super::take_time(&mut params, "to", now + chrono::Duration::seconds(1))?;
     let limit = super::take_limit(&mut params, 10_000, 1_000_000)?;
     let csv = match super::take(&mut params, "format").as_deref() {
         None | Some("json") => false,

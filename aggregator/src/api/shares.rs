@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::auth::{Scoped, Shared};
 use super::people::{foreign_key, may_open};
 use super::{Api, ApiError, bad};
-use crate::auth::access::{Actor, Grant, Role, Scope};
+use crate::auth::access::{Grant, Role, Scope};
 use crate::storage::access::{self as rows, NewShare};
 
 /// Days a link lasts unless told.
@@ -60,14 +60,7 @@ pub async fn add(
         .map_err(bad)?
         .within;
     may_open(&api, &scope, Role::Editor, &within).await?;
-    let dashboard_ok = (1..=64).contains(&body.dashboard.len())
-        && body
-            .dashboard
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !dashboard_ok {
-        return Err(bad("dashboard: 1 to 64 letters, digits, '.', '_' or '-'"));
-    }
+    crate::cli::fleet::check_id("dashboard", &body.dashboard).map_err(|e| bad(e.to_string()))?;
     let days = body.days.unwrap_or(DEFAULT_DAYS);
     if days == 0 || days > MAX_DAYS {
         return Err(bad(format!("days: 1 to {MAX_DAYS}")));
@@ -76,11 +69,7 @@ pub async fn add(
     let token = crate::cli::users::new_token();
     let created_by = scope.actor().to_string();
     let t = scope.tenant().as_str();
-    let maker = match scope.actor() {
-        Actor::User(login) => rows::maker_of(&api.pool, t, Some(login), None).await?,
-        Actor::Token(name) => rows::maker_of(&api.pool, t, None, Some(name)).await?,
-        _ => rows::Maker::default(),
-    };
+    let maker = rows::maker_of(&api.pool, t, scope.actor()).await?;
     let share = rows::add_share(
         &api.pool,
         &NewShare {

@@ -181,6 +181,21 @@ pub async fn token_add(
     }
 }
 
+/// A time in a listing, to the second; `-` for none.
+fn stamp(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A stored scope in a listing: `place P`, `customer C` or `tenant`.
+fn scope_label(place: &Option<String>, customer: &Option<String>) -> String {
+    match (place, customer) {
+        (Some(p), _) => format!("place {p}"),
+        (None, Some(c)) => format!("customer {c}"),
+        _ => "tenant".into(),
+    }
+}
+
 /// `token revoke`.
 pub async fn token_revoke(pool: &PgPool, tenant: &str, name: &str) -> anyhow::Result<String> {
     if !rows::revoke_token(pool, tenant, name).await? {
@@ -194,29 +209,21 @@ pub async fn token_revoke(pool: &PgPool, tenant: &str, name: &str) -> anyhow::Re
 /// `token list`.
 pub async fn token_list(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
     let tokens = rows::tokens(pool, tenant).await?;
-    let when = |t: Option<DateTime<Utc>>| {
-        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-            .unwrap_or_else(|| "-".into())
-    };
     let mut out = format!(
         "{:<24} {:<7} {:<20} {:<21} {:<21} {:<21}\n",
         "TOKEN", "ROLE", "SCOPE", "EXPIRES", "REVOKED", "LAST USED"
     );
     for t in &tokens {
-        let scope = match (&t.place, &t.customer) {
-            (Some(p), _) => format!("place {p}"),
-            (None, Some(c)) => format!("customer {c}"),
-            _ => "tenant".into(),
-        };
+        let scope = scope_label(&t.place, &t.customer);
         let _ = writeln!(
             out,
             "{:<24} {:<7} {:<20} {:<21} {:<21} {:<21}",
             t.name,
             t.role,
             scope,
-            when(t.expires_at),
-            when(t.revoked_at),
-            when(t.last_used_at)
+            stamp(t.expires_at),
+            stamp(t.revoked_at),
+            stamp(t.last_used_at)
         );
     }
     let _ = write!(out, "{} tokens", tokens.len());
@@ -275,29 +282,21 @@ pub async fn share_revoke(pool: &PgPool, tenant: &str, id: i64) -> anyhow::Resul
 /// `share list`.
 pub async fn share_list(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
     let shares = rows::shares(pool, tenant, None).await?;
-    let when = |t: Option<DateTime<Utc>>| {
-        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-            .unwrap_or_else(|| "-".into())
-    };
     let mut out = format!(
         "{:<6} {:<20} {:<24} {:<21} {:<21} {:<21} LABEL\n",
         "ID", "DASHBOARD", "SCOPE", "EXPIRES", "REVOKED", "LAST USED"
     );
     for s in &shares {
-        let scope = match (&s.place, &s.customer) {
-            (Some(p), _) => format!("place {p}"),
-            (None, Some(c)) => format!("customer {c}"),
-            _ => "tenant".into(),
-        };
+        let scope = scope_label(&s.place, &s.customer);
         let _ = writeln!(
             out,
             "{:<6} {:<20} {:<24} {:<21} {:<21} {:<21} {}",
             s.id,
             s.dashboard,
             scope,
-            when(Some(s.expires_at)),
-            when(s.revoked_at),
-            when(s.last_used_at),
+            stamp(Some(s.expires_at)),
+            stamp(s.revoked_at),
+            stamp(s.last_used_at),
             s.label
         );
     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::auth::access::{Grant, Within};
+use crate::auth::access::{Actor, Grant, Within};
 
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -330,34 +330,27 @@ pub struct Maker {
     pub token: Option<i64>,
 }
 
-/// The [`Maker`] of a request by `login` (a user) or by token `name` of
-/// `tenant`.
-pub async fn maker_of(
-    pool: &PgPool,
-    tenant: &str,
-    user: Option<&str>,
-    token: Option<&str>,
-) -> sqlx::Result<Maker> {
-    let user = match user {
-        Some(login) => {
-            sqlx::query_scalar("SELECT id FROM users WHERE login = $1")
+/// The [`Maker`] of a request by `actor` in `tenant`: the user's id or
+/// the token's; none for the command line and bootstrap tokens.
+pub async fn maker_of(pool: &PgPool, tenant: &str, actor: &Actor) -> sqlx::Result<Maker> {
+    Ok(match actor {
+        Actor::User(login) => Maker {
+            user: sqlx::query_scalar("SELECT id FROM users WHERE login = $1")
                 .bind(login)
                 .fetch_optional(pool)
-                .await?
-        }
-        None => None,
-    };
-    let token = match token {
-        Some(name) => {
-            sqlx::query_scalar("SELECT id FROM api_tokens WHERE tenant = $1 AND name = $2")
+                .await?,
+            token: None,
+        },
+        Actor::Token(name) => Maker {
+            user: None,
+            token: sqlx::query_scalar("SELECT id FROM api_tokens WHERE tenant = $1 AND name = $2")
                 .bind(tenant)
                 .bind(name)
                 .fetch_optional(pool)
-                .await?
-        }
-        None => None,
-    };
-    Ok(Maker { user, token })
+                .await?,
+        },
+        _ => Maker::default(),
+    })
 }
 
 /// Records a token; false when its name is taken in the tenant. A token

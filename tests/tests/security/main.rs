@@ -16,7 +16,7 @@ use dash_shared::{Batch, SeriesBlock, SeriesKey};
 use dash_tests::device::{self, rows_of};
 use dash_tests::fixture::{encode, stream};
 use dash_tests::pg::TestPostgres;
-use dash_tests::process::{self, Proc, binary};
+use dash_tests::process::{self, Proc};
 use dash_tests::{eventually, free_port, metrics_text};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 
@@ -37,11 +37,8 @@ fn cli(dir: &Path, pg: &TestPostgres, args: &[&str]) -> String {
 }
 
 fn cli_output(dir: &Path, pg: &TestPostgres, args: &[&str]) -> Output {
-    std::process::Command::new(binary("dash-aggregator"))
+    dash_tests::process::aggregator_command(dir, &pg.url)
         .args(args)
-        .env("DASH_DATABASE_URL", &pg.url)
-        .env("DASH_DATA_DIR", dir.join("aggregator"))
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap()
 }
