@@ -67,6 +67,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod expr;
 pub mod fleet;
 pub mod ingest;
 pub mod query;
@@ -218,11 +219,12 @@ pub async fn run_reporting(
     ));
     if !alert_rules.is_empty() {
         tracing::info!(rules = alert_rules.len(), "alert rules loaded");
-        let engine = Arc::new(alerts::Engine::new(
-            pool.clone(),
-            alert_rules,
-            config.alerts.clone(),
-        ));
+        let engine = alerts::Engine::new(pool.clone(), alert_rules, config.alerts.clone())?
+            .with_context(alerts::Context {
+                retention: config.retention.clone(),
+                gateway_silence_secs: config.fleet.gateway_silence_secs,
+            });
+        let engine = Arc::new(engine);
         tasks.spawn(engine.run(stop.clone()));
     }
     if !contacts.is_empty() {

@@ -82,7 +82,7 @@ async fn a_region_over_a_tenth_offline_pages_once_and_resolves_once_across_a_res
     let dir = tempfile::tempdir().unwrap();
     fleet(&pg).await;
     let config = AlertsConfig::default();
-    let first = Engine::new(pg.pool.clone(), rules(dir.path()), config.clone());
+    let first = Engine::new(pg.pool.clone(), rules(dir.path()), config.clone()).unwrap();
     let rule = first.rules()[0].clone();
     let fence = first.lease().await.unwrap().expect("the lease is free");
     let e = first.evaluate(&rule, fence).await.unwrap();
@@ -120,7 +120,7 @@ async fn a_region_over_a_tenth_offline_pages_once_and_resolves_once_across_a_res
     // Another aggregator cannot evaluate while the first holds the lease;
     // when the first stops, it takes over with a higher fence, and the
     // first's late write is refused.
-    let second = Engine::new(pg.pool.clone(), rules(dir.path()), config);
+    let second = Engine::new(pg.pool.clone(), rules(dir.path()), config).unwrap();
     assert_eq!(second.lease().await.unwrap(), None);
     sqlx::query("UPDATE alert_lease SET expires_at = now()")
         .execute(&pg.pool)

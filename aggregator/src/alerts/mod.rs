@@ -9,11 +9,14 @@
 //! taken since is refused (the fence), so a transition is stored, and
 //! notified, once.
 //!
-//! Built so far: fleet-ratio rules ([`rules`]), instance states with
-//! `for`, `keep_firing_for` and hysteresis, the outbox and the lease, and
-//! the outbox sent to PagerDuty ([`notify`]).
+//! Built so far: rules of every kind ([`rules`], read by [`eval`]),
+//! instance states with `for`, `keep_firing_for`, hysteresis and a no-data
+//! policy, their history, the outbox and the lease, and the outbox sent to
+//! PagerDuty ([`notify`]).
 
+pub mod eval;
 pub mod notify;
+pub mod period;
 pub mod rules;
 pub mod state;
 
@@ -28,8 +31,10 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::storage::alerts::{self as rows, Outgoing, StoredInstance};
-use rules::Rule;
+use crate::storage::alerts::{self as rows, Outgoing, StoredInstance, Transition};
+pub use eval::Context;
+use eval::Fleet;
+use rules::{Kind, NoData, Plan, Rule};
 use state::{Instance, Notice, Phase};
 
 /// `[alerts]` in the config.
@@ -99,7 +104,8 @@ pub struct Evaluated {
     pub instances: usize,
     pub triggers: usize,
     pub resolves: usize,
-    /// Whether it was stored (false: the lease had passed to another).
+    /// Whether what changed was stored (false: the lease had passed to
+    /// another, and nothing was).
     pub stored: bool,
 }
 
@@ -107,8 +113,9 @@ pub struct Evaluated {
 #[derive(Debug)]
 pub struct Engine {
     pool: PgPool,
-    rules: Vec<Rule>,
+    rules: Vec<(Rule, Plan)>,
     config: AlertsConfig,
+    context: Context,
     /// This process's name in the lease.
     holder: String,
 }
@@ -128,22 +135,39 @@ fn time(us: Micros) -> chrono::DateTime<chrono::Utc> {
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, rules: Vec<Rule>, config: AlertsConfig) -> Engine {
+    /// An engine for `rules` (each checked again: a rule made by hand is
+    /// refused as a file's would be).
+    pub fn new(pool: PgPool, rules: Vec<Rule>, config: AlertsConfig) -> anyhow::Result<Engine> {
         let holder = format!(
             "{}-{}",
             std::process::id(),
             dash_runtime::secret::hex(&rand::random::<[u8; 6]>())
         );
-        Engine {
+        let rules = rules
+            .into_iter()
+            .map(|r| match r.plan() {
+                Ok(p) => Ok((r, p)),
+                Err(e) => Err(anyhow::anyhow!("alert rules:\n  {}", e.join("\n  "))),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Engine {
             pool,
             rules,
             config,
+            context: Context::default(),
             holder,
-        }
+        })
     }
 
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
+    /// What rules read besides the rules: retention (which tier answers)
+    /// and the gateway silence.
+    pub fn with_context(mut self, context: Context) -> Engine {
+        self.context = context;
+        self
+    }
+
+    pub fn rules(&self) -> Vec<Rule> {
+        self.rules.iter().map(|(r, _)| r.clone()).collect()
     }
 
     /// Takes or renews the lease: its fence while this engine holds it.
@@ -152,116 +176,98 @@ impl Engine {
     }
 
     /// Evaluates `rule` now and stores what changed under `fence`.
-    pub async fn evaluate(&self, rule: &Rule, fence: i64) -> sqlx::Result<Evaluated> {
-        let now = dash_shared::now_micros();
-        let groups =
-            rows::fleet_ratio(&self.pool, &rule.tenant, &rule.group_by, &rule.state).await?;
+    pub async fn evaluate(&self, rule: &Rule, fence: i64) -> anyhow::Result<Evaluated> {
+        self.evaluate_at(rule, fence, dash_shared::now_micros())
+            .await
+    }
+
+    /// Evaluates `rule` as at `now` (tests step through days this way).
+    pub async fn evaluate_at(
+        &self,
+        rule: &Rule,
+        fence: i64,
+        now: Micros,
+    ) -> anyhow::Result<Evaluated> {
+        let plan = rule
+            .plan()
+            .map_err(|e| anyhow::anyhow!("alert rules:\n  {}", e.join("\n  ")))?;
+        let fleet = Fleet::load(&self.pool, &rule.tenant).await?;
+        Ok(self.evaluate_in(&fleet, rule, &plan, fence, now).await?)
+    }
+
+    async fn evaluate_in(
+        &self,
+        fleet: &Fleet,
+        rule: &Rule,
+        plan: &Plan,
+        fence: i64,
+        now: Micros,
+    ) -> sqlx::Result<Evaluated> {
+        let observed = eval::observe(&self.pool, &self.context, fleet, rule, plan, now).await?;
         let mut stored: HashMap<String, StoredInstance> =
             rows::instances(&self.pool, &rule.tenant, &rule.name)
                 .await?
                 .into_iter()
                 .map(|i| (i.fingerprint.clone(), i))
                 .collect();
-        let t = rule.thresholds();
-        let mut next = Vec::new();
-        let mut outgoing = Vec::new();
-        let mut done = Evaluated::default();
-        let mut judge = |labels: serde_json::Map<String, serde_json::Value>,
-                         value: f64,
-                         summary: String,
-                         prev: Option<StoredInstance>| {
-            let fp = fingerprint(&rule.name, &labels);
-            let before = prev.as_ref().and_then(|p| {
-                Some(Instance {
-                    phase: Phase::parse(&p.state)?,
-                    since: micros(p.since),
-                })
-            });
-            let (after, notice) = state::step(before, value, &t, now);
-            let mut notified = prev.map_or("none".to_owned(), |p| p.notified);
-            // A resolve is owed only for a trigger sent.
-            let notice = notice.filter(|n| *n == Notice::Trigger || notified == "trigger");
-            if let Some(n) = notice {
-                notified = n.as_str().to_owned();
-                match n {
-                    Notice::Trigger => done.triggers += 1,
-                    Notice::Resolve => done.resolves += 1,
-                }
-                let body = json!({
-                    "dedup_key": format!("dash/{}/{}/{fp}", rule.tenant, rule.name),
-                    "event": n.as_str(),
-                    "tenant": rule.tenant,
-                    "rule": rule.name,
-                    "severity": rule.severity.as_str(),
-                    "summary": summary,
-                    "value": value,
-                    "threshold": rule.above,
-                    "labels": labels,
-                    "at": time(now),
-                });
-                for contact in &rule.notify {
-                    outgoing.push((
-                        rule.tenant.clone(),
-                        rule.name.clone(),
-                        Outgoing {
-                            fingerprint: fp.clone(),
-                            event: n.as_str(),
-                            contact: contact.clone(),
-                            body: body.clone(),
-                        },
-                    ));
-                }
-            }
-            next.push(StoredInstance {
-                tenant: rule.tenant.clone(),
-                rule: rule.name.clone(),
-                fingerprint: fp,
-                labels: serde_json::Value::Object(labels),
-                state: after.phase.as_str().to_owned(),
-                since: time(after.since),
-                value: Some(value),
-                evaluated_at: time(now),
-                notified,
-            });
+        let mut judge = Judge {
+            rule,
+            plan,
+            now,
+            done: Evaluated::default(),
+            next: Vec::new(),
+            history: Vec::new(),
+            outgoing: Vec::new(),
         };
-        for g in &groups {
-            let mut labels: serde_json::Map<String, serde_json::Value> = rule
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into()))
-                .collect();
-            labels.insert(rule.group_by.clone(), g.place.clone().into());
-            let value = if g.total > 0 {
-                g.matching as f64 / g.total as f64
-            } else {
-                0.0
-            };
-            let summary = format!(
-                "{}: {} of {} devices {} in {} ({:.1} %)",
-                rule.name,
-                g.matching,
-                g.total,
-                rule.state,
-                g.name,
-                value * 100.0
-            );
-            let prev = stored.remove(&fingerprint(&rule.name, &labels));
-            judge(labels, value, summary, prev);
+        for o in observed {
+            let mut key = o.key;
+            for (k, v) in &rule.labels {
+                key.entry(k.clone()).or_insert_with(|| v.clone().into());
+            }
+            let fp = fingerprint(&rule.name, &key);
+            let prev = stored.remove(&fp);
+            let mut labels = key;
+            for (k, v) in o.context {
+                labels.entry(k).or_insert(v);
+            }
+            judge.one(fp, labels, o.value, o.held, o.summary, prev);
         }
-        // Groups gone since (a place removed): nothing left to be over the
-        // threshold, so what fired resolves.
-        for (_, prev) in stored.drain() {
+        // Instances not seen now: an aggregate's group without data reads
+        // as nothing (0 for count and sum); a device, place or gateway gone
+        // resolves what it fired.
+        let aggregate = matches!(rule.kind, Kind::Threshold | Kind::Events | Kind::Change);
+        for (fp, prev) in stored.drain() {
             let labels = prev.labels.as_object().cloned().unwrap_or_default();
-            let summary = format!("{}: its group is gone", rule.name);
-            judge(labels, 0.0, summary, Some(prev));
+            let (value, why) = if aggregate {
+                (eval::empty_value(rule, plan), "no data")
+            } else {
+                (
+                    Some(if plan.sign < 0.0 {
+                        f64::INFINITY
+                    } else {
+                        f64::NEG_INFINITY
+                    }),
+                    "gone",
+                )
+            };
+            let summary = format!("{}: {why} for this instance", rule.name);
+            judge.one(fp, labels, value, false, summary, Some(prev));
         }
-        done.instances = next.len();
-        done.stored = rows::apply(&self.pool, &self.holder, fence, &next, &outgoing).await?;
+        let Judge {
+            mut done,
+            next,
+            history,
+            outgoing,
+            ..
+        } = judge;
+        done.stored =
+            rows::apply(&self.pool, &self.holder, fence, &next, &history, &outgoing).await?;
         Ok(done)
     }
 
     /// Evaluates each rule on its interval while this engine holds the
-    /// lease, until `stop`; then gives the lease up.
+    /// lease, until `stop`; then gives the lease up. A tenant's places and
+    /// devices are read once per round for all its rules due.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut due: Vec<Instant> = vec![Instant::now(); self.rules.len()];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -284,12 +290,26 @@ impl Engine {
                 tracing::info!(holder = %self.holder, held, "alert evaluator lease");
             }
             let Some(fence) = fence else { continue };
-            for (i, rule) in self.rules.iter().enumerate() {
+            let mut fleets: HashMap<&str, Fleet> = HashMap::new();
+            for (i, (rule, plan)) in self.rules.iter().enumerate() {
                 if Instant::now() < due[i] {
                     continue;
                 }
                 due[i] = Instant::now() + rule.interval(self.config.interval_secs);
-                match self.evaluate(rule, fence).await {
+                if !fleets.contains_key(rule.tenant.as_str()) {
+                    match Fleet::load(&self.pool, &rule.tenant).await {
+                        Ok(f) => {
+                            fleets.insert(&rule.tenant, f);
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant = %rule.tenant, error = %e, "reading the fleet for alert rules failed; retried at their next interval");
+                            continue;
+                        }
+                    }
+                }
+                let fleet = &fleets[rule.tenant.as_str()];
+                let now = dash_shared::now_micros();
+                match self.evaluate_in(fleet, rule, plan, fence, now).await {
                     Ok(e) if e.triggers + e.resolves > 0 => {
                         tracing::info!(tenant = %rule.tenant, rule = %rule.name, triggers = e.triggers, resolves = e.resolves, stored = e.stored, "alert rule changed")
                     }
@@ -303,5 +323,125 @@ impl Engine {
         if held {
             let _ = rows::drop_lease(&self.pool, &self.holder).await;
         }
+    }
+}
+
+/// One evaluation's judgement of each instance: the next states, their
+/// history and the notices owed.
+struct Judge<'a> {
+    rule: &'a Rule,
+    plan: &'a Plan,
+    now: Micros,
+    done: Evaluated,
+    next: Vec<StoredInstance>,
+    history: Vec<Transition>,
+    outgoing: Vec<(String, String, Outgoing)>,
+}
+
+impl Judge<'_> {
+    fn one(
+        &mut self,
+        fp: String,
+        labels: serde_json::Map<String, serde_json::Value>,
+        value: Option<f64>,
+        held: bool,
+        summary: String,
+        prev: Option<StoredInstance>,
+    ) {
+        let (rule, plan, now) = (self.rule, self.plan, self.now);
+        self.done.instances += 1;
+        // What the state machine sees: the value on the firing side of
+        // `above`, or what the no-data policy makes of none.
+        let seen = match (held, value) {
+            (true, _) => None,
+            (false, Some(v)) => Some(plan.sign * v),
+            (false, None) => match rule.no_data {
+                NoData::Keep => None,
+                NoData::Ok => Some(f64::NEG_INFINITY),
+                NoData::Alerting => Some(f64::INFINITY),
+            },
+        };
+        let Some(seen) = seen else {
+            return;
+        };
+        let before = prev.as_ref().and_then(|p| {
+            Some(Instance {
+                phase: Phase::parse(&p.state)?,
+                since: micros(p.since),
+            })
+        });
+        let (after, notice) = state::step(before, seen, &plan.thresholds, now);
+        let mut notified = prev
+            .as_ref()
+            .map_or("none".to_owned(), |p| p.notified.clone());
+        // A resolve is owed only for a trigger sent.
+        let notice = notice.filter(|n| *n == Notice::Trigger || notified == "trigger");
+        if let Some(n) = notice {
+            notified = n.as_str().to_owned();
+            match n {
+                Notice::Trigger => self.done.triggers += 1,
+                Notice::Resolve => self.done.resolves += 1,
+            }
+            let body = json!({
+                "dedup_key": format!("dash/{}/{}/{fp}", rule.tenant, rule.name),
+                "event": n.as_str(),
+                "tenant": rule.tenant,
+                "rule": rule.name,
+                "kind": rule.kind,
+                "severity": rule.severity.as_str(),
+                "summary": summary,
+                "value": value.filter(|v| v.is_finite()),
+                "threshold": plan.threshold,
+                "side": if plan.sign < 0.0 { "below" } else { "above" },
+                "labels": labels,
+                "at": time(now),
+            });
+            for contact in &rule.notify {
+                self.outgoing.push((
+                    rule.tenant.clone(),
+                    rule.name.clone(),
+                    Outgoing {
+                        fingerprint: fp.clone(),
+                        event: n.as_str(),
+                        contact: contact.clone(),
+                        body: body.clone(),
+                    },
+                ));
+            }
+        }
+        let was = before.map_or(Phase::Normal, |b| b.phase);
+        if after.phase != was {
+            self.history.push(Transition {
+                fingerprint: fp.clone(),
+                from: was.as_str(),
+                to: after.phase.as_str(),
+                value: value.filter(|v| v.is_finite()),
+                summary: summary.clone(),
+            });
+        }
+        // Stored: what changed, and what is not normal (its value is
+        // shown); an instance normal all along is not written each time.
+        let changed = match &prev {
+            None => after.phase != Phase::Normal,
+            Some(p) => {
+                p.state != after.phase.as_str()
+                    || micros(p.since) != after.since
+                    || p.notified != notified
+            }
+        };
+        if !changed && after.phase == Phase::Normal {
+            return;
+        }
+        self.next.push(StoredInstance {
+            tenant: rule.tenant.clone(),
+            rule: rule.name.clone(),
+            fingerprint: fp,
+            labels: serde_json::Value::Object(labels),
+            state: after.phase.as_str().to_owned(),
+            since: time(after.since),
+            value: value.filter(|v| v.is_finite()),
+            evaluated_at: time(now),
+            notified,
+        });
     }
 }

@@ -52,7 +52,7 @@ pub enum Step {
     Days(u32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Agg {
     Avg,
@@ -153,7 +153,7 @@ impl Buckets {
 }
 
 /// UTC µs of the local day `days` after `date` in `tz`.
-fn local_midnight(date: NaiveDate, tz: Tz, days: i64) -> Micros {
+pub fn local_midnight(date: NaiveDate, tz: Tz, days: i64) -> Micros {
     let date = if days >= 0 {
         date + chrono::Days::new(days as u64)
     } else {

@@ -110,8 +110,18 @@ pub struct Outgoing {
     pub body: serde_json::Value,
 }
 
-/// Stores one evaluation of a rule: its instances as they are now and the
-/// notifications their changes owe, in one transaction, under the lease
+/// A change of an instance's state, for its history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub fingerprint: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub value: Option<f64>,
+    pub summary: String,
+}
+
+/// Stores one evaluation of a rule: its instances as they changed, their
+/// transitions, and the notifications the changes owe, in one transaction, under the lease
 /// `fence` of `holder`. `false`, with nothing stored, when the lease is no
 /// longer this holder's (another evaluator took over).
 pub async fn apply(
@@ -119,8 +129,12 @@ pub async fn apply(
     holder: &str,
     fence: i64,
     instances: &[StoredInstance],
+    history: &[Transition],
     outgoing: &[(String, String, Outgoing)],
 ) -> sqlx::Result<bool> {
+    if instances.is_empty() && history.is_empty() && outgoing.is_empty() {
+        return Ok(true);
+    }
     let mut tx = pool.begin().await?;
     let held: Option<i32> = sqlx::query_scalar(
         "SELECT 1 FROM alert_lease WHERE id = 1 AND holder = $1 AND fence = $2 AND expires_at > now()
@@ -152,6 +166,23 @@ pub async fn apply(
         .bind(i.value)
         .bind(i.evaluated_at)
         .bind(&i.notified)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(first) = instances.first() {
+        sqlx::query(
+            "INSERT INTO alert_history (tenant, rule, fingerprint, from_state, to_state, value, summary, at)
+             SELECT $1, $2, f, a, b, v, s, $8
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::float8[], $7::text[]) AS u(f, a, b, v, s)",
+        )
+        .bind(&first.tenant)
+        .bind(&first.rule)
+        .bind(history.iter().map(|h| h.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(history.iter().map(|h| h.from).collect::<Vec<_>>())
+        .bind(history.iter().map(|h| h.to).collect::<Vec<_>>())
+        .bind(history.iter().map(|h| h.value).collect::<Vec<_>>())
+        .bind(history.iter().map(|h| h.summary.as_str()).collect::<Vec<_>>())
+        .bind(first.evaluated_at)
         .execute(&mut *tx)
         .await?;
     }

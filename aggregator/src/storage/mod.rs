@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod alert_reads;
 pub mod alerts;
 pub mod audit;
 pub mod fleet;
