@@ -396,7 +396,14 @@ impl Expr {
     }
 }
 
+/// A node's value; none as soon as any part is not a finite number (so
+/// `max(sqrt(-1), 0)` is none, not 0).
 fn eval(n: &Node, values: &[Option<f64>]) -> Option<f64> {
+    let v = eval_node(n, values)?;
+    v.is_finite().then_some(v)
+}
+
+fn eval_node(n: &Node, values: &[Option<f64>]) -> Option<f64> {
     Some(match n {
         Node::Num(x) => *x,
         Node::Var(i) => values.get(*i).copied().flatten()?,
@@ -473,6 +480,8 @@ mod tests {
         assert_eq!(e.eval(&[Some(50.0), Some(4.0)]), Some(12.5));
         assert_eq!(val("sqrt(-1)", &[], &[]), None);
         assert_eq!(val("10 ^ 400", &[], &[]), None);
+        assert_eq!(val("max(sqrt(-1), 0)", &[], &[]), None);
+        assert_eq!(val("1 / 10 ^ 400", &[], &[]), None);
     }
 
     #[test]

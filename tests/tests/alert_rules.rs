@@ -119,6 +119,15 @@ async fn event(pg: &TestPostgres, tenant: &str, source: &str, at: Micros, kind: 
     .unwrap();
 }
 
+/// A local time of 2026 in Berlin, in µs.
+fn berlin(month: u32, day: u32, hour: u32, min: u32) -> Micros {
+    chrono_tz::Europe::Berlin
+        .with_ymd_and_hms(2026, month, day, hour, min, 0)
+        .earliest()
+        .unwrap()
+        .timestamp_micros()
+}
+
 fn fired(e: &Evaluated) -> (usize, usize) {
     (e.triggers, e.resolves)
 }
@@ -262,14 +271,7 @@ async fn daily_revenue_over_a_limit_in_berlin_fires_once_that_local_day() {
     )
     .await;
     let rule = &rules[0];
-    let berlin = chrono_tz::Europe::Berlin;
-    let local = |d: u32, h: u32, m: u32| {
-        berlin
-            .with_ymd_and_hms(2026, 3, d, h, m, 0)
-            .earliest()
-            .unwrap()
-            .timestamp_micros()
-    };
+    let local = |d: u32, h: u32, m: u32| berlin(3, d, h, m);
     // 23:30 UTC on the 28th is 00:30 on the 29th in Berlin: that day's.
     let late_utc = Utc
         .with_ymd_and_hms(2026, 3, 28, 23, 30, 0)
@@ -320,6 +322,15 @@ async fn daily_revenue_over_a_limit_in_berlin_fires_once_that_local_day() {
         local(29, 8, 7),
         "pos.sale",
         r#"{"total": 1e400, "status": "paid"}"#,
+    )
+    .await;
+    event(
+        &pg,
+        "shop",
+        "till1",
+        local(29, 8, 8),
+        "pos.sale",
+        r#"{"total": 1e-400, "status": "paid"}"#,
     )
     .await;
     let mut pages = Vec::new();
@@ -426,8 +437,23 @@ async fn food_cost_percent_and_an_hourly_target_per_location() {
         r#"{"amount": 50}"#,
     )
     .await;
+    // A till without a place makes no "(none)" store.
+    run(
+        &pg,
+        "INSERT INTO devices (tenant, device, state) VALUES ('shop', 't4', 'online')",
+    )
+    .await;
+    event(
+        &pg,
+        "shop",
+        "t4",
+        now - HOUR,
+        "pos.purchase",
+        r#"{"amount": 999}"#,
+    )
+    .await;
     let e = engine.evaluate_at(&rules[0], fence, now).await.unwrap();
-    assert_eq!(fired(&e), (1, 0));
+    assert_eq!((e.instances, fired(&e)), (3, (1, 0)));
     let outbox = rows::outbox(&pg.pool, "shop").await.unwrap();
     assert_eq!(label(&outbox[0], "place"), "s1");
     assert!((outbox[0].body["value"].as_f64().unwrap() - 33.0).abs() < 1e-9);
@@ -492,6 +518,7 @@ async fn three_missed_doses_in_a_row_page_the_nurse_once() {
         schedule = ["08:00", "14:00", "20:00"]
         grace_secs = 3600
         group_by = "field.patient"
+        lookback_secs = 172800
         above = 2
         severity = "critical"
         notify = ["sms-nurse"]
@@ -499,14 +526,7 @@ async fn three_missed_doses_in_a_row_page_the_nurse_once() {
     )
     .await;
     let rule = &rules[0];
-    let berlin = chrono_tz::Europe::Berlin;
-    let local = |d: u32, h: u32, m: u32| {
-        berlin
-            .with_ymd_and_hms(2026, 11, d, h, m, 0)
-            .earliest()
-            .unwrap()
-            .timestamp_micros()
-    };
+    let local = |d: u32, h: u32, m: u32| berlin(11, d, h, m);
     let dose = |patient: &str| format!(r#"{{"patient": "{patient}"}}"#);
     // p1 takes the 08:00 dose on the 2nd and then none; p2 takes each.
     event(
@@ -518,7 +538,7 @@ async fn three_missed_doses_in_a_row_page_the_nurse_once() {
         &dose("p1"),
     )
     .await;
-    for (d, h) in [(2, 8), (2, 14), (2, 20), (3, 8)] {
+    for (d, h) in [(2, 8), (2, 14), (2, 20), (3, 8), (3, 14), (3, 20), (4, 8)] {
         event(
             &pg,
             "care",
@@ -575,6 +595,26 @@ async fn three_missed_doses_in_a_row_page_the_nurse_once() {
         .await
         .unwrap();
     assert_eq!(fired(&e), (0, 1));
+    // p1 misses again, and a while later their last dose is older than the
+    // two days looked back: still firing, every dose since counted.
+    let e = engine
+        .evaluate_at(rule, fence, local(4, 9, 30))
+        .await
+        .unwrap();
+    assert_eq!(fired(&e), (1, 0));
+    let e = engine
+        .evaluate_at(rule, fence, local(6, 12, 0))
+        .await
+        .unwrap();
+    assert_eq!(e.resolves, 0);
+    let p1 = rows::instances(&pg.pool, "care", "missed-doses")
+        .await
+        .unwrap();
+    let p1 = p1
+        .iter()
+        .find(|i| i.labels["field.patient"] == "p1")
+        .unwrap();
+    assert_eq!((p1.state.as_str(), p1.value), ("firing", Some(6.0)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,7 +688,7 @@ async fn a_gateway_offline_pages_once_and_its_silent_devices_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sales_down_a_fifth_day_over_day_from_the_daily_tier() {
+async fn sales_down_a_fifth_day_over_day_in_berlin() {
     let pg = TestPostgres::start().await;
     places(&pg, "shop", "Europe/Berlin").await;
     device(&pg, "shop", "till1", "s1", "c1").await;
@@ -669,14 +709,7 @@ async fn sales_down_a_fifth_day_over_day_from_the_daily_tier() {
         "#,
     )
     .await;
-    let berlin = chrono_tz::Europe::Berlin;
-    let local = |d: u32, h: u32| {
-        berlin
-            .with_ymd_and_hms(2026, 10, d, h, 0, 0)
-            .earliest()
-            .unwrap()
-            .timestamp_micros()
-    };
+    let local = |d: u32, h: u32| berlin(10, d, h, 0);
     let mut feed = Feed::new("shop");
     // The 24th: 1,500 at each store; the 25th (a 25-hour day): 1,000 at
     // s1 (a third less), 1,400 at s2.
@@ -700,4 +733,70 @@ async fn sales_down_a_fifth_day_over_day_from_the_daily_tier() {
     assert_eq!(label(&outbox[0], "place"), "s1");
     let v = outbox[0].body["value"].as_f64().unwrap();
     assert!((v - (-100.0 / 3.0)).abs() < 1e-9, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_down_to_no_orders_fires_though_nothing_was_read_for_it() {
+    let pg = TestPostgres::start().await;
+    places(&pg, "shop", "UTC").await;
+    device(&pg, "shop", "web", "s1", "c1").await;
+    let (engine, rules, fence) = engine(
+        &pg,
+        r#"
+        [[rule]]
+        name = "orders-per-channel"
+        tenant = "shop"
+        kind = "events"
+        event = "pos.sale"
+        period = "hour"
+        group_by = "field.channel"
+        below = 2
+        notify = ["slack-ops"]
+        "#,
+    )
+    .await;
+    let ten = Utc
+        .with_ymd_and_hms(2026, 11, 26, 10, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    for (i, channel) in ["app", "shop", "app", "shop", "shop"].iter().enumerate() {
+        let body = format!(r#"{{"channel": "{channel}"}}"#);
+        event(
+            &pg,
+            "shop",
+            "web",
+            ten + (i as i64 + 1) * MIN,
+            "pos.sale",
+            &body,
+        )
+        .await;
+        event(
+            &pg,
+            "shop",
+            "web",
+            ten + HOUR + (i as i64 + 1) * MIN,
+            "pos.sale",
+            r#"{"channel": "shop"}"#,
+        )
+        .await;
+    }
+    // 10:50: app 2, shop 3; 11:50: app none at all, shop 5.
+    let e = engine
+        .evaluate_at(&rules[0], fence, ten + 50 * MIN)
+        .await
+        .unwrap();
+    assert_eq!((e.instances, fired(&e)), (2, (0, 0)));
+    let e = engine
+        .evaluate_at(&rules[0], fence, ten + 110 * MIN)
+        .await
+        .unwrap();
+    assert_eq!(fired(&e), (1, 0));
+    let outbox = rows::outbox(&pg.pool, "shop").await.unwrap();
+    assert_eq!(
+        (
+            label(&outbox[0], "field.channel"),
+            outbox[0].body["value"].as_f64()
+        ),
+        ("app", Some(0.0))
+    );
 }

@@ -132,6 +132,37 @@ impl Fleet {
         }
     }
 
+    /// The group key of events aggregated per source and body fields.
+    fn event_key(
+        &self,
+        plan: &Plan,
+        g: &reads::EventGroup,
+        d: Option<&DeviceRow>,
+    ) -> Vec<Option<String>> {
+        let mut f = g.fields.iter();
+        plan.group_by
+            .iter()
+            .map(|l| match l {
+                Label::Field(_) => f.next().cloned().flatten(),
+                l => self.fleet_label(l, d),
+            })
+            .collect()
+    }
+
+    /// A device's (or gateway's) place, its name, and customer, as labels.
+    fn where_is(&self, d: &DeviceRow) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (k, v) in [("place", &d.place), ("customer", &d.customer)] {
+            if let Some(v) = v {
+                out.insert(k.into(), v.clone().into());
+            }
+        }
+        if let Some(p) = d.place.as_ref().and_then(|p| self.places.get(p)) {
+            out.insert("place_name".into(), p.name.clone().into());
+        }
+        out
+    }
+
     /// Labels that describe an instance without keying it: the place's
     /// name and, for one device, its place and customer.
     fn context(&self, plan: &Plan, rule: &Rule, key: &[Option<String>]) -> Map<String, Value> {
@@ -188,7 +219,7 @@ fn key_map(rule: &Rule, key: &[Option<String>]) -> Map<String, Value> {
         .collect()
 }
 
-fn describe(key: &Map<String, Value>) -> String {
+pub fn describe(key: &Map<String, Value>) -> String {
     if key.is_empty() {
         return "all".into();
     }
@@ -210,7 +241,12 @@ fn agg_value(agg: Agg, p: Option<&Partial>) -> Option<f64> {
 /// Per group key: each input's partial.
 type Groups = HashMap<Vec<Option<String>>, Vec<Option<Partial>>>;
 
+/// Adds `p` to input `i` of group `key`; a key missing a label (a device
+/// without a place, an event without the field) makes no instance.
 fn merge_into(groups: &mut Groups, key: Vec<Option<String>>, inputs: usize, i: usize, p: &Partial) {
+    if key.iter().any(Option::is_none) {
+        return;
+    }
     let slot = &mut groups.entry(key).or_insert_with(|| vec![None; inputs])[i];
     match slot {
         Some(q) => q.merge(p),
@@ -231,22 +267,12 @@ async fn aggregate(
 ) -> sqlx::Result<Groups> {
     let n = plan.inputs.len();
     let mut groups = Groups::new();
-    if plan.group_by.iter().all(Label::of_fleet) {
-        if plan.group_by.is_empty() {
-            groups.insert(Vec::new(), vec![None; n]);
-        }
-        for d in fleet
-            .devices
-            .iter()
-            .filter(|d| fleet.selects(rule, Some(d)))
-        {
-            let key: Vec<_> = plan
-                .group_by
-                .iter()
-                .map(|l| fleet.fleet_label(l, Some(d)))
-                .collect();
-            groups.entry(key).or_insert_with(|| vec![None; n]);
-        }
+    // Groups come from what is read (a series without data in the range
+    // still makes its group) and from the instances stored before, which
+    // the engine judges as reading nothing: a store that had sales and has
+    // none this hour is a count of 0, a sensor-only store is no store.
+    if plan.group_by.is_empty() {
+        groups.insert(Vec::new(), vec![None; n]);
     }
     for (i, (_, input)) in plan.inputs.iter().enumerate() {
         if let Some(metric) = &input.metric {
@@ -263,14 +289,7 @@ async fn aggregate(
             )
             .await?;
         } else if let Some(kind) = &input.event {
-            let fields: Vec<String> = plan
-                .group_by
-                .iter()
-                .filter_map(|l| match l {
-                    Label::Field(f) => Some(f.clone()),
-                    _ => None,
-                })
-                .collect();
+            let fields = plan.fields();
             let q = EventQuery {
                 tenant: &rule.tenant,
                 kind,
@@ -283,15 +302,7 @@ async fn aggregate(
                 if !fleet.selects(rule, d) {
                     continue;
                 }
-                let mut f = g.fields.iter();
-                let key = plan
-                    .group_by
-                    .iter()
-                    .map(|l| match l {
-                        Label::Field(_) => f.next().cloned().flatten(),
-                        l => fleet.fleet_label(l, d),
-                    })
-                    .collect();
+                let key = fleet.event_key(plan, &g, d);
                 let p = Partial {
                     count: g.count,
                     sum: g.sum,
@@ -382,7 +393,7 @@ async fn series_input(
         }
     }
     // Series without data in the range still make their group.
-    for key in keys.into_values() {
+    for key in keys.into_values().filter(|k| k.iter().all(Option::is_some)) {
         groups.entry(key).or_insert_with(|| vec![None; n]);
     }
     Ok(())
@@ -535,18 +546,9 @@ pub async fn observe(
                 );
                 let mut key = Map::new();
                 key.insert("device".into(), d.device.clone().into());
-                let mut context = Map::new();
-                for (k, v) in [("place", &d.place), ("customer", &d.customer)] {
-                    if let Some(v) = v {
-                        context.insert(k.into(), v.clone().into());
-                    }
-                }
-                if let Some(p) = d.place.as_ref().and_then(|p| fleet.places.get(p)) {
-                    context.insert("place_name".into(), p.name.clone().into());
-                }
                 out.push(Observation {
                     key,
-                    context,
+                    context: fleet.where_is(d),
                     value: Some(silent.max(0.0)),
                     held,
                     summary,
@@ -605,15 +607,9 @@ pub async fn observe(
                 );
                 let mut key = Map::new();
                 key.insert("gateway".into(), agent.into());
-                let mut context = Map::new();
-                for (k, v) in [("place", d.place), ("customer", d.customer)] {
-                    if let Some(v) = v {
-                        context.insert(k.into(), v.into());
-                    }
-                }
                 out.push(Observation {
                     key,
-                    context,
+                    context: fleet.where_is(&d),
                     value: Some(if offline { 1.0 } else { 0.0 }),
                     held: false,
                     summary,
@@ -637,16 +633,8 @@ async fn missed(
     let Some(kind) = &rule.event else {
         return Ok(());
     };
-    let grace = (rule.grace_secs.unwrap_or(1_800) as Micros).saturating_mul(SEC);
-    let lookback = (rule.lookback_secs.unwrap_or(7 * 86_400) as Micros).saturating_mul(SEC);
-    let fields: Vec<String> = plan
-        .group_by
-        .iter()
-        .filter_map(|l| match l {
-            Label::Field(f) => Some(f.clone()),
-            _ => None,
-        })
-        .collect();
+    let lookback = rule.lookback_us();
+    let fields = plan.fields();
     let q = EventQuery {
         tenant: &rule.tenant,
         kind,
@@ -655,41 +643,21 @@ async fn missed(
         group_fields: &fields,
     };
     let mut last: HashMap<Vec<Option<String>>, Micros> = HashMap::new();
-    if plan.group_by.iter().all(Label::of_fleet) {
-        for d in fleet
-            .devices
-            .iter()
-            .filter(|d| fleet.selects(rule, Some(d)))
-        {
-            let key = plan
-                .group_by
-                .iter()
-                .map(|l| fleet.fleet_label(l, Some(d)))
-                .collect();
-            last.entry(key).or_insert(now - lookback);
-        }
-    }
     for g in reads::event_groups(pool, q, (now - lookback, now + 1)).await? {
         let d = fleet.device(&g.source);
         if !fleet.selects(rule, d) {
             continue;
         }
-        let mut f = g.fields.iter();
-        let key: Vec<Option<String>> = plan
-            .group_by
-            .iter()
-            .map(|l| match l {
-                Label::Field(_) => f.next().cloned().flatten(),
-                l => fleet.fleet_label(l, d),
-            })
-            .collect();
+        let key = fleet.event_key(plan, &g, d);
         let t = g.last_ts.timestamp_micros();
         let e = last.entry(key).or_insert(t);
         *e = (*e).max(t);
     }
     for (key, at) in last {
-        let slots =
-            super::period::slots(&plan.schedule, fleet.tz, at + grace, now - grace, MAX_SLOTS);
+        if key.iter().any(Option::is_none) {
+            continue;
+        }
+        let slots = missed_slots(fleet, rule, plan, at, now);
         let n = slots.len();
         let summary = format!(
             "{}: {n} scheduled {kind} missed in a row for {}{}",
@@ -708,9 +676,27 @@ async fn missed(
     Ok(())
 }
 
-/// The value of a group of an aggregate rule that has no data at all.
-pub fn empty_value(rule: &Rule, plan: &Plan) -> Option<f64> {
+/// The scheduled times after an event at `last` that have passed, as at
+/// `now`, each `grace_secs` either side.
+fn missed_slots(fleet: &Fleet, rule: &Rule, plan: &Plan, last: Micros, now: Micros) -> Vec<Micros> {
+    let grace = rule.grace_us();
+    super::period::slots(
+        &plan.schedule,
+        fleet.tz,
+        last + grace,
+        now - grace,
+        MAX_SLOTS,
+    )
+}
+
+/// The value of an instance stored before and not read now: an
+/// aggregate's group reading nothing (0 for count and sum), a patient whose
+/// last dose is older than the lookback (every dose since missed).
+pub fn unseen_value(fleet: &Fleet, rule: &Rule, plan: &Plan, now: Micros) -> Option<f64> {
     match rule.kind {
+        Kind::Missed => {
+            Some(missed_slots(fleet, rule, plan, now - rule.lookback_us(), now).len() as f64)
+        }
         Kind::Change => None,
         _ => value_of(plan, &vec![None; plan.inputs.len()]),
     }

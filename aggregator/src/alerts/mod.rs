@@ -72,6 +72,11 @@ impl AlertsConfig {
         if self.lease_secs < 2 {
             out.push("alerts.lease_secs must be at least 2".into());
         }
+        if self.interval_secs > rules::MAX_SECS || self.lease_secs > 86_400 {
+            out.push(
+                "alerts.interval_secs at most 10 years, alerts.lease_secs at most a day".into(),
+            );
+        }
         for (i, c) in self.contact_points.iter().enumerate() {
             if self.contact_points[..i].iter().any(|o| o.name == c.name) {
                 out.push(format!(
@@ -233,24 +238,23 @@ impl Engine {
             judge.one(fp, labels, o.value, o.held, o.summary, prev);
         }
         // Instances not seen now: an aggregate's group without data reads
-        // as nothing (0 for count and sum); a device, place or gateway gone
+        // as nothing (0 for count and sum), a patient without doses in the
+        // lookback as every dose missed; a device, place or gateway gone
         // resolves what it fired.
-        let aggregate = matches!(rule.kind, Kind::Threshold | Kind::Events | Kind::Change);
         for (fp, prev) in stored.drain() {
             let labels = prev.labels.as_object().cloned().unwrap_or_default();
-            let (value, why) = if aggregate {
-                (eval::empty_value(rule, plan), "no data")
-            } else {
-                (
-                    Some(if plan.sign < 0.0 {
+            let (value, why) = match rule.kind {
+                Kind::Absence | Kind::FleetRatio | Kind::Gateway => {
+                    let cleared = if plan.sign < 0.0 {
                         f64::INFINITY
                     } else {
                         f64::NEG_INFINITY
-                    }),
-                    "gone",
-                )
+                    };
+                    (Some(cleared), "gone")
+                }
+                _ => (eval::unseen_value(fleet, rule, plan, now), "nothing read"),
             };
-            let summary = format!("{}: {why} for this instance", rule.name);
+            let summary = format!("{}: {why} for {}", rule.name, eval::describe(&labels));
             judge.one(fp, labels, value, false, summary, Some(prev));
         }
         let Judge {
@@ -429,7 +433,12 @@ impl Judge<'_> {
                     || p.notified != notified
             }
         };
-        if !changed && after.phase == Phase::Normal {
+        // Rules whose groups come from what is read keep their normal
+        // instances too: a group that reads nothing later is then still
+        // judged (a channel down to no orders).
+        let keeps_normal = !matches!(rule.kind, Kind::Absence | Kind::FleetRatio | Kind::Gateway)
+            && plan.inputs.iter().any(|(_, i)| i.event.is_some());
+        if after.phase == Phase::Normal && !(changed || keeps_normal && prev.is_none()) {
             return;
         }
         self.next.push(StoredInstance {

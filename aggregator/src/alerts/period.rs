@@ -111,8 +111,16 @@ impl Span {
                 let this = p.start(now, tz);
                 let last = p.previous(this, tz);
                 if to_date {
-                    let so_far = now - this;
-                    ((this, now), (last, (last + so_far).min(this)))
+                    // The same local clock time of the period before: until
+                    // 14:00 today against until 14:00 yesterday, whichever
+                    // day is 23 or 25 hours long.
+                    let elapsed = local(now, tz).naive_local() - local(this, tz).naive_local();
+                    let end = local(last, tz)
+                        .naive_local()
+                        .checked_add_signed(elapsed)
+                        .map_or(this, |then| at_local(then.date(), then.time(), tz))
+                        .clamp(last, this);
+                    ((this, now), (last, end))
                 } else {
                     let before = p.previous(last, tz);
                     ((last, this), (before, last))
@@ -149,6 +157,8 @@ pub fn slots(times: &[NaiveTime], tz: Tz, after: Micros, to: Micros, limit: usiz
         }
     }
     out.sort_unstable();
+    // A time a DST gap moves may land on another of the schedule's.
+    out.dedup();
     out
 }
 
@@ -194,8 +204,15 @@ mod tests {
         let now = at(BERLIN, 2026, 10, 25, 14, 0); // a 25-hour day
         let (cur, prev) = Span::Period(Period::Day).compared(now, BERLIN, true);
         assert_eq!(cur, (at(BERLIN, 2026, 10, 25, 0, 0), now));
-        assert_eq!(prev.0, at(BERLIN, 2026, 10, 24, 0, 0));
-        assert_eq!(prev.1 - prev.0, cur.1 - cur.0);
+        // Until 14:00 on both days: 15 hours of the 25-hour day against 14.
+        assert_eq!(
+            prev,
+            (
+                at(BERLIN, 2026, 10, 24, 0, 0),
+                at(BERLIN, 2026, 10, 24, 14, 0)
+            )
+        );
+        assert_eq!(cur.1 - cur.0, 15 * 3_600 * SEC);
         let (cur, prev) = Span::Period(Period::Month).compared(now, BERLIN, false);
         assert_eq!(
             cur,
@@ -231,6 +248,15 @@ mod tests {
             ]
         );
         assert_eq!(slots(&times, BERLIN, from, to, 2).len(), 2);
+        // 02:30 moved to 03:00 beside a 03:00 of its own: one slot.
+        let both: Vec<_> = ["02:30", "03:00"]
+            .iter()
+            .map(|s| parse_time(s).unwrap())
+            .collect();
+        assert_eq!(
+            slots(&both, BERLIN, from, to, 10),
+            vec![at(BERLIN, 2026, 3, 29, 3, 0)]
+        );
         assert!(slots(&times, BERLIN, to, from, 10).is_empty());
         assert!(parse_time("25:00").is_none());
     }

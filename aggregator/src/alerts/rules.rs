@@ -244,8 +244,23 @@ pub struct Plan {
     pub schedule: Vec<NaiveTime>,
 }
 
+impl Plan {
+    /// The body fields it groups by (`field.<key>`), in order.
+    pub fn fields(&self) -> Vec<String> {
+        self.group_by
+            .iter()
+            .filter_map(|l| match l {
+                Label::Field(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 const STATES: [&str; 5] = ["never_reported", "online", "offline", "delayed", "unknown"];
 const SEC: Micros = 1_000_000;
+/// The longest duration a rule may name: 10 years.
+pub const MAX_SECS: u64 = 10 * 365 * 86_400;
 
 fn id_ok(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -279,6 +294,19 @@ impl Rule {
         ] {
             if v == Some(0) {
                 no(field, "at least 1");
+            }
+        }
+        for (field, v) in [
+            ("window_secs", self.window_secs),
+            ("after_secs", self.after_secs),
+            ("grace_secs", self.grace_secs),
+            ("lookback_secs", self.lookback_secs),
+            ("interval_secs", self.interval_secs),
+            ("for_secs", Some(self.for_secs)),
+            ("keep_firing_for_secs", Some(self.keep_firing_for_secs)),
+        ] {
+            if v.is_some_and(|v| v > MAX_SECS) {
+                no(field, &format!("at most {MAX_SECS} s (10 years)"));
             }
         }
         let kind = self.kind;
@@ -427,6 +455,11 @@ impl Rule {
                     "local times it is expected, e.g. [\"08:00\", \"20:00\"]",
                 );
             }
+            for (i, t) in schedule.iter().enumerate() {
+                if schedule[..i].contains(t) {
+                    no("schedule", &format!("{} is given twice", t.format("%H:%M")));
+                }
+            }
         } else if !self.schedule.is_empty() {
             no("schedule", "is for missed rules");
         }
@@ -497,6 +530,16 @@ impl Rule {
             threshold,
             schedule,
         })
+    }
+
+    /// missed: how far either side of its time an event counts (µs).
+    pub fn grace_us(&self) -> Micros {
+        (self.grace_secs.unwrap_or(1_800).min(MAX_SECS) as Micros) * SEC
+    }
+
+    /// missed: how far back a group without events counts (µs).
+    pub fn lookback_us(&self) -> Micros {
+        (self.lookback_secs.unwrap_or(7 * 86_400).min(MAX_SECS) as Micros) * SEC
     }
 
     pub fn interval(&self, default_secs: u64) -> std::time::Duration {
@@ -737,6 +780,20 @@ mod tests {
             above = 2"#,
         );
         assert!(e.contains("not a local time"), "{e}");
+        let e = errs(
+            r#"[[rule]]
+            name = "x"
+            tenant = "acme"
+            kind = "missed"
+            event = "dose"
+            schedule = ["08:00", "08:00"]
+            lookback_secs = 9223372036854775807
+            for_secs = 9223372036854775807
+            above = 2"#,
+        );
+        for want in ["given twice", "lookback_secs: at most", "for_secs: at most"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
         let e = errs(
             r#"[[rule]]
             name = "x"

@@ -102,9 +102,12 @@ pub async fn event_groups(
                     CASE WHEN $5::text IS NULL THEN 0 ELSE (body ->> $5)::float8 END AS v
              FROM events
              WHERE tenant = $1 AND kind = $2 AND ts >= $3 AND ts < $4 AND body @> $7
-               -- A number a float8 holds: a hostile 1e400 is left out, not an error.
+               -- A number a float8 holds, with room for sums: a hostile 1e400
+               -- or 1e-400 is left out, not an error that stops the rule.
                AND CASE WHEN $5::text IS NULL THEN true
-                        WHEN jsonb_typeof(body -> $5) = 'number' THEN abs((body ->> $5)::numeric) < 1e300
+                        WHEN jsonb_typeof(body -> $5) = 'number' THEN
+                            abs((body ->> $5)::numeric) < 1e18
+                            AND (abs((body ->> $5)::numeric) > 1e-300 OR (body ->> $5)::numeric = 0)
                         ELSE false END)
          SELECT source, fields, count(*) AS count, sum(v) AS sum, min(v) AS min, max(v) AS max,
                 (array_agg(v ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
